@@ -1,0 +1,122 @@
+//! The ABI shared by the eBPF programs and the userspace daemon.
+//!
+//! Every struct is `#[repr(C)]` with explicit padding-free layouts (u32 flags, not
+//! `bool`) so both sides agree byte for byte; the tests at the end pin sizes and
+//! alignments so a change to the layout cannot go unnoticed.
+#![no_std]
+
+/// Bumped whenever a struct below changes layout.
+pub const ABI_VERSION: u32 = 1;
+
+/// Bytes of packet data one ring-buffer record can carry. A power of two, because
+/// the eBPF side bounds its variable-length copy with `(n - 1) & (CHUNK_LEN - 1)`.
+pub const CHUNK_LEN: usize = 2048;
+
+/// Largest packet the kernel side copies: GSO packets on TC egress reach 64 KiB.
+pub const MAX_PACKET_LEN: usize = 65536;
+
+/// Default mail ports: SMTP, submissions, submission, POP3, POP3S, IMAP, IMAPS.
+pub const DEFAULT_PORTS: [u16; 7] = [25, 465, 587, 110, 995, 143, 993];
+
+/// `PacketHeader::flags`: the packet was received (TC ingress or XDP).
+pub const FLAG_INGRESS: u32 = 1 << 0;
+/// `PacketHeader::flags`: the packet was sent (TC egress).
+pub const FLAG_EGRESS: u32 = 1 << 1;
+/// `PacketHeader::flags`: the data starts at the IP header (device without Ethernet).
+pub const FLAG_L3: u32 = 1 << 2;
+/// `PacketHeader::flags`: the record was produced by the XDP program.
+pub const FLAG_XDP: u32 = 1 << 3;
+
+/// Header of every packet record in the ring buffer; `chunk_len` bytes of packet
+/// data follow it. A packet longer than [`CHUNK_LEN`] is sent as several records
+/// with the same `packet_id` and increasing `offset`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketHeader {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Identifies the records of one packet: CPU number in the top 16 bits,
+    /// a per-CPU counter below.
+    pub packet_id: u64,
+    /// Interface the packet crossed.
+    pub ifindex: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Length of the packet on the wire (skb->len or the XDP frame length).
+    pub orig_len: u32,
+    /// Bytes of the packet captured in all its records (after `snaplen`).
+    pub cap_len: u32,
+    /// Offset of this record's data within the packet.
+    pub offset: u32,
+    /// Bytes of packet data in this record.
+    pub chunk_len: u32,
+}
+
+/// A full record as reserved in the ring buffer.
+#[repr(C)]
+pub struct PacketRecord {
+    pub header: PacketHeader,
+    pub data: [u8; CHUNK_LEN],
+}
+
+/// Per-CPU counters kept by the kernel programs (index 0 of a per-CPU array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets the programs looked at.
+    pub seen: u64,
+    /// Packets that passed the port and host filters.
+    pub matched: u64,
+    /// Ring-buffer records written.
+    pub records: u64,
+    /// Packet bytes written into records.
+    pub bytes: u64,
+    /// Records that could not be written because the ring buffer was full.
+    pub lost_records: u64,
+    /// Packet bytes in those lost records.
+    pub lost_bytes: u64,
+    /// Matched packets cut short by `snaplen` or [`MAX_PACKET_LEN`].
+    pub truncated: u64,
+    /// Packets whose headers could not be parsed.
+    pub unparseable: u64,
+    /// IPv4 non-first fragments, skipped because they carry no TCP header.
+    pub fragments: u64,
+}
+
+impl Counters {
+    /// Adds another CPU's counters to these.
+    pub fn add(&mut self, o: &Counters) {
+        self.seen += o.seen;
+        self.matched += o.matched;
+        self.records += o.records;
+        self.bytes += o.bytes;
+        self.lost_records += o.lost_records;
+        self.lost_bytes += o.lost_bytes;
+        self.truncated += o.truncated;
+        self.unparseable += o.unparseable;
+        self.fragments += o.fragments;
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, repr(C), no padding (checked by the tests below).
+    unsafe impl aya::Pod for super::PacketHeader {}
+    unsafe impl aya::Pod for super::Counters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn layouts_are_pinned() {
+        assert_eq!(size_of::<PacketHeader>(), 40);
+        assert_eq!(align_of::<PacketHeader>(), 8);
+        assert_eq!(size_of::<PacketRecord>(), 40 + CHUNK_LEN);
+        assert_eq!(size_of::<Counters>(), 9 * 8);
+        assert!(CHUNK_LEN.is_power_of_two());
+        assert!(MAX_PACKET_LEN.is_power_of_two());
+    }
+}

@@ -1,0 +1,1 @@
+//! Replay source: pcap and pcapng files (pcap-file crate), as [`super::Frame`]s.

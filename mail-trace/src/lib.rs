@@ -1,0 +1,16 @@
+//! mail-trace: mail sessions from the wire, in data-path order.
+//!
+//! - [`capture`]: where frames come from — the kernel's ring buffer or a pcap/pcapng
+//!   file — as one [`capture::Frame`] type.
+//! - [`wire`]: a frame decoded to a TCP segment (etherparse, zero-copy).
+//! - [`flow`]: TCP connections, reassembled per direction, with gaps counted.
+//! - [`proto`]: sans-I/O protocol state machines (SMTP, POP3, IMAP): bytes in, events out.
+//! - [`session`]: the engine joining flows to dissectors, and the session records.
+//! - [`output`]: the session tail, JSON lines and pcapng.
+pub mod capture;
+pub mod flow;
+pub mod output;
+pub mod proto;
+pub mod session;
+pub mod time;
+pub mod wire;

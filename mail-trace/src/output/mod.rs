@@ -1,0 +1,1 @@
+//! Outputs: the session tail, JSON lines, pcapng.

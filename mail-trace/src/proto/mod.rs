@@ -1,0 +1,63 @@
+//! Sans-I/O protocol state machines: bytes in, events out, no clock, no I/O.
+//!
+//! Each dissector implements [`Dissector`]: the session engine hands it the
+//! reassembled bytes of each direction (and the gaps), then drains
+//! [`Dissector::poll_event`] and finally asks for the protocol's part of the
+//! session record.
+pub mod smtp;
+
+use crate::flow::Dir;
+use crate::time::Ts;
+
+/// What the operator allowed to be shown. Both default to hidden.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Privacy {
+    /// Show AUTH secrets (passwords, tokens, challenge responses).
+    pub show_secrets: bool,
+    /// Show header values (From, To, Subject, …).
+    pub show_headers: bool,
+}
+
+/// Which protocol a session speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Smtp,
+    Pop3,
+    Imap,
+}
+
+/// One thing that happened in a session, as it happened.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A client command. `arg` is already redacted according to [`Privacy`].
+    Command { ts: Ts, verb: String, arg: String },
+    /// A server reply (multi-line replies joined into one event).
+    Reply {
+        ts: Ts,
+        /// "250", "+OK", "-ERR", "OK", "NO", "BAD", "*"…
+        code: String,
+        /// RFC 3463 X.Y.Z, or a POP3/IMAP response code such as `AUTHENTICATIONFAILED`.
+        enhanced: Option<String>,
+        /// The reply text, lines joined with " / " (redacted where it echoes a secret).
+        text: String,
+        /// From the last byte of the command it answers to its first byte.
+        latency_ns: Option<u64>,
+    },
+    /// The session turned to TLS; nothing after this is dissected.
+    TlsStarted { ts: Ts },
+    /// Something malformed or suspicious (short stable id).
+    Anomaly { ts: Ts, id: &'static str },
+}
+
+/// A protocol state machine.
+pub trait Dissector: Send {
+    /// In-order bytes of one direction.
+    fn data(&mut self, dir: Dir, data: &[u8], ts: Ts);
+    /// `len` bytes of one direction are missing; resynchronise at the next line.
+    fn gap(&mut self, dir: Dir, len: u64, ts: Ts);
+    /// Next pending event, if any.
+    fn poll_event(&mut self) -> Option<Event>;
+    /// The protocol's fields of the session record (flattened into it).
+    fn record(&self) -> serde_json::Map<String, serde_json::Value>;
+}

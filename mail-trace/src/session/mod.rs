@@ -1,0 +1,1 @@
+//! The session engine: flows joined to dissectors, and the session records.
