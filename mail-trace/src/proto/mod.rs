@@ -28,6 +28,17 @@ pub enum Proto {
     Imap,
 }
 
+/// What the session engine knows when it creates a dissector.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStart {
+    /// Time of the client's SYN, when seen (greeting delay is measured from it).
+    pub syn_ts: Option<Ts>,
+    /// Implicit TLS port (465, 993, 995): the session is TLS from its first byte.
+    pub implicit_tls: bool,
+    /// Picked up mid-stream: resynchronise at the first complete command or reply line.
+    pub partial: bool,
+}
+
 /// One thing that happened in a session, as it happened.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -51,7 +62,13 @@ pub enum Event {
     Anomaly { ts: Ts, id: &'static str },
 }
 
-/// A protocol state machine.
+/// A protocol state machine. Each one is built with
+/// `new(privacy: Privacy, start: SessionStart) -> Self`.
+///
+/// The record map holds the protocol's own fields (SMTP: `greeting`, `helo`,
+/// `ehlo`, `tls`, `tls_mode`, `tls_info`, `auth`, `transactions`, …); the engine
+/// adds `id`, `proto`, `start`, `end`, `client`, `server`, `partial`, `gaps`,
+/// `anomalies`, and `commands`/`replies` counts unless the map already has them.
 pub trait Dissector: Send {
     /// In-order bytes of one direction.
     fn data(&mut self, dir: Dir, data: &[u8], ts: Ts);
