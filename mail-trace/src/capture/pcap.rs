@@ -688,7 +688,7 @@ mod tests {
     /// options (if_tsresol, flags) are exactly what the test says.
     fn block(ty: u32, body: &[u8]) -> Vec<u8> {
         let mut b = body.to_vec();
-        while b.len() % 4 != 0 {
+        while !b.len().is_multiple_of(4) {
             b.push(0);
         }
         let len = (b.len() + 12) as u32;
@@ -703,7 +703,7 @@ mod tests {
         let mut o = code.to_le_bytes().to_vec();
         o.extend_from_slice(&(val.len() as u16).to_le_bytes());
         o.extend_from_slice(val);
-        while o.len() % 4 != 0 {
+        while !o.len().is_multiple_of(4) {
             o.push(0);
         }
         o
@@ -735,7 +735,7 @@ mod tests {
         body.extend_from_slice(&(data.len() as u32).to_le_bytes());
         body.extend_from_slice(&(data.len() as u32 + 5).to_le_bytes());
         body.extend_from_slice(data);
-        while body.len() % 4 != 0 {
+        while !body.len().is_multiple_of(4) {
             body.push(0);
         }
         if let Some(f) = flags {
