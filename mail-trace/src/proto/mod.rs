@@ -4,8 +4,10 @@
 //! reassembled bytes of each direction (and the gaps), then drains
 //! [`Dissector::poll_event`] and finally asks for the protocol's part of the
 //! session record.
+pub mod auth;
 pub mod line;
 pub mod smtp;
+pub mod tls;
 
 use crate::flow::Dir;
 use crate::time::Ts;
