@@ -123,10 +123,10 @@ mod tests {
         "UTF8",
     ];
 
-    /// IANA "IMAP Response Codes" (RFC 2060 … 5530 checked against the registry page;
-    /// USEATTR RFC 6154, DOWNGRADED RFC 6858, HASCHILDREN RFC 9051, MAILBOXID RFC 8474,
-    /// INPROGRESS RFC 9585, UIDREQUIRED RFC 9586 from those RFCs), plus CAPABILITY from
-    /// RFC 3501/9051 §7.1.
+    /// IANA "IMAP Response Codes": NEWNAME … PRIVACYREQUIRED as listed by the registry;
+    /// the rest of RFC 5530, USEATTR (RFC 6154), DOWNGRADED (RFC 6858), HASCHILDREN
+    /// (RFC 9051), MAILBOXID (RFC 8474), INPROGRESS (RFC 9585) and UIDREQUIRED
+    /// (RFC 9586) from those RFCs; CAPABILITY from RFC 3501/9051 §7.1.
     const IMAP_CODES: &[&str] = &[
         "NEWNAME",
         "REFERRAL",

@@ -242,9 +242,10 @@ mod tests {
     use super::*;
 
     /// The IANA "SMTP Enhanced Status Codes" registry, Enumerated Status Codes
-    /// (RFC 3463, 3886, 4468, 4954, 5248, 6531, 6710, 7293, 7372, 7504, 7505, 8617,
-    /// 8689, draft-levine-mailbomb-header). Every code is registered as `X.`: valid
-    /// under classes 2, 4 and 5 alike.
+    /// (RFC 3463, 3886, 4468, 4954, 5248, 6531, 6710, 7293, 7372, 7504, 7505,
+    /// draft-levine-mailbomb-header), then X.7.29 (ARC, RFC 8617) and X.7.30
+    /// (REQUIRETLS, RFC 8689). Every code is registered as `X.`: valid under classes
+    /// 2, 4 and 5 alike.
     const REGISTRY: &[&str] = &[
         "X.0.0", "X.1.0", "X.1.1", "X.1.2", "X.1.3", "X.1.4", "X.1.5", "X.1.6", "X.1.7", "X.1.8",
         "X.1.9", "X.1.10", "X.2.0", "X.2.1", "X.2.2", "X.2.3", "X.2.4", "X.3.0", "X.3.1", "X.3.2",
