@@ -84,6 +84,11 @@ impl Half {
         self.buffered
     }
 
+    /// Bytes are held beyond a hole.
+    pub fn holds(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     pub fn fin(&self) -> Option<u64> {
         self.fin
     }
