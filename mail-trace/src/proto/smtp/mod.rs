@@ -62,7 +62,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde_json::{json, Map, Value};
 
 use crate::flow::Dir;
-use crate::proto::auth::{self, SaslExchange};
+use crate::proto::auth::SaslExchange;
 use crate::proto::line::{Line, LineBuffer};
 use crate::proto::tls::{TlsHellos, TlsInfo};
 use crate::proto::{Dissector, Event, Privacy, SessionStart};
@@ -568,9 +568,6 @@ impl Smtp {
         self.start.syn_ts.map(|syn| millis_between(syn, ts))
     }
 }
-
-/// Used by the tests and by `auth` users: the verb of a SASL response line.
-pub const AUTH_RESPONSE_VERB: &str = auth::RESPONSE_VERB;
 
 #[cfg(test)]
 mod tests;

@@ -183,24 +183,18 @@ impl Smtp {
     /// `code` (None: the reply was lost, assume the usual outcome).
     pub(super) fn decide(&mut self, what: Awaiting, code: Option<u16>) {
         match what {
-            Awaiting::Data(tx) => {
-                if code.is_none_or(|c| c == 354) {
-                    self.body = Some((tx, BodyScanner::new(true)));
-                    self.client_mode = ClientMode::Data;
-                }
+            Awaiting::Data(tx) if code.is_none_or(|c| c == 354) => {
+                self.body = Some((tx, BodyScanner::new(true)));
+                self.client_mode = ClientMode::Data;
             }
-            Awaiting::StartTls => {
-                if code.is_none_or(|c| c == 220) {
-                    self.tls = Some(TlsHellos::new());
-                    self.tls_mode = Some("starttls");
-                    self.client_lines.reset();
-                    self.client_mode = ClientMode::Tls;
-                }
+            Awaiting::StartTls if code.is_none_or(|c| c == 220) => {
+                self.tls = Some(TlsHellos::new());
+                self.tls_mode = Some("starttls");
+                self.client_lines.reset();
+                self.client_mode = ClientMode::Tls;
             }
-            Awaiting::Auth => {
-                if code == Some(334) {
-                    self.client_mode = ClientMode::AuthResponse;
-                }
+            Awaiting::Auth if code == Some(334) => {
+                self.client_mode = ClientMode::AuthResponse;
             }
             _ => {}
         }
