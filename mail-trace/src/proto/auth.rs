@@ -65,9 +65,7 @@ impl SaslExchange {
             // The first response is the user name, the second the password.
             "LOGIN" if index == 0 => Some(raw),
             // "user hex-digest".
-            "CRAM-MD5" => {
-                raw.split(|&b| b == b' ').next().map(<[u8]>::to_vec)
-            }
+            "CRAM-MD5" => raw.split(|&b| b == b' ').next().map(<[u8]>::to_vec),
             // "user=" NAME ^A "auth=Bearer " TOKEN ^A ^A
             "XOAUTH2" => raw
                 .split(|&b| b == 1)
@@ -148,7 +146,9 @@ mod tests {
         x.client_response(&b64(b"dave b913a602c7eda7a495b4e6e7334d3890"));
         assert_eq!(x.user.as_deref(), Some("dave"));
         let mut x = SaslExchange::new("XOAUTH2");
-        x.client_response(&b64(b"user=erin@example.com\x01auth=Bearer ya29.tok\x01\x01"));
+        x.client_response(&b64(
+            b"user=erin@example.com\x01auth=Bearer ya29.tok\x01\x01",
+        ));
         assert_eq!(x.user.as_deref(), Some("erin@example.com"));
         let mut x = SaslExchange::new("OAUTHBEARER");
         x.client_response(&b64(
