@@ -5,7 +5,9 @@
 //! [`Dissector::poll_event`] and finally asks for the protocol's part of the
 //! session record.
 pub mod line;
+pub mod pop3;
 pub mod smtp;
+pub mod stream;
 
 use crate::flow::Dir;
 use crate::time::Ts;
