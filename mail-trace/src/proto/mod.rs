@@ -4,6 +4,7 @@
 //! reassembled bytes of each direction (and the gaps), then drains
 //! [`Dissector::poll_event`] and finally asks for the protocol's part of the
 //! session record.
+pub mod imap;
 pub mod line;
 pub mod pop3;
 pub mod smtp;
