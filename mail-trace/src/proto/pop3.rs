@@ -21,9 +21,8 @@
 
 use std::collections::VecDeque;
 
-use super::stream::{
-    latency, printable, sasl_user, verb_of, CommandStats, Events, Framed, Framer, TlsTrack,
-};
+use super::auth::{SaslExchange, RESPONSE_VERB};
+use super::stream::{latency, printable, verb_of, CommandStats, Events, Framed, Framer, TlsTrack};
 use super::{Dissector, Event, Privacy, SessionStart};
 use crate::flow::Dir;
 use crate::time::Ts;
@@ -34,9 +33,6 @@ use serde_json::{json, Map, Value};
 pub const MAX_PENDING: usize = 64;
 /// CAPA lines kept for the record.
 pub const MAX_CAPA: usize = 32;
-/// SASL client responses kept to find the user (LOGIN sends it second).
-const MAX_SASL_RESPONSES: usize = 4;
-const MAX_SASL_RESPONSE: usize = 2048;
 const MAX_FIELD: usize = 256;
 const REDACTED: &str = "<redacted>";
 
@@ -60,13 +56,6 @@ struct Body {
 }
 
 #[derive(Debug)]
-struct Sasl {
-    mech: String,
-    initial: Option<Vec<u8>>,
-    responses: Vec<Vec<u8>>,
-}
-
-#[derive(Debug)]
 struct Auth {
     mechanism: String,
     user: Option<String>,
@@ -85,7 +74,7 @@ pub struct Pop3 {
     greeting_due: bool,
     pending: VecDeque<Pending>,
     body: Option<Body>,
-    sasl: Option<Sasl>,
+    sasl: Option<SaslExchange>,
     /// STLS sent, its reply not seen yet.
     stls_wait: bool,
     /// The USER of a USER/PASS login in progress.
@@ -157,16 +146,14 @@ impl Pop3 {
         }
         if let Some(sasl) = &mut self.sasl {
             // Inside AUTH every client line answers a challenge.
-            if l.text == b"*" {
-                self.ev.push(Event::Command {
-                    ts,
-                    verb: "*".into(),
-                    arg: String::new(),
-                });
-            } else if sasl.responses.len() < MAX_SASL_RESPONSES {
-                let keep = l.text.len().min(MAX_SASL_RESPONSE);
-                sasl.responses.push(l.text[..keep].to_vec());
-            }
+            let line = printable(&l.text);
+            sasl.client_response(&line);
+            let arg = SaslExchange::response_arg(&line, self.privacy.show_secrets);
+            self.ev.push(Event::Command {
+                ts,
+                verb: RESPONSE_VERB.into(),
+                arg,
+            });
             if let Some(p) = self.pending.back_mut() {
                 p.end_ts = ts;
             }
@@ -214,17 +201,13 @@ impl Pop3 {
                     String::new()
                 }
                 Some(m) => {
-                    let mech = verb_of(m.as_bytes());
-                    let initial = second.map(|s| s.as_bytes().to_vec());
-                    let arg = match second {
-                        Some(ir) => format!("{mech} {}", self.secret(ir)),
-                        None => mech.clone(),
-                    };
-                    self.sasl = Some(Sasl {
-                        mech,
-                        initial,
-                        responses: Vec::new(),
-                    });
+                    let mut ex = SaslExchange::new(m);
+                    if let Some(ir) = second {
+                        ex.client_response(ir);
+                    }
+                    let arg =
+                        SaslExchange::command_arg(&ex.mechanism, second, self.privacy.show_secrets);
+                    self.sasl = Some(ex);
                     arg
                 }
             },
@@ -369,14 +352,13 @@ impl Pop3 {
                 });
             }
             "AUTH" => {
-                if let Some(s) = self.sasl.take() {
-                    let user = sasl_user(&s.mech, s.initial.as_deref(), &s.responses);
-                    if user.is_some() {
-                        self.user = user.clone();
+                if let Some(ex) = self.sasl.take() {
+                    if ex.user.is_some() {
+                        self.user = ex.user.clone();
                     }
                     self.auth = Some(Auth {
-                        mechanism: s.mech,
-                        user,
+                        mechanism: ex.mechanism,
+                        user: ex.user,
                         result: code.into(),
                     });
                 }
@@ -450,6 +432,7 @@ impl Dissector for Pop3 {
 
     fn gap(&mut self, dir: Dir, _len: u64, ts: Ts) {
         if self.tls.on() {
+            self.tls.gap(dir);
             return;
         }
         self.ev.anomaly(ts, "gap-resync");
@@ -507,7 +490,7 @@ impl Dissector for Pop3 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use Dir::{ToClient as S, ToServer as C};
 
@@ -716,14 +699,19 @@ mod tests {
                 reply(3, "+OK", None, "", Some(1)),
                 cmd(4, "AUTH", "LOGIN"),
                 reply(5, "+", None, "<redacted>", Some(1)),
+                cmd(6, "AUTH-DATA", "<redacted>"),
                 reply(7, "+", None, "<redacted>", Some(1)),
+                cmd(8, "AUTH-DATA", "<redacted>"),
                 reply(9, "-ERR", Some("AUTH"), "Authentication failed.", Some(1)),
                 cmd(10, "AUTH", "PLAIN <redacted>"),
                 reply(11, "+OK", None, "Logged in.", Some(1)),
             ]
         );
-        assert_eq!(r["auth"]["mechanism"], "PLAIN");
-        assert_eq!(r["auth"]["result"], "+OK");
+        assert_eq!(
+            r["auth"],
+            json!({"mechanism": "PLAIN", "user": "user", "result": "+OK"})
+        );
+        assert_eq!(r["user"], "user");
         assert!(!format!("{ev:?}{r:?}").contains("c2VjcmV0"));
     }
 
@@ -742,6 +730,45 @@ mod tests {
         assert_eq!(r["tls"], true);
         assert_eq!(r["tls_mode"], "starttls");
         assert_eq!(r["user"], Value::Null);
+    }
+
+    /// A TLS record holding one handshake message.
+    fn tls_record(msg_type: u8, body: &[u8]) -> Vec<u8> {
+        let mut hs = vec![msg_type, 0, (body.len() >> 8) as u8, body.len() as u8];
+        hs.extend_from_slice(body);
+        let mut rec = vec![22, 3, 1, (hs.len() >> 8) as u8, hs.len() as u8];
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    /// ClientHello with SNI `name`, ServerHello for TLS 1.3 / TLS_AES_256_GCM_SHA384.
+    pub(crate) fn hellos(name: &str) -> (Vec<u8>, Vec<u8>) {
+        let n = name.len();
+        let mut sni = vec![0, 0, 0, (n + 5) as u8, 0, (n + 3) as u8, 0, 0, n as u8];
+        sni.extend_from_slice(name.as_bytes());
+        let mut ch = vec![3, 3];
+        ch.extend_from_slice(&[7; 32]);
+        ch.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0, 0, sni.len() as u8]);
+        ch.extend_from_slice(&sni);
+        let mut sh = vec![3, 3];
+        sh.extend_from_slice(&[9; 32]);
+        sh.extend_from_slice(&[0, 0x13, 0x02, 0, 0, 6, 0, 43, 0, 2, 3, 4]);
+        (tls_record(1, &ch), tls_record(2, &sh))
+    }
+
+    #[test]
+    fn stls_records_tls_facts() {
+        let (ch, sh) = hellos("pop.lavabit.com");
+        let mut s_bytes = b"+OK go\r\n".to_vec();
+        s_bytes.extend_from_slice(&sh);
+        let steps: &[(Dir, &[u8])] = &[(S, b"+OK\r\n"), (C, b"STLS\r\n"), (C, &ch), (S, &s_bytes)];
+        // The ClientHello is sent after the +OK: reorder the last two steps.
+        let steps = [steps[0], steps[1], steps[3], steps[2]];
+        let (_, r) = run(&steps);
+        assert_eq!(
+            r["tls_info"],
+            json!({"sni": "pop.lavabit.com", "version": "TLS 1.3", "cipher": "TLS_AES_256_GCM_SHA384"})
+        );
     }
 
     #[test]

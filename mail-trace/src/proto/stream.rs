@@ -5,7 +5,9 @@
 use std::collections::VecDeque;
 
 use super::line::LineBuffer;
+use super::tls::TlsHellos;
 use super::Event;
+use crate::flow::Dir;
 use crate::time::Ts;
 
 /// Events waiting for the engine. The engine drains after every `data` call,
@@ -187,11 +189,11 @@ pub fn printable(bytes: &[u8]) -> String {
 }
 
 /// TLS as seen by a mailbox dissector: whether and how the session turned to
-/// TLS, and (from [`super::tls`] once it sees the handshake) what it negotiated.
+/// TLS, and what the hellos revealed.
 #[derive(Debug, Default)]
 pub struct TlsTrack {
     pub mode: Option<&'static str>,
-    pub info: Option<serde_json::Value>,
+    hellos: TlsHellos,
 }
 
 impl TlsTrack {
@@ -203,23 +205,30 @@ impl TlsTrack {
         self.mode.is_some()
     }
 
-    /// Bytes after the switch: handed to the TLS handshake parser.
-    pub fn feed(&mut self, _dir: crate::flow::Dir, _data: &[u8]) {}
+    /// Bytes after the switch.
+    pub fn feed(&mut self, dir: Dir, data: &[u8]) {
+        self.hellos.data(dir, data);
+    }
+
+    pub fn gap(&mut self, dir: Dir) {
+        self.hellos.gap(dir);
+    }
 
     /// `tls`, `tls_mode`, `tls_info` of the record.
     pub fn record(&self, m: &mut serde_json::Map<String, serde_json::Value>) {
+        let info = self.hellos.info();
+        let known = info.sni.is_some() || info.version.is_some() || info.cipher.is_some();
         m.insert("tls".into(), self.on().into());
         m.insert("tls_mode".into(), self.mode.into());
         m.insert(
             "tls_info".into(),
-            self.info.clone().unwrap_or(serde_json::Value::Null),
+            if known {
+                serde_json::json!({"sni": info.sni, "version": info.version, "cipher": info.cipher})
+            } else {
+                serde_json::Value::Null
+            },
         );
     }
-}
-
-/// User name carried by a SASL exchange, decoded by [`super::auth`].
-pub fn sasl_user(_mech: &str, _initial: Option<&[u8]>, _responses: &[Vec<u8>]) -> Option<String> {
-    None
 }
 
 /// Latency from a command's last byte to its reply's first byte.

@@ -32,9 +32,8 @@ pub mod utf7;
 
 use std::collections::VecDeque;
 
-use super::stream::{
-    latency, printable, sasl_user, verb_of, CommandStats, Events, Framed, Framer, TlsTrack,
-};
+use super::auth::{SaslExchange, RESPONSE_VERB};
+use super::stream::{latency, printable, verb_of, CommandStats, Events, Framed, Framer, TlsTrack};
 use super::{Dissector, Event, Privacy, SessionStart};
 use crate::flow::Dir;
 use crate::time::Ts;
@@ -54,7 +53,6 @@ const MAX_LITERALS: usize = 64;
 const MAX_CAPTURE: usize = 1024;
 const MAX_MAILBOXES: usize = 32;
 const MAX_CAPABILITIES: usize = 64;
-const MAX_SASL_RESPONSES: usize = 4;
 const MAX_FIELD: usize = 256;
 const MAX_ARG: usize = 512;
 const REDACTED: &str = "<redacted>";
@@ -162,11 +160,7 @@ enum Mode {
 enum Client {
     Command,
     /// AUTHENTICATE in progress: lines are SASL responses.
-    Sasl {
-        mech: String,
-        initial: Option<Vec<u8>>,
-        responses: Vec<Vec<u8>>,
-    },
+    Sasl(SaslExchange),
     /// IDLE in progress: waiting for DONE.
     Idle {
         tag: String,
@@ -398,17 +392,15 @@ impl Imap {
                 self.ev.anomaly(ts, "data-after-starttls");
                 return;
             }
-            Client::Sasl { responses, .. } => {
-                if l.text == b"*" {
-                    self.ev.push(Event::Command {
-                        ts,
-                        verb: "*".into(),
-                        arg: String::new(),
-                    });
-                } else if responses.len() < MAX_SASL_RESPONSES {
-                    let keep = l.text.len().min(MAX_CAPTURE);
-                    responses.push(l.text[..keep].to_vec());
-                }
+            Client::Sasl(ex) => {
+                let line = printable(&l.text);
+                ex.client_response(&line);
+                let arg = SaslExchange::response_arg(&line, self.privacy.show_secrets);
+                self.ev.push(Event::Command {
+                    ts,
+                    verb: RESPONSE_VERB.into(),
+                    arg,
+                });
                 if let Some(p) = self.pending.back_mut() {
                     p.end_ts = ts;
                 }
@@ -532,18 +524,19 @@ impl Imap {
             }
             "AUTHENTICATE" => {
                 let mech = arg_bytes(toks.first())
-                    .map(|m| verb_of(&m))
+                    .map(|m| printable(&m))
                     .unwrap_or_default();
-                let initial = arg_bytes(toks.get(1));
-                let arg = match &initial {
-                    Some(ir) => format!("{mech} {}", self.secret(&printable(ir))),
-                    None => mech.clone(),
-                };
-                self.client = Client::Sasl {
-                    mech,
-                    initial,
-                    responses: Vec::new(),
-                };
+                let initial = arg_bytes(toks.get(1)).map(|ir| printable(&ir));
+                let mut ex = SaslExchange::new(&mech);
+                if let Some(ir) = &initial {
+                    ex.client_response(ir);
+                }
+                let arg = SaslExchange::command_arg(
+                    &ex.mechanism,
+                    initial.as_deref(),
+                    self.privacy.show_secrets,
+                );
+                self.client = Client::Sasl(ex);
                 arg
             }
             "SELECT" | "EXAMINE" => {
@@ -617,7 +610,7 @@ impl Imap {
         let rest = l.text.get(2..).unwrap_or_default();
         let lat = latency(self.pending.back().map(|p| p.end_ts), l.start_ts);
         let text = match &self.client {
-            Client::Sasl { .. } => self.secret(&printable(rest)),
+            Client::Sasl(_) => self.secret(&printable(rest)),
             Client::Idle { .. } => printable(rest),
             // The go-ahead for a synchronising literal: no event.
             _ if self.building.is_some() => return,
@@ -781,20 +774,13 @@ impl Imap {
             }
             "AUTHENTICATE" => {
                 let client = std::mem::replace(&mut self.client, Client::Command);
-                if let Client::Sasl {
-                    mech,
-                    initial,
-                    responses,
-                    ..
-                } = client
-                {
-                    let user = sasl_user(&mech, initial.as_deref(), &responses);
-                    if user.is_some() {
-                        self.user = user.clone();
+                if let Client::Sasl(ex) = client {
+                    if ex.user.is_some() {
+                        self.user = ex.user.clone();
                     }
                     self.auth = Some(Auth {
-                        mechanism: mech,
-                        user,
+                        mechanism: ex.mechanism,
+                        user: ex.user,
                         result: status.into(),
                     });
                 }
@@ -846,6 +832,7 @@ impl Dissector for Imap {
 
     fn gap(&mut self, dir: Dir, _len: u64, ts: Ts) {
         if self.tls.on() {
+            self.tls.gap(dir);
             return;
         }
         self.ev.anomaly(ts, "gap-resync");
@@ -1207,13 +1194,17 @@ mod tests {
                 reply(1, "OK", None, "hi", None),
                 cmd(2, "AUTHENTICATE", "PLAIN"),
                 reply(3, "+", None, "<redacted>", Some(1)),
+                cmd(4, "AUTH-DATA", "<redacted>"),
                 reply(5, "NO", Some("AUTHENTICATIONFAILED"), "bad", Some(1)),
                 cmd(6, "AUTHENTICATE", "PLAIN <redacted>"),
                 reply(7, "OK", None, "done", Some(1)),
             ]
         );
-        assert_eq!(r["auth"]["mechanism"], "PLAIN");
-        assert_eq!(r["auth"]["result"], "OK");
+        assert_eq!(
+            r["auth"],
+            json!({"mechanism": "PLAIN", "user": "alice", "result": "OK"})
+        );
+        assert_eq!(r["user"], "alice");
     }
 
     #[test]
@@ -1242,9 +1233,12 @@ mod tests {
             implicit_tls: true,
             ..Default::default()
         };
-        let (ev, r) = run_with(Privacy::default(), start, &[(S, b"* OK hi\r\n")], 0);
+        let (ch, sh) = crate::proto::pop3::tests::hellos("imap.gmx.net");
+        let (ev, r) = run_with(Privacy::default(), start, &[(C, &ch), (S, &sh)], 7);
         assert_eq!(ev, vec![Event::TlsStarted { ts: MS }]);
         assert_eq!(r["tls_mode"], "implicit");
+        assert_eq!(r["tls_info"]["sni"], "imap.gmx.net");
+        assert_eq!(r["tls_info"]["version"], "TLS 1.3");
         assert_eq!(r["greeting"], Value::Null);
     }
 
