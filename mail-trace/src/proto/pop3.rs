@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 
-use super::auth::{SaslExchange, RESPONSE_VERB};
+use super::auth::{SaslExchange, REDACTED, RESPONSE_VERB};
 use super::stream::{latency, printable, verb_of, CommandStats, Events, Framed, Framer, TlsTrack};
 use super::{Dissector, Event, Privacy, SessionStart};
 use crate::flow::Dir;
@@ -34,7 +34,6 @@ pub const MAX_PENDING: usize = 64;
 /// CAPA lines kept for the record.
 pub const MAX_CAPA: usize = 32;
 const MAX_FIELD: usize = 256;
-const REDACTED: &str = "<redacted>";
 
 const KNOWN: &[&str] = &[
     "USER", "PASS", "APOP", "AUTH", "STLS", "CAPA", "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE",
@@ -902,5 +901,27 @@ pub(crate) mod tests {
             ts: 4,
             id: "line-too-long"
         }));
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            steps in proptest::collection::vec((proptest::bool::ANY, proptest::prop_oneof![proptest::collection::vec(proptest::num::u8::ANY, 0..200), "(a1 |\\* |\\+ |OK |NO |BAD |\\{3\\}|\\{2\\+\\}|LOGIN |FETCH |AUTHENTICATE PLAIN|AUTH LOGIN|IDLE|DONE|STLS|STARTTLS|RETR 1|CAPA|\\+OK |-ERR |\\.|\r\n|x){0,40}".prop_map(String::into_bytes)]), 0..40),
+            gap_at in 0usize..40,
+        ) {
+            let mut d = Pop3::new(Privacy::default(), SessionStart::default());
+            for (i, (to_server, bytes)) in steps.iter().enumerate() {
+                let dir = if *to_server { C } else { S };
+                if i == gap_at {
+                    d.gap(dir, 10, i as u64);
+                }
+                d.data(dir, bytes, i as u64);
+                while d.poll_event().is_some() {}
+            }
+            let _ = d.record();
+        }
     }
 }
