@@ -39,8 +39,49 @@ pub fn explain_reply(code: u16, enhanced_code: Option<&str>) -> String {
     line
 }
 
+/// The explanation shown beside a failure reply of any protocol, or `None` for a
+/// success (operators want the words where something went wrong). `code` is the
+/// reply's status as in [`crate::proto::Event::Reply`]: "550", "-ERR", "NO", …
+pub fn failure(code: &str, enhanced_code: Option<&str>) -> Option<String> {
+    if let Ok(n) = code.parse::<u16>() {
+        return (400..600)
+            .contains(&n)
+            .then(|| explain_reply(n, enhanced_code));
+    }
+    let lookup = match code {
+        "-ERR" => pop3_code,
+        "NO" | "BAD" => imap_code,
+        _ => return None,
+    };
+    let generic = match code {
+        "-ERR" => "the server refused the command",
+        "NO" => "the command failed",
+        _ => "the server could not parse the command (client error)",
+    };
+    Some(match enhanced_code.and_then(lookup) {
+        Some(words) => format!("{generic}: {words}"),
+        None => generic.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn failure_covers_every_protocol() {
+        assert_eq!(super::failure("250", Some("2.0.0")), None);
+        assert_eq!(super::failure("+OK", None), None);
+        assert_eq!(
+            super::failure("550", Some("5.1.1")).as_deref(),
+            Some(super::explain_reply(550, Some("5.1.1")).as_str())
+        );
+        let imap = super::failure("NO", Some("AUTHENTICATIONFAILED")).unwrap();
+        assert!(imap.starts_with("the command failed: "), "{imap}");
+        assert_eq!(
+            super::failure("-ERR", None).as_deref(),
+            Some("the server refused the command")
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -1,1 +1,53 @@
-//! Outputs: the session tail, JSON lines, pcapng.
+//! Outputs: the session tail, JSON lines, pcapng. Each output is a
+//! [`crate::session::Sink`]; [`Outputs`] picks one from the command line.
+pub mod jsonl;
+pub mod tail;
+
+use std::io::Write;
+
+use crate::proto::Event;
+use crate::session::{SessionInfo, SessionRecord, Sink};
+
+/// The output the operator chose (`--json`, `--summary`, or the tail).
+pub enum Outputs<W: Write> {
+    Tail(tail::Tail<W>),
+    Json(jsonl::JsonLines<W>),
+    Summary(tail::Summary<W>),
+}
+
+impl<W: Write> Outputs<W> {
+    /// The first write error; after one, nothing more is written.
+    pub fn error(&self) -> Option<&std::io::Error> {
+        match self {
+            Outputs::Tail(t) => t.error(),
+            Outputs::Json(j) => j.error(),
+            Outputs::Summary(s) => s.error(),
+        }
+    }
+}
+
+impl<W: Write> Sink for Outputs<W> {
+    fn session_start(&mut self, info: &SessionInfo) {
+        match self {
+            Outputs::Tail(t) => t.session_start(info),
+            Outputs::Json(j) => j.session_start(info),
+            Outputs::Summary(s) => s.session_start(info),
+        }
+    }
+
+    fn event(&mut self, info: &SessionInfo, ev: &Event) {
+        match self {
+            Outputs::Tail(t) => t.event(info, ev),
+            Outputs::Json(j) => j.event(info, ev),
+            Outputs::Summary(s) => s.event(info, ev),
+        }
+    }
+
+    fn session_end(&mut self, info: &SessionInfo, rec: &SessionRecord) {
+        match self {
+            Outputs::Tail(t) => t.session_end(info, rec),
+            Outputs::Json(j) => j.session_end(info, rec),
+            Outputs::Summary(s) => s.session_end(info, rec),
+        }
+    }
+}

@@ -84,3 +84,6 @@ pub trait Dissector: Send {
     /// The protocol's fields of the session record (flattened into it).
     fn record(&self) -> serde_json::Map<String, serde_json::Value>;
 }
+
+/// Separator between the lines of a multi-line reply in [`Event::Reply::text`].
+pub const REPLY_LINE_SEP: &str = " / ";

@@ -1,1 +1,408 @@
-//! The session engine: flows joined to dissectors, and the session records.
+//! The session engine: TCP flows joined to protocol dissectors, and the records
+//! they produce.
+//!
+//! [`Engine::frame`] takes every [`Frame`] of a source (live or file) and drives
+//! it down the path: [`crate::wire::decode`] → [`FlowTable`] → the connection's
+//! [`Dissector`] → a [`Sink`] (the outputs). The engine is synchronous and does no
+//! I/O; the caller passes time in through the frames and [`Engine::tick`].
+pub mod record;
+mod sniff;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use crate::capture::Frame;
+use crate::flow::{CloseReason, ConnId, Dir, FlowConfig, FlowEvent, FlowTable};
+use crate::proto::{imap::Imap, pop3::Pop3, smtp::Smtp};
+use crate::proto::{Dissector, Event, Privacy, Proto, SessionStart};
+use crate::time::Ts;
+pub use record::SessionRecord;
+use sniff::Sniffer;
+
+/// What the engine tells the outputs, in order.
+pub trait Sink {
+    /// A new mail session was recognised.
+    fn session_start(&mut self, info: &SessionInfo);
+    /// A command, reply, TLS start or anomaly within a session.
+    fn event(&mut self, info: &SessionInfo, event: &Event);
+    /// The session ended; `record` is final.
+    fn session_end(&mut self, info: &SessionInfo, record: &SessionRecord);
+}
+
+/// The facts about a session known from its first packet on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: ConnId,
+    pub proto: Proto,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub start: Ts,
+    pub partial: bool,
+    pub implicit_tls: bool,
+}
+
+/// How ports map to protocols.
+#[derive(Clone, Debug)]
+pub struct PortMap {
+    map: HashMap<u16, (Proto, bool)>,
+    /// Connections on other ports are recognised by their first lines.
+    pub sniff_other_ports: bool,
+}
+
+impl Default for PortMap {
+    fn default() -> Self {
+        let map = [
+            (25, (Proto::Smtp, false)),
+            (587, (Proto::Smtp, false)),
+            (465, (Proto::Smtp, true)),
+            (110, (Proto::Pop3, false)),
+            (995, (Proto::Pop3, true)),
+            (143, (Proto::Imap, false)),
+            (993, (Proto::Imap, true)),
+        ]
+        .into_iter()
+        .collect();
+        PortMap {
+            map,
+            sniff_other_ports: true,
+        }
+    }
+}
+
+impl PortMap {
+    /// The protocol and implicit-TLS flag of a server port, when it is a known one.
+    pub fn get(&self, port: u16) -> Option<(Proto, bool)> {
+        self.map.get(&port).copied()
+    }
+
+    /// The ports with a known protocol (the flow table's idea of "server side").
+    pub fn ports(&self) -> Vec<u16> {
+        let mut p: Vec<u16> = self.map.keys().copied().collect();
+        p.sort_unstable();
+        p
+    }
+}
+
+/// Engine settings; every bound has a default (see [`FlowConfig`]).
+#[derive(Clone, Debug, Default)]
+pub struct EngineConfig {
+    pub privacy: Privacy,
+    pub ports: PortMap,
+    pub flow: FlowConfig,
+}
+
+/// Counters over a whole run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EngineStats {
+    pub frames: u64,
+    /// Frames that were not TCP (or IPv4 non-first fragments).
+    pub not_tcp: u64,
+    /// Frames whose headers could not be decoded.
+    pub malformed: u64,
+    pub sessions: u64,
+    /// TCP connections that never looked like mail (on a port with no protocol).
+    pub unrecognised: u64,
+}
+
+enum Dissect {
+    /// Protocol not yet known: the first bytes are being looked at.
+    Sniffing(Sniffer),
+    Active(Box<dyn Dissector>),
+    /// Not a mail session: bytes are dropped.
+    Ignored,
+}
+
+struct Session {
+    info: Option<SessionInfo>,
+    client: SocketAddr,
+    server: SocketAddr,
+    start: Ts,
+    syn_ts: Option<Ts>,
+    partial: bool,
+    dissect: Dissect,
+    gaps: u64,
+    anomalies: Vec<&'static str>,
+    commands: u64,
+    replies: u64,
+    /// Payload bytes seen client→server and server→client.
+    bytes: [u64; 2],
+    last_ts: Ts,
+}
+
+/// The session engine. See the module docs.
+pub struct Engine {
+    cfg: EngineConfig,
+    flows: FlowTable,
+    sessions: HashMap<ConnId, Session>,
+    stats: EngineStats,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Self {
+        let mut flow = cfg.flow.clone();
+        flow.server_ports = cfg.ports.ports();
+        Engine {
+            flows: FlowTable::new(flow),
+            sessions: HashMap::new(),
+            stats: EngineStats::default(),
+            cfg,
+        }
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    pub fn flow_stats(&self) -> crate::flow::FlowStats {
+        self.flows.stats()
+    }
+
+    /// Sessions currently open.
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Feeds one captured frame.
+    pub fn frame(&mut self, frame: &Frame, sink: &mut dyn Sink) {
+        self.stats.frames += 1;
+        let seg = match crate::wire::decode(frame) {
+            Ok(Some(seg)) => seg,
+            Ok(None) => {
+                self.stats.not_tcp += 1;
+                return;
+            }
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        let Engine {
+            cfg,
+            flows,
+            sessions,
+            stats,
+        } = self;
+        flows.segment(&seg, frame.ts, &mut |ev| {
+            handle(cfg, sessions, stats, ev, sink);
+        });
+    }
+
+    /// Lets time pass: ends sessions idle for longer than the flow idle timeout.
+    pub fn tick(&mut self, now: Ts, sink: &mut dyn Sink) {
+        let Engine {
+            cfg,
+            flows,
+            sessions,
+            stats,
+        } = self;
+        flows.expire(now, &mut |ev| handle(cfg, sessions, stats, ev, sink));
+    }
+
+    /// Ends every open session (end of file, or the capture stopped).
+    pub fn finish(&mut self, now: Ts, sink: &mut dyn Sink) {
+        let Engine {
+            cfg,
+            flows,
+            sessions,
+            stats,
+        } = self;
+        flows.finish(now, &mut |ev| handle(cfg, sessions, stats, ev, sink));
+    }
+}
+
+fn handle(
+    cfg: &EngineConfig,
+    sessions: &mut HashMap<ConnId, Session>,
+    stats: &mut EngineStats,
+    ev: FlowEvent<'_>,
+    sink: &mut dyn Sink,
+) {
+    match ev {
+        FlowEvent::Opened {
+            id,
+            client,
+            server,
+            ts,
+            syn_ts,
+            partial,
+        } => {
+            let mut s = Session {
+                info: None,
+                client,
+                server,
+                start: syn_ts.unwrap_or(ts),
+                syn_ts,
+                partial,
+                dissect: Dissect::Sniffing(Sniffer::default()),
+                gaps: 0,
+                anomalies: Vec::new(),
+                commands: 0,
+                replies: 0,
+                bytes: [0, 0],
+                last_ts: ts,
+            };
+            match cfg.ports.get(server.port()) {
+                Some((proto, implicit)) => activate(cfg, &mut s, id, proto, implicit, stats, sink),
+                None if cfg.ports.sniff_other_ports => {}
+                None => s.dissect = Dissect::Ignored,
+            }
+            sessions.insert(id, s);
+        }
+        FlowEvent::Data { id, dir, data, ts } => {
+            let Some(s) = sessions.get_mut(&id) else {
+                return;
+            };
+            s.last_ts = ts;
+            s.bytes[dir as usize] += data.len() as u64;
+            if let Dissect::Sniffing(sniffer) = &mut s.dissect {
+                match sniffer.push(dir, data, ts) {
+                    sniff::Verdict::NeedMore => return,
+                    sniff::Verdict::NotMail => {
+                        stats.unrecognised += 1;
+                        s.dissect = Dissect::Ignored;
+                        return;
+                    }
+                    sniff::Verdict::Mail(proto) => {
+                        let Dissect::Sniffing(sniffer) =
+                            std::mem::replace(&mut s.dissect, Dissect::Ignored)
+                        else {
+                            unreachable!("matched Sniffing above")
+                        };
+                        activate(cfg, s, id, proto, false, stats, sink);
+                        // Replay what the sniffer held, in arrival order.
+                        for (d, bytes, t) in sniffer.into_chunks() {
+                            feed(s, |x| x.data(d, &bytes, t), sink);
+                        }
+                        return;
+                    }
+                }
+            }
+            feed(s, |x| x.data(dir, data, ts), sink);
+        }
+        FlowEvent::Gap { id, dir, len, ts } => {
+            let Some(s) = sessions.get_mut(&id) else {
+                return;
+            };
+            s.gaps += len;
+            s.last_ts = ts;
+            if let Dissect::Sniffing(_) = s.dissect {
+                // A gap before the protocol is known: the session is partial from here.
+                s.dissect = Dissect::Sniffing(Sniffer::default());
+                s.partial = true;
+            }
+            feed(s, |x| x.gap(dir, len, ts), sink);
+        }
+        FlowEvent::Anomaly { id, kind, ts } => {
+            if let Some(s) = sessions.get_mut(&id) {
+                s.last_ts = ts;
+                note_anomaly(s, kind);
+                if let Some(info) = &s.info {
+                    sink.event(info, &Event::Anomaly { ts, id: kind });
+                }
+            }
+        }
+        FlowEvent::Closed { id, ts, reason } => {
+            let Some(s) = sessions.remove(&id) else {
+                return;
+            };
+            if let Some(info) = &s.info {
+                let rec = build_record(&s, info, ts, reason);
+                sink.session_end(info, &rec);
+            }
+        }
+    }
+}
+
+fn activate(
+    cfg: &EngineConfig,
+    s: &mut Session,
+    id: ConnId,
+    proto: Proto,
+    implicit_tls: bool,
+    stats: &mut EngineStats,
+    sink: &mut dyn Sink,
+) {
+    let start = SessionStart {
+        syn_ts: s.syn_ts,
+        implicit_tls,
+        partial: s.partial,
+    };
+    let d: Box<dyn Dissector> = match proto {
+        Proto::Smtp => Box::new(Smtp::new(cfg.privacy, start)),
+        Proto::Pop3 => Box::new(Pop3::new(cfg.privacy, start)),
+        Proto::Imap => Box::new(Imap::new(cfg.privacy, start)),
+    };
+    s.dissect = Dissect::Active(d);
+    let info = SessionInfo {
+        id,
+        proto,
+        client: s.client,
+        server: s.server,
+        start: s.start,
+        partial: s.partial,
+        implicit_tls,
+    };
+    stats.sessions += 1;
+    sink.session_start(&info);
+    s.info = Some(info);
+}
+
+/// Runs one dissector input, then drains its events to the sink.
+fn feed(s: &mut Session, input: impl FnOnce(&mut dyn Dissector), sink: &mut dyn Sink) {
+    let Dissect::Active(d) = &mut s.dissect else {
+        return;
+    };
+    input(d.as_mut());
+    while let Some(ev) = d.poll_event() {
+        match &ev {
+            Event::Command { .. } => s.commands += 1,
+            Event::Reply { .. } => s.replies += 1,
+            Event::Anomaly { id, .. } => {
+                if !s.anomalies.contains(id) {
+                    s.anomalies.push(id);
+                }
+            }
+            Event::TlsStarted { .. } => {}
+        }
+        if let Some(info) = &s.info {
+            sink.event(info, &ev);
+        }
+    }
+}
+
+fn note_anomaly(s: &mut Session, kind: &'static str) {
+    if !s.anomalies.contains(&kind) {
+        s.anomalies.push(kind);
+    }
+}
+
+fn build_record(s: &Session, info: &SessionInfo, end: Ts, reason: CloseReason) -> SessionRecord {
+    let fields = match &s.dissect {
+        Dissect::Active(d) => d.record(),
+        _ => serde_json::Map::new(),
+    };
+    SessionRecord {
+        id: info.id,
+        proto: info.proto,
+        start: s.start,
+        end: end.max(s.last_ts),
+        client: s.client,
+        server: s.server,
+        partial: s.partial,
+        gaps: s.gaps,
+        close: reason,
+        commands: s.commands,
+        replies: s.replies,
+        bytes: s.bytes,
+        anomalies: s.anomalies.clone(),
+        fields,
+    }
+}
+
+/// Direction helper for outputs: which endpoint sent in `dir`.
+pub fn sender(info: &SessionInfo, dir: Dir) -> SocketAddr {
+    match dir {
+        Dir::ToServer => info.client,
+        Dir::ToClient => info.server,
+    }
+}

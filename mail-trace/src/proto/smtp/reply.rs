@@ -5,7 +5,7 @@
 use crate::proto::auth::truncate;
 
 /// Separator between the text lines of a multi-line reply.
-pub const LINE_SEPARATOR: &str = " / ";
+pub const LINE_SEPARATOR: &str = crate::proto::REPLY_LINE_SEP;
 /// Lines of one reply kept (an EHLO reply has ~15); the rest are counted, not kept.
 pub const MAX_REPLY_LINES: usize = 64;
 /// Longest reply text kept, all lines together.

@@ -1,0 +1,92 @@
+//! `mail-trace replay FILE…`: the session engine over pcap/pcapng files.
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::capture::pcap::PcapSource;
+use crate::cmd::output::OutputArgs;
+use crate::output::Outputs;
+use crate::session::{Engine, EngineConfig};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// pcap or pcapng files, read in order.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Dissect only connections on the known mail ports; by default connections on
+    /// other ports are recognised by their first lines.
+    #[arg(long)]
+    pub no_sniff: bool,
+}
+
+/// How often (in capture time) idle sessions are looked for.
+const TICK_NS: u64 = 1_000_000_000;
+
+/// Runs the replay; returns the process exit code (1 when a file was unreadable
+/// or broken — the sessions read before the error are still printed).
+pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
+    let mut cfg = EngineConfig {
+        privacy: args.output.privacy(),
+        ..Default::default()
+    };
+    cfg.ports.sniff_other_ports = !args.no_sniff;
+    let mut engine = Engine::new(cfg);
+    let mut out = args.output.stdout();
+    let mut status = 0;
+    for path in &args.files {
+        let mut src = match PcapSource::open(path) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("mail-trace: {e}");
+                status = 1;
+                continue;
+            }
+        };
+        let (mut last_tick, mut last_ts) = (0u64, 0u64);
+        while let Some(frame) = src.next_frame() {
+            match frame {
+                Ok(frame) => {
+                    engine.frame(&frame, &mut out);
+                    last_ts = last_ts.max(frame.ts);
+                    if last_ts >= last_tick + TICK_NS {
+                        engine.tick(last_ts, &mut out);
+                        last_tick = last_ts;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("mail-trace: {e}");
+                    status = 1;
+                    break;
+                }
+            }
+            if out.error().is_some() {
+                break;
+            }
+        }
+        // Sessions still open at the end of a file end with it.
+        engine.finish(last_ts, &mut out);
+        if out.error().is_some() {
+            break;
+        }
+    }
+    finish_output(out)?;
+    Ok(status)
+}
+
+/// Flushes the output. A closed pipe (`| head`) is a normal way to stop reading.
+pub fn finish_output<W: Write>(mut out: Outputs<W>) -> anyhow::Result<()> {
+    let flushed = match &mut out {
+        Outputs::Tail(t) => t.flush(),
+        Outputs::Json(j) => j.flush(),
+        Outputs::Summary(_) => Ok(()),
+    };
+    let err = out
+        .error()
+        .map(|e| e.kind())
+        .or(flushed.err().map(|e| e.kind()));
+    match err {
+        None | Some(std::io::ErrorKind::BrokenPipe) => Ok(()),
+        Some(kind) => anyhow::bail!("writing output: {kind}"),
+    }
+}
