@@ -97,7 +97,7 @@ impl FromStr for Cidr {
             IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
             IpAddr::V6(v) => u128::from(v),
         };
-        let host_mask = if prefix == 0 { u128::MAX } else { u128::MAX >> prefix };
+        let host_mask = u128::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
         if bits & host_mask != 0 {
             return Err(bad("host bits set"));
         }
@@ -469,14 +469,14 @@ impl Joiner {
             return None;
         };
         let chunk = &rec[HDR_LEN..HDR_LEN + hdr.chunk_len as usize];
-        if hdr.offset == 0 && hdr.chunk_len == hdr.cap_len {
-            return Some((hdr, chunk.to_vec()));
-        }
         let cpu = hdr.packet_id >> 48;
         let before = self.pending.len();
         self.pending
             .retain(|p| p.hdr.packet_id == hdr.packet_id || p.hdr.packet_id >> 48 != cpu);
         self.incomplete += (before - self.pending.len()) as u64;
+        if hdr.offset == 0 && hdr.chunk_len == hdr.cap_len {
+            return Some((hdr, chunk.to_vec()));
+        }
         let idx = match self.pending.iter().position(|p| p.hdr.packet_id == hdr.packet_id) {
             Some(i) => i,
             None => {
@@ -538,4 +538,138 @@ fn parse_header(rec: &[u8]) -> Option<PacketHeader> {
         && hdr.offset.checked_add(hdr.chunk_len).is_some_and(|end| end <= hdr.cap_len)
         && rec.len() >= HDR_LEN + hdr.chunk_len as usize;
     ok.then_some(hdr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: u64, cap: u32, offset: u32, data: &[u8]) -> Vec<u8> {
+        let h = PacketHeader {
+            ts_ns: 5_000,
+            packet_id: id,
+            ifindex: 7,
+            flags: FLAG_EGRESS,
+            orig_len: cap + 10,
+            cap_len: cap,
+            offset,
+            chunk_len: data.len() as u32,
+        };
+        let mut v = Vec::new();
+        for x in [h.ts_ns, h.packet_id] {
+            v.extend_from_slice(&x.to_ne_bytes());
+        }
+        for x in [h.ifindex, h.flags, h.orig_len, h.cap_len, h.offset, h.chunk_len] {
+            v.extend_from_slice(&x.to_ne_bytes());
+        }
+        v.extend_from_slice(data);
+        // Records are reserved in fixed size classes: trailing bytes are not data.
+        v.extend_from_slice(&[0xee; 16]);
+        v
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn single_record_packet_comes_out_whole() {
+        let mut j = Joiner::default();
+        let (h, d) = j.push(&rec(1, 3, 0, b"abc")).unwrap();
+        assert_eq!(d, b"abc");
+        assert_eq!((h.ifindex, h.orig_len, h.cap_len), (7, 13, 3));
+    }
+
+    #[test]
+    fn chunks_are_joined_across_interleaved_cpus() {
+        let p = pattern(5000);
+        let (a, b) = (1u64 << 48 | 9, 2u64 << 48 | 9);
+        let mut j = Joiner::default();
+        assert_eq!(j.push(&rec(a, 5000, 0, &p[..2048])), None);
+        assert_eq!(j.push(&rec(b, 3000, 0, &p[..2048])), None);
+        assert_eq!(j.push(&rec(a, 5000, 2048, &p[2048..4096])), None);
+        let (_, db) = j.push(&rec(b, 3000, 2048, &p[2048..3000])).unwrap();
+        assert_eq!(db, &p[..3000]);
+        let (h, da) = j.push(&rec(a, 5000, 4096, &p[4096..])).unwrap();
+        assert_eq!(da, p);
+        assert_eq!(h.packet_id, a);
+        assert_eq!((j.incomplete, j.malformed), (0, 0));
+    }
+
+    #[test]
+    fn a_lost_chunk_drops_the_packet_never_emits_a_hole() {
+        let p = pattern(4096);
+        let mut j = Joiner::default();
+        assert_eq!(j.push(&rec(3 << 48 | 1, 4096, 0, &p[..2048])), None);
+        // The second chunk was lost (ring full); the same CPU's next packet arrives.
+        let (_, d) = j.push(&rec(3 << 48 | 2, 2, 0, b"ok")).unwrap();
+        assert_eq!(d, b"ok");
+        assert_eq!(j.push(&rec(3 << 48 | 3, 4096, 0, &p[..2048])), None);
+        assert_eq!(j.incomplete, 1);
+        // A packet whose first chunk was lost never completes either.
+        assert_eq!(j.push(&rec(4 << 48 | 1, 4096, 2048, &p[2048..])), None);
+        assert_eq!(j.push(&rec(4 << 48 | 2, 1, 0, b"x")).map(|(_, d)| d), Some(b"x".to_vec()));
+        assert_eq!(j.incomplete, 2);
+    }
+
+    #[test]
+    fn malformed_records_are_counted_not_trusted() {
+        let mut j = Joiner::default();
+        assert_eq!(j.push(&[0u8; 39]), None);
+        let mut short = rec(1, 100, 0, &[1; 100]);
+        short.truncate(40 + 50);
+        assert_eq!(j.push(&short), None);
+        assert_eq!(j.push(&rec(1, 10, 8, b"abcd")), None); // past cap_len
+        assert_eq!(j.push(&rec(1, 70000, 0, &[0; 16])), None); // over 64 KiB
+        assert_eq!(j.push(&rec(1, 0, 0, b"")), None); // empty chunk
+        assert_eq!(j.malformed, 5);
+        // A duplicated chunk would overshoot the packet length.
+        let p = pattern(3000);
+        assert_eq!(j.push(&rec(5 << 48, 3000, 0, &p[..2048])), None);
+        assert_eq!(j.push(&rec(5 << 48, 3000, 0, &p[..2048])), None);
+        assert_eq!(j.malformed, 6);
+    }
+
+    #[test]
+    fn pending_packets_are_bounded() {
+        let mut j = Joiner::default();
+        for cpu in 0..(MAX_PENDING as u64 + 10) {
+            assert_eq!(j.push(&rec(cpu << 48, 4096, 0, &[0; 2048])), None);
+        }
+        assert_eq!(j.pending.len(), MAX_PENDING);
+        assert_eq!(j.incomplete, 10);
+    }
+
+    #[test]
+    fn frames_carry_epoch_time_direction_and_attach_position() {
+        let ifaces = [
+            Iface { name: "a".into(), ifindex: 3, link: LinkType::Ethernet },
+            Iface { name: "b".into(), ifindex: 7, link: LinkType::Ethernet },
+        ];
+        let mut j = Joiner::default();
+        let (h, d) = j.push(&rec(1, 3, 0, b"abc")).unwrap();
+        let f = to_frame(&ifaces, 1_000_000, &h, d).unwrap();
+        assert_eq!(
+            f,
+            Frame {
+                ts: 1_005_000,
+                iface: 1,
+                dir: Direction::Out,
+                link: LinkType::Ethernet,
+                orig_len: 13,
+                data: b"abc".to_vec()
+            }
+        );
+        let l3 = PacketHeader { flags: FLAG_INGRESS | FLAG_L3, ifindex: 3, ..h };
+        let f = to_frame(&ifaces, -10_000, &l3, vec![]).unwrap();
+        assert_eq!((f.ts, f.iface, f.dir, f.link), (0, 0, Direction::In, LinkType::RawIp));
+        assert_eq!(to_frame(&ifaces, 0, &PacketHeader { ifindex: 99, ..h }, vec![]), None);
+    }
+
+    #[test]
+    fn missing_interface_is_a_clear_error() {
+        let e = lookup_iface("mtnosuch0").unwrap_err();
+        assert_eq!(e.to_string(), "interface mtnosuch0 does not exist");
+        assert!(lookup_iface("lo").is_ok());
+    }
 }
