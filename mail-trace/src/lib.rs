@@ -7,7 +7,9 @@
 //! - [`proto`]: sans-I/O protocol state machines (SMTP, POP3, IMAP): bytes in, events out.
 //! - [`session`]: the engine joining flows to dissectors, and the session records.
 //! - [`output`]: the session tail, JSON lines and pcapng.
+//! - [`explain`]: plain-English meanings of SMTP, enhanced, POP3 and IMAP status codes.
 pub mod capture;
+pub mod explain;
 pub mod flow;
 pub mod output;
 pub mod proto;

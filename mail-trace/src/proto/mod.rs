@@ -4,8 +4,13 @@
 //! reassembled bytes of each direction (and the gaps), then drains
 //! [`Dissector::poll_event`] and finally asks for the protocol's part of the
 //! session record.
+pub mod auth;
+pub mod imap;
 pub mod line;
+pub mod pop3;
 pub mod smtp;
+pub mod stream;
+pub mod tls;
 
 use crate::flow::Dir;
 use crate::time::Ts;

@@ -1,0 +1,187 @@
+//! SASL exchanges as seen on the wire (SMTP AUTH, POP3 AUTH, IMAP AUTHENTICATE):
+//! which mechanism, which user, and how to show the lines without their secrets.
+//!
+//! The protocol dissector owns the framing (`334 …` / `+ …` challenges, one
+//! base64 line per client response); this module only looks at the payloads.
+//! It keeps the user name and nothing else: passwords, tokens and digests are
+//! never stored, so they cannot leak through the record.
+
+use base64::Engine as _;
+
+/// What replaces a secret in a command argument.
+pub const REDACTED: &str = "<redacted>";
+
+/// The verb of a client line that answers a SASL challenge (it has no verb of
+/// its own on the wire).
+pub const RESPONSE_VERB: &str = "AUTH-DATA";
+
+/// Longest user name kept (a longer one is cut, never an error).
+const MAX_USER: usize = 256;
+
+/// One SASL exchange: from the AUTH command to its final reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SaslExchange {
+    /// Mechanism, upper-cased ("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", …).
+    pub mechanism: String,
+    /// User name, when the mechanism carries it and it was seen.
+    pub user: Option<String>,
+    /// Client responses seen so far (the initial response counts).
+    responses: u32,
+}
+
+impl SaslExchange {
+    /// Starts an exchange for `mechanism` (any case).
+    pub fn new(mechanism: &str) -> Self {
+        Self {
+            mechanism: mechanism.to_ascii_uppercase(),
+            user: None,
+            responses: 0,
+        }
+    }
+
+    /// A client response (the initial response or a line after a challenge),
+    /// base64 as sent. Extracts the user name where the mechanism carries one.
+    pub fn client_response(&mut self, b64: &str) {
+        let index = self.responses;
+        self.responses = self.responses.saturating_add(1);
+        let b64 = b64.trim();
+        if b64 == "*" || b64 == "=" || b64.is_empty() {
+            return;
+        }
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+            return;
+        };
+        let user = match self.mechanism.as_str() {
+            // authzid NUL authcid NUL passwd: the authentication identity is the user.
+            "PLAIN" => {
+                let mut fields = raw.split(|&b| b == 0);
+                let authzid = fields.next().unwrap_or_default();
+                match fields.next() {
+                    Some(authcid) if !authcid.is_empty() => Some(authcid.to_vec()),
+                    Some(_) => Some(authzid.to_vec()),
+                    None => None,
+                }
+            }
+            // The first response is the user name, the second the password.
+            "LOGIN" if index == 0 => Some(raw),
+            // "user hex-digest".
+            "CRAM-MD5" => raw.split(|&b| b == b' ').next().map(<[u8]>::to_vec),
+            // "user=" NAME ^A "auth=Bearer " TOKEN ^A ^A
+            "XOAUTH2" => raw
+                .split(|&b| b == 1)
+                .find_map(|f| f.strip_prefix(b"user=").map(<[u8]>::to_vec)),
+            // GS2 header "n,a=" NAME "," ^A …
+            "OAUTHBEARER" => raw
+                .split(|&b| b == b',' || b == 1)
+                .find_map(|f| f.strip_prefix(b"a=").map(<[u8]>::to_vec)),
+            _ => None,
+        };
+        if let Some(user) = user.filter(|u| !u.is_empty()) {
+            let mut s = String::from_utf8_lossy(&user).into_owned();
+            truncate(&mut s, MAX_USER);
+            self.user = Some(s);
+        }
+    }
+
+    /// How the AUTH command's arguments (`MECH [initial-response]`) are shown.
+    pub fn command_arg(mechanism: &str, initial: Option<&str>, show_secrets: bool) -> String {
+        match initial {
+            Some(ir) if show_secrets => format!("{mechanism} {ir}"),
+            Some(_) => format!("{mechanism} {REDACTED}"),
+            None => mechanism.to_string(),
+        }
+    }
+
+    /// How a client response line is shown.
+    pub fn response_arg(line: &str, show_secrets: bool) -> String {
+        if show_secrets || line.trim() == "*" {
+            line.to_string()
+        } else {
+            REDACTED.to_string()
+        }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub(crate) fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    #[test]
+    fn plain_user_is_the_authcid() {
+        let mut x = SaslExchange::new("plain");
+        x.client_response(&b64(b"\0alice@example.com\0s3cret"));
+        assert_eq!(x.mechanism, "PLAIN");
+        assert_eq!(x.user.as_deref(), Some("alice@example.com"));
+        let mut x = SaslExchange::new("PLAIN");
+        x.client_response(&b64(b"admin\0bob\0pw"));
+        assert_eq!(x.user.as_deref(), Some("bob"));
+    }
+
+    #[test]
+    fn login_user_is_the_first_response_only() {
+        let mut x = SaslExchange::new("LOGIN");
+        x.client_response(&b64(b"carol"));
+        x.client_response(&b64(b"password"));
+        assert_eq!(x.user.as_deref(), Some("carol"));
+    }
+
+    #[test]
+    fn cram_md5_xoauth2_oauthbearer_users() {
+        let mut x = SaslExchange::new("CRAM-MD5");
+        x.client_response(&b64(b"dave b913a602c7eda7a495b4e6e7334d3890"));
+        assert_eq!(x.user.as_deref(), Some("dave"));
+        let mut x = SaslExchange::new("XOAUTH2");
+        x.client_response(&b64(
+            b"user=erin@example.com\x01auth=Bearer ya29.tok\x01\x01",
+        ));
+        assert_eq!(x.user.as_deref(), Some("erin@example.com"));
+        let mut x = SaslExchange::new("OAUTHBEARER");
+        x.client_response(&b64(
+            b"n,a=frank@example.com,\x01host=mx\x01auth=Bearer t\x01\x01",
+        ));
+        assert_eq!(x.user.as_deref(), Some("frank@example.com"));
+    }
+
+    #[test]
+    fn garbage_and_cancel_keep_no_user() {
+        let mut x = SaslExchange::new("PLAIN");
+        x.client_response("*");
+        x.client_response("!!!not base64");
+        x.client_response(&b64(b"no-nul-here"));
+        assert_eq!(x.user, None);
+        let mut x = SaslExchange::new("GSSAPI");
+        x.client_response(&b64(b"opaque"));
+        assert_eq!(x.user, None);
+    }
+
+    #[test]
+    fn args_are_redacted_unless_allowed() {
+        assert_eq!(
+            SaslExchange::command_arg("PLAIN", Some("AGFsaWNlAHB3"), false),
+            "PLAIN <redacted>"
+        );
+        assert_eq!(
+            SaslExchange::command_arg("PLAIN", Some("AGFsaWNlAHB3"), true),
+            "PLAIN AGFsaWNlAHB3"
+        );
+        assert_eq!(SaslExchange::command_arg("LOGIN", None, false), "LOGIN");
+        assert_eq!(SaslExchange::response_arg("cGFzcw==", false), REDACTED);
+        assert_eq!(SaslExchange::response_arg("*", false), "*");
+        assert_eq!(SaslExchange::response_arg("cGFzcw==", true), "cGFzcw==");
+    }
+}

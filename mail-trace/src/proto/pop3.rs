@@ -1,0 +1,927 @@
+//! POP3 (RFC 1939, 2449 CAPA/PIPELINING/response codes, 2595 STLS, 5034 SASL)
+//! as a sans-I/O state machine.
+//!
+//! Replies are matched to commands in order (RFC 2449 allows pipelining).
+//! Whether a `+OK` opens a multi-line response depends on the command: CAPA,
+//! RETR, TOP, LIST and UIDL without argument, AUTH without mechanism (the
+//! mechanism list most servers send) and LANG without argument. Multi-line
+//! bodies are dot-unstuffed and counted, never shown.
+//!
+//! | anomaly id | meaning |
+//! |---|---|
+//! | `bare-lf` | a line ended in LF without CR |
+//! | `line-too-long` | a line longer than [`super::line::MAX_LINE`] |
+//! | `unknown-command` | a client verb not in POP3 or its extensions |
+//! | `bad-reply` | a server line that is not `+OK`, `-ERR` or a SASL `+` |
+//! | `reply-without-command` | a status reply with no command waiting for it |
+//! | `unexpected-continuation` | a `+` challenge outside AUTH |
+//! | `too-many-pending` | more pipelined commands than [`MAX_PENDING`] |
+//! | `data-after-stls` | client bytes between STLS and its reply (injection attempt) |
+//! | `gap-resync` | bytes were lost; lines skipped until the stream made sense again |
+
+use std::collections::VecDeque;
+
+use super::auth::{SaslExchange, REDACTED, RESPONSE_VERB};
+use super::stream::{latency, printable, verb_of, CommandStats, Events, Framed, Framer, TlsTrack};
+use super::{Dissector, Event, Privacy, SessionStart};
+use crate::flow::Dir;
+use crate::time::Ts;
+use serde_json::{json, Map, Value};
+
+/// Commands sent but not yet answered. PIPELINING clients send a window of a
+/// few; past this the oldest are forgotten.
+pub const MAX_PENDING: usize = 64;
+/// CAPA lines kept for the record.
+pub const MAX_CAPA: usize = 32;
+const MAX_FIELD: usize = 256;
+
+const KNOWN: &[&str] = &[
+    "USER", "PASS", "APOP", "AUTH", "STLS", "CAPA", "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE",
+    "RSET", "NOOP", "QUIT", "LAST", "UTF8", "LANG", "XTND",
+];
+
+#[derive(Debug)]
+struct Pending {
+    verb: String,
+    /// A `+OK` to it is followed by a dot-terminated body.
+    multi: bool,
+    end_ts: Ts,
+}
+
+#[derive(Debug)]
+struct Body {
+    verb: String,
+    bytes: u64,
+}
+
+#[derive(Debug)]
+struct Auth {
+    mechanism: String,
+    user: Option<String>,
+    result: String,
+}
+
+/// POP3 dissector.
+pub struct Pop3 {
+    privacy: Privacy,
+    client: Framer,
+    server: Framer,
+    ev: Events,
+    /// Skip lines until one parses (after a gap or a mid-stream pickup).
+    c_resync: bool,
+    s_resync: bool,
+    greeting_due: bool,
+    pending: VecDeque<Pending>,
+    body: Option<Body>,
+    sasl: Option<SaslExchange>,
+    /// STLS sent, its reply not seen yet.
+    stls_wait: bool,
+    /// The USER of a USER/PASS login in progress.
+    login_user: Option<String>,
+    greeting: Option<(String, String, bool)>,
+    user: Option<String>,
+    auth: Option<Auth>,
+    tls: TlsTrack,
+    /// Implicit TLS: `TlsStarted` goes out with the first byte.
+    tls_announce: bool,
+    stats: CommandStats,
+    retrieved: (u64, u64),
+    top: (u64, u64),
+    capa: Vec<String>,
+}
+
+impl Pop3 {
+    pub fn new(privacy: Privacy, start: SessionStart) -> Self {
+        let mut tls = TlsTrack::default();
+        if start.implicit_tls {
+            tls.start("implicit");
+        }
+        Self {
+            privacy,
+            client: Framer::default(),
+            server: Framer::default(),
+            ev: Events::default(),
+            c_resync: start.partial,
+            s_resync: start.partial,
+            greeting_due: !start.partial,
+            pending: VecDeque::new(),
+            body: None,
+            sasl: None,
+            stls_wait: false,
+            login_user: None,
+            greeting: None,
+            user: None,
+            auth: None,
+            tls_announce: start.implicit_tls,
+            tls,
+            stats: CommandStats::default(),
+            retrieved: (0, 0),
+            top: (0, 0),
+            capa: Vec::new(),
+        }
+    }
+
+    fn secret(&self, s: &str) -> String {
+        if self.privacy.show_secrets {
+            s.to_string()
+        } else {
+            REDACTED.to_string()
+        }
+    }
+
+    fn line_anomalies(&mut self, l: &Framed, ts: Ts) {
+        if l.bare_lf {
+            self.ev.anomaly(ts, "bare-lf");
+        }
+        if l.overlong {
+            self.ev.anomaly(ts, "line-too-long");
+        }
+    }
+
+    fn client_line(&mut self, l: Framed, ts: Ts) {
+        if self.stls_wait {
+            self.ev.anomaly(ts, "data-after-stls");
+            return;
+        }
+        if let Some(sasl) = &mut self.sasl {
+            // Inside AUTH every client line answers a challenge.
+            let line = printable(&l.text);
+            sasl.client_response(&line);
+            let arg = SaslExchange::response_arg(&line, self.privacy.show_secrets);
+            self.ev.push(Event::Command {
+                ts,
+                verb: RESPONSE_VERB.into(),
+                arg,
+            });
+            if let Some(p) = self.pending.back_mut() {
+                p.end_ts = ts;
+            }
+            return;
+        }
+        let text = l.text.as_slice();
+        let (word, rest) = match text.iter().position(|&b| b == b' ') {
+            Some(i) => (&text[..i], &text[i + 1..]),
+            None => (text, &b""[..]),
+        };
+        let verb = verb_of(word);
+        let known = KNOWN.contains(&verb.as_str());
+        if self.c_resync {
+            if !known {
+                return;
+            }
+            self.c_resync = false;
+        }
+        self.line_anomalies(&l, ts);
+        if !known {
+            self.ev.anomaly(ts, "unknown-command");
+        }
+        let rest_s = printable(rest);
+        let mut args = rest_s.split_ascii_whitespace();
+        let first = args.next();
+        let second = args.next();
+        let mut multi = false;
+        let arg = match verb.as_str() {
+            "USER" => {
+                let u: String = rest_s.trim().chars().take(MAX_FIELD).collect();
+                self.login_user = Some(u.clone());
+                self.user = Some(u.clone());
+                u
+            }
+            "PASS" => self.secret(&rest_s),
+            "APOP" => {
+                let u: String = first.unwrap_or("").chars().take(MAX_FIELD).collect();
+                self.login_user = Some(u.clone());
+                self.user = Some(u.clone());
+                format!("{u} {}", self.secret(second.unwrap_or("")))
+            }
+            "AUTH" => match first {
+                None => {
+                    multi = true;
+                    String::new()
+                }
+                Some(m) => {
+                    let mut ex = SaslExchange::new(m);
+                    if let Some(ir) = second {
+                        ex.client_response(ir);
+                    }
+                    let arg =
+                        SaslExchange::command_arg(&ex.mechanism, second, self.privacy.show_secrets);
+                    self.sasl = Some(ex);
+                    arg
+                }
+            },
+            "STLS" => {
+                self.stls_wait = true;
+                rest_s
+            }
+            "CAPA" | "RETR" | "TOP" => {
+                multi = true;
+                rest_s
+            }
+            "LIST" | "UIDL" | "LANG" => {
+                multi = first.is_none();
+                rest_s
+            }
+            _ => rest_s,
+        };
+        self.stats.sent(&verb);
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+            self.ev.anomaly(ts, "too-many-pending");
+        }
+        self.pending.push_back(Pending {
+            verb: verb.clone(),
+            multi,
+            end_ts: ts,
+        });
+        self.ev.push(Event::Command { ts, verb, arg });
+    }
+
+    fn server_line(&mut self, l: Framed, ts: Ts) {
+        if let Some(body) = &mut self.body {
+            if l.text == b"." {
+                let body = std::mem::take(&mut self.body);
+                if let Some(b) = body {
+                    match b.verb.as_str() {
+                        "RETR" => {
+                            self.retrieved.0 += 1;
+                            self.retrieved.1 += b.bytes;
+                        }
+                        "TOP" => {
+                            self.top.0 += 1;
+                            self.top.1 += b.bytes;
+                        }
+                        _ => {}
+                    }
+                }
+                return;
+            }
+            // Dot-stuffing: a leading dot was doubled on the wire.
+            let stuffed = u64::from(l.text.starts_with(b".."));
+            body.bytes += l.raw_len - stuffed;
+            if body.verb == "CAPA" && self.capa.len() < MAX_CAPA {
+                let cap: String = printable(&l.text).chars().take(MAX_FIELD).collect();
+                self.capa.push(cap);
+            }
+            return;
+        }
+        let text = l.text.as_slice();
+        let code = if starts_word(text, b"+OK") {
+            "+OK"
+        } else if starts_word(text, b"-ERR") {
+            "-ERR"
+        } else if text == b"+" || text.starts_with(b"+ ") {
+            "+"
+        } else {
+            if !self.s_resync {
+                self.line_anomalies(&l, ts);
+                self.ev.anomaly(ts, "bad-reply");
+            }
+            return;
+        };
+        self.line_anomalies(&l, ts);
+        let rest = text.get(code.len() + 1..).unwrap_or(b"");
+        if code == "+" {
+            if self.sasl.is_none() {
+                self.ev.anomaly(ts, "unexpected-continuation");
+            }
+            let shown = self.secret(&printable(rest));
+            let lat = latency(self.pending.back().map(|p| p.end_ts), l.start_ts);
+            self.ev.push(Event::Reply {
+                ts: l.start_ts,
+                code: code.into(),
+                enhanced: None,
+                text: shown,
+                latency_ns: lat,
+            });
+            return;
+        }
+        let (enhanced, text_s) = split_code(rest);
+        if self.greeting_due {
+            self.greeting_due = false;
+            let apop = has_apop_stamp(&text_s);
+            self.greeting = Some((code.into(), text_s.clone(), apop));
+            self.ev.push(Event::Reply {
+                ts: l.start_ts,
+                code: code.into(),
+                enhanced,
+                text: text_s,
+                latency_ns: None,
+            });
+            return;
+        }
+        let cmd = self.pending.pop_front();
+        if cmd.is_none() && !self.s_resync {
+            self.ev.anomaly(ts, "reply-without-command");
+        }
+        if cmd.is_some() {
+            self.s_resync = false;
+        }
+        let ok = code == "+OK";
+        self.ev.push(Event::Reply {
+            ts: l.start_ts,
+            code: code.into(),
+            enhanced,
+            text: text_s,
+            latency_ns: latency(cmd.as_ref().map(|c| c.end_ts), l.start_ts),
+        });
+        if let Some(c) = cmd {
+            if !ok {
+                self.stats.failed(&c.verb);
+            }
+            self.completed(&c, code, ok, ts);
+            if ok && c.multi {
+                self.body = Some(Body {
+                    verb: c.verb,
+                    bytes: 0,
+                });
+            }
+        }
+    }
+
+    /// What a command's final reply changes in the session.
+    fn completed(&mut self, c: &Pending, code: &str, ok: bool, ts: Ts) {
+        match c.verb.as_str() {
+            "PASS" | "APOP" => {
+                let mechanism = if c.verb == "PASS" { "USER" } else { "APOP" };
+                self.auth = Some(Auth {
+                    mechanism: mechanism.into(),
+                    user: self.login_user.clone(),
+                    result: code.into(),
+                });
+            }
+            "AUTH" => {
+                if let Some(ex) = self.sasl.take() {
+                    if ex.user.is_some() {
+                        self.user = ex.user.clone();
+                    }
+                    self.auth = Some(Auth {
+                        mechanism: ex.mechanism,
+                        user: ex.user,
+                        result: code.into(),
+                    });
+                }
+            }
+            "STLS" => {
+                self.stls_wait = false;
+                if ok {
+                    self.tls.start("starttls");
+                    self.ev.push(Event::TlsStarted { ts });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn feed(&mut self, dir: Dir, mut data: &[u8], ts: Ts) {
+        if self.tls_announce && !data.is_empty() {
+            self.tls_announce = false;
+            self.ev.push(Event::TlsStarted { ts });
+        }
+        while !data.is_empty() {
+            if self.tls.on() {
+                self.tls.feed(dir, data);
+                return;
+            }
+            let framer = match dir {
+                Dir::ToServer => &mut self.client,
+                Dir::ToClient => &mut self.server,
+            };
+            let (used, line) = framer.next(data, ts);
+            data = &data[used..];
+            if let Some(l) = line {
+                match dir {
+                    Dir::ToServer => self.client_line(l, ts),
+                    Dir::ToClient => self.server_line(l, ts),
+                }
+            }
+        }
+    }
+}
+
+fn starts_word(text: &[u8], word: &[u8]) -> bool {
+    text.len() >= word.len()
+        && text[..word.len()].eq_ignore_ascii_case(word)
+        && matches!(text.get(word.len()), None | Some(b' '))
+}
+
+/// RFC 2449 §8: an extended response code in brackets right after the status.
+fn split_code(rest: &[u8]) -> (Option<String>, String) {
+    let text = printable(rest);
+    if let Some(inner) = text.strip_prefix('[') {
+        if let Some(end) = inner.find(']') {
+            let code: String = inner[..end].chars().take(MAX_FIELD).collect();
+            return (Some(code), inner[end + 1..].trim_start().to_string());
+        }
+    }
+    (None, text)
+}
+
+/// RFC 1939 §7: an APOP-capable server puts a `<…@…>` timestamp in its greeting.
+fn has_apop_stamp(text: &str) -> bool {
+    text.find('<')
+        .and_then(|a| text[a..].find('>').map(|b| &text[a..a + b]))
+        .is_some_and(|stamp| stamp.contains('@'))
+}
+
+impl Dissector for Pop3 {
+    fn data(&mut self, dir: Dir, data: &[u8], ts: Ts) {
+        self.feed(dir, data, ts);
+    }
+
+    fn gap(&mut self, dir: Dir, _len: u64, ts: Ts) {
+        if self.tls.on() {
+            self.tls.gap(dir);
+            return;
+        }
+        self.ev.anomaly(ts, "gap-resync");
+        match dir {
+            Dir::ToServer => {
+                self.client.reset();
+                self.c_resync = true;
+            }
+            Dir::ToClient => {
+                // The reply (or the body's end) may be in the hole: nothing
+                // waiting can be matched with confidence any more.
+                self.server.reset();
+                self.s_resync = true;
+                self.body = None;
+                self.pending.clear();
+                self.greeting_due = false;
+            }
+        }
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        self.ev.pop()
+    }
+
+    fn record(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("user".into(), self.user.clone().into());
+        self.tls.record(&mut m);
+        m.insert(
+            "auth".into(),
+            self.auth.as_ref().map_or(
+                Value::Null,
+                |a| json!({"mechanism": a.mechanism, "user": a.user, "result": a.result}),
+            ),
+        );
+        m.insert("commands".into(), self.stats.to_json());
+        m.insert(
+            "greeting".into(),
+            self.greeting.as_ref().map_or(
+                Value::Null,
+                |(c, t, apop)| json!({"code": c, "text": t, "apop": apop}),
+            ),
+        );
+        m.insert("capa".into(), self.capa.clone().into());
+        m.insert(
+            "retrieved".into(),
+            json!({"messages": self.retrieved.0, "bytes": self.retrieved.1}),
+        );
+        m.insert(
+            "top".into(),
+            json!({"messages": self.top.0, "bytes": self.top.1}),
+        );
+        m
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use Dir::{ToClient as S, ToServer as C};
+
+    const MS: u64 = 1_000_000;
+
+    /// Feeds a transcript, each step `chunk` bytes at a time (0: whole), one
+    /// millisecond per step, and returns the events and the record.
+    fn run_with(
+        privacy: Privacy,
+        start: SessionStart,
+        steps: &[(Dir, &[u8])],
+        chunk: usize,
+    ) -> (Vec<Event>, Map<String, Value>) {
+        let mut d = Pop3::new(privacy, start);
+        let mut events = Vec::new();
+        for (i, (dir, bytes)) in steps.iter().enumerate() {
+            let ts = (i as u64 + 1) * MS;
+            let n = if chunk == 0 {
+                bytes.len().max(1)
+            } else {
+                chunk
+            };
+            for c in bytes.chunks(n) {
+                d.data(*dir, c, ts);
+            }
+            while let Some(e) = d.poll_event() {
+                events.push(e);
+            }
+        }
+        (events, d.record())
+    }
+
+    fn run(steps: &[(Dir, &[u8])]) -> (Vec<Event>, Map<String, Value>) {
+        run_with(Privacy::default(), SessionStart::default(), steps, 0)
+    }
+
+    fn cmd(ts: u64, verb: &str, arg: &str) -> Event {
+        Event::Command {
+            ts: ts * MS,
+            verb: verb.into(),
+            arg: arg.into(),
+        }
+    }
+
+    fn reply(ts: u64, code: &str, enh: Option<&str>, text: &str, lat: Option<u64>) -> Event {
+        Event::Reply {
+            ts: ts * MS,
+            code: code.into(),
+            enhanced: enh.map(Into::into),
+            text: text.into(),
+            latency_ns: lat.map(|l| l * MS),
+        }
+    }
+
+    const SESSION: &[(Dir, &[u8])] = &[
+        (S, b"+OK POP3 ready <1896.697170952@dbc.mtview.ca.us>\r\n"),
+        (C, b"CAPA\r\n"),
+        (S, b"+OK Capability list follows\r\nTOP\r\nUSER\r\nPIPELINING\r\n.\r\n"),
+        (C, b"USER alice\r\n"),
+        (S, b"+OK\r\n"),
+        (C, b"PASS hunter2\r\n"),
+        (S, b"+OK Logged in.\r\n"),
+        (C, b"STAT\r\nLIST\r\nUIDL 1\r\n"),
+        (S, b"+OK 2 320\r\n+OK 2 messages\r\n1 120\r\n2 200\r\n.\r\n+OK 1 whqtswO00WBw418f9t5JxYwZ\r\n"),
+        (C, b"RETR 1\r\n"),
+        (S, b"+OK 14 octets\r\nSubject: x\r\n\r\n..dot\r\n.\r\n"),
+        (C, b"TOP 2 0\r\n"),
+        (S, b"+OK\r\nA: b\r\n.\r\n"),
+        (C, b"DELE 1\r\nDELE 9\r\n"),
+        (S, b"+OK deleted\r\n-ERR [SYS/PERM] no such message\r\n"),
+        (C, b"QUIT\r\n"),
+        (S, b"+OK bye\r\n"),
+    ];
+
+    #[test]
+    fn full_session_events() {
+        let (ev, _) = run(SESSION);
+        assert_eq!(
+            ev,
+            vec![
+                reply(
+                    1,
+                    "+OK",
+                    None,
+                    "POP3 ready <1896.697170952@dbc.mtview.ca.us>",
+                    None
+                ),
+                cmd(2, "CAPA", ""),
+                reply(3, "+OK", None, "Capability list follows", Some(1)),
+                cmd(4, "USER", "alice"),
+                reply(5, "+OK", None, "", Some(1)),
+                cmd(6, "PASS", "<redacted>"),
+                reply(7, "+OK", None, "Logged in.", Some(1)),
+                cmd(8, "STAT", ""),
+                cmd(8, "LIST", ""),
+                cmd(8, "UIDL", "1"),
+                reply(9, "+OK", None, "2 320", Some(1)),
+                reply(9, "+OK", None, "2 messages", Some(1)),
+                reply(9, "+OK", None, "1 whqtswO00WBw418f9t5JxYwZ", Some(1)),
+                cmd(10, "RETR", "1"),
+                reply(11, "+OK", None, "14 octets", Some(1)),
+                cmd(12, "TOP", "2 0"),
+                reply(13, "+OK", None, "", Some(1)),
+                cmd(14, "DELE", "1"),
+                cmd(14, "DELE", "9"),
+                reply(15, "+OK", None, "deleted", Some(1)),
+                reply(15, "-ERR", Some("SYS/PERM"), "no such message", Some(1)),
+                cmd(16, "QUIT", ""),
+                reply(17, "+OK", None, "bye", Some(1)),
+            ]
+        );
+    }
+
+    #[test]
+    fn full_session_record() {
+        let (_, r) = run(SESSION);
+        assert_eq!(
+            Value::Object(r),
+            json!({
+                "user": "alice",
+                "tls": false, "tls_mode": null, "tls_info": null,
+                "auth": {"mechanism": "USER", "user": "alice", "result": "+OK"},
+                "commands": [
+                    {"verb": "CAPA", "count": 1, "errors": 0},
+                    {"verb": "USER", "count": 1, "errors": 0},
+                    {"verb": "PASS", "count": 1, "errors": 0},
+                    {"verb": "STAT", "count": 1, "errors": 0},
+                    {"verb": "LIST", "count": 1, "errors": 0},
+                    {"verb": "UIDL", "count": 1, "errors": 0},
+                    {"verb": "RETR", "count": 1, "errors": 0},
+                    {"verb": "TOP", "count": 1, "errors": 0},
+                    {"verb": "DELE", "count": 2, "errors": 1},
+                    {"verb": "QUIT", "count": 1, "errors": 0},
+                ],
+                "greeting": {"code": "+OK", "text": "POP3 ready <1896.697170952@dbc.mtview.ca.us>", "apop": true},
+                "capa": ["TOP", "USER", "PIPELINING"],
+                // "Subject: x\r\n" 12 + "\r\n" 2 + ".dot\r\n" 6 (unstuffed)
+                "retrieved": {"messages": 1, "bytes": 20},
+                "top": {"messages": 1, "bytes": 6},
+            })
+        );
+    }
+
+    #[test]
+    fn any_chunking_gives_identical_output() {
+        let whole = run(SESSION);
+        for chunk in 1..=64 {
+            let got = run_with(Privacy::default(), SessionStart::default(), SESSION, chunk);
+            assert_eq!(got, whole, "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn password_and_apop_digest_never_shown() {
+        let steps: &[(Dir, &[u8])] = &[
+            (S, b"+OK <1.2@h>\r\n"),
+            (C, b"APOP mrose c4c9334bac560ecc979e58001b3e22fb\r\n"),
+            (S, b"-ERR [AUTH] bad digest\r\n"),
+            (C, b"USER mrose\r\nPASS s3cr3t pass\r\n"),
+            (S, b"+OK\r\n-ERR [IN-USE] locked\r\n"),
+        ];
+        let (ev, r) = run(steps);
+        let all = format!("{ev:?}{r:?}");
+        assert!(!all.contains("c4c9334b"));
+        assert!(!all.contains("s3cr3t"));
+        assert_eq!(ev[1], cmd(2, "APOP", "mrose <redacted>"));
+        assert_eq!(ev[2], reply(3, "-ERR", Some("AUTH"), "bad digest", Some(1)));
+        assert_eq!(ev[6], reply(5, "-ERR", Some("IN-USE"), "locked", Some(1)));
+        assert_eq!(
+            r["auth"],
+            json!({"mechanism": "USER", "user": "mrose", "result": "-ERR"})
+        );
+        let shown = run_with(
+            Privacy {
+                show_secrets: true,
+                show_headers: false,
+            },
+            SessionStart::default(),
+            steps,
+            0,
+        );
+        assert_eq!(shown.0[4], cmd(4, "PASS", "s3cr3t pass"));
+    }
+
+    #[test]
+    fn auth_exchange_redacts_continuations() {
+        let steps: &[(Dir, &[u8])] = &[
+            (S, b"+OK ready\r\n"),
+            (C, b"AUTH\r\n"),
+            (S, b"+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n"),
+            (C, b"AUTH LOGIN\r\n"),
+            (S, b"+ VXNlcm5hbWU6\r\n"),
+            (C, b"dXNlcg==\r\n"),
+            (S, b"+ UGFzc3dvcmQ6\r\n"),
+            (C, b"c2VjcmV0\r\n"),
+            (S, b"-ERR [AUTH] Authentication failed.\r\n"),
+            (C, b"AUTH PLAIN AHVzZXIAc2VjcmV0\r\n"),
+            (S, b"+OK Logged in.\r\n"),
+        ];
+        let (ev, r) = run(steps);
+        assert_eq!(
+            ev,
+            vec![
+                reply(1, "+OK", None, "ready", None),
+                cmd(2, "AUTH", ""),
+                reply(3, "+OK", None, "", Some(1)),
+                cmd(4, "AUTH", "LOGIN"),
+                reply(5, "+", None, "<redacted>", Some(1)),
+                cmd(6, "AUTH-DATA", "<redacted>"),
+                reply(7, "+", None, "<redacted>", Some(1)),
+                cmd(8, "AUTH-DATA", "<redacted>"),
+                reply(9, "-ERR", Some("AUTH"), "Authentication failed.", Some(1)),
+                cmd(10, "AUTH", "PLAIN <redacted>"),
+                reply(11, "+OK", None, "Logged in.", Some(1)),
+            ]
+        );
+        assert_eq!(
+            r["auth"],
+            json!({"mechanism": "PLAIN", "user": "user", "result": "+OK"})
+        );
+        assert_eq!(r["user"], "user");
+        assert!(!format!("{ev:?}{r:?}").contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn stls_stops_dissection() {
+        let steps: &[(Dir, &[u8])] = &[
+            (S, b"+OK lavad\r\n"),
+            (C, b"STLS\r\n"),
+            (S, b"+OK Ready to start TLS negotiation.\r\n"),
+            (C, b"\x16\x03\x01\x00\x05USER x\r\n"),
+            (S, b"\x16\x03\x03-ERR\r\n"),
+        ];
+        let (ev, r) = run(steps);
+        assert_eq!(ev.len(), 4);
+        assert_eq!(ev[3], Event::TlsStarted { ts: 3 * MS });
+        assert_eq!(r["tls"], true);
+        assert_eq!(r["tls_mode"], "starttls");
+        assert_eq!(r["user"], Value::Null);
+    }
+
+    /// A TLS record holding one handshake message.
+    fn tls_record(msg_type: u8, body: &[u8]) -> Vec<u8> {
+        let mut hs = vec![msg_type, 0, (body.len() >> 8) as u8, body.len() as u8];
+        hs.extend_from_slice(body);
+        let mut rec = vec![22, 3, 1, (hs.len() >> 8) as u8, hs.len() as u8];
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    /// ClientHello with SNI `name`, ServerHello for TLS 1.3 / TLS_AES_256_GCM_SHA384.
+    pub(crate) fn hellos(name: &str) -> (Vec<u8>, Vec<u8>) {
+        let n = name.len();
+        let mut sni = vec![0, 0, 0, (n + 5) as u8, 0, (n + 3) as u8, 0, 0, n as u8];
+        sni.extend_from_slice(name.as_bytes());
+        let mut ch = vec![3, 3];
+        ch.extend_from_slice(&[7; 32]);
+        ch.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0, 0, sni.len() as u8]);
+        ch.extend_from_slice(&sni);
+        let mut sh = vec![3, 3];
+        sh.extend_from_slice(&[9; 32]);
+        sh.extend_from_slice(&[0, 0x13, 0x02, 0, 0, 6, 0, 43, 0, 2, 3, 4]);
+        (tls_record(1, &ch), tls_record(2, &sh))
+    }
+
+    #[test]
+    fn stls_records_tls_facts() {
+        let (ch, sh) = hellos("pop.lavabit.com");
+        let mut s_bytes = b"+OK go\r\n".to_vec();
+        s_bytes.extend_from_slice(&sh);
+        let steps: &[(Dir, &[u8])] = &[(S, b"+OK\r\n"), (C, b"STLS\r\n"), (C, &ch), (S, &s_bytes)];
+        // The ClientHello is sent after the +OK: reorder the last two steps.
+        let steps = [steps[0], steps[1], steps[3], steps[2]];
+        let (_, r) = run(&steps);
+        assert_eq!(
+            r["tls_info"],
+            json!({"sni": "pop.lavabit.com", "version": "TLS 1.3", "cipher": "TLS_AES_256_GCM_SHA384"})
+        );
+    }
+
+    #[test]
+    fn refused_stls_stays_clear() {
+        let (ev, r) = run(&[
+            (S, b"+OK\r\n"),
+            (C, b"STLS\r\n"),
+            (S, b"-ERR not now\r\n"),
+            (C, b"NOOP\r\n"),
+        ]);
+        assert_eq!(ev[3], cmd(4, "NOOP", ""));
+        assert_eq!(r["tls"], false);
+    }
+
+    #[test]
+    fn implicit_tls_is_not_dissected() {
+        let start = SessionStart {
+            implicit_tls: true,
+            ..Default::default()
+        };
+        let (ev, r) = run_with(
+            Privacy::default(),
+            start,
+            &[(C, b"\x16\x03\x01USER a\r\n"), (S, b"+OK\r\n")],
+            0,
+        );
+        assert_eq!(ev, vec![Event::TlsStarted { ts: MS }]);
+        assert_eq!(r["tls_mode"], "implicit");
+    }
+
+    #[test]
+    fn garbage_reply_and_unknown_command_are_anomalies() {
+        // From zeek's pop3-unknown-commands trace: STAT answered with binary.
+        let (ev, r) = run(&[
+            (S, b"+OK example.com POP3-Server\r\n"),
+            (C, b"STAT\r\n"),
+            (S, b"+\x00\x01\x02x\r\n\x03'\r\n"),
+            (S, b"+OK 1 236\r\n"),
+            (C, b"XYZZY 1\r\n"),
+            (S, b"-ERR unknown\r\n"),
+        ]);
+        let ids: Vec<_> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::Anomaly { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids, vec!["bad-reply", "bad-reply", "unknown-command"]);
+        assert_eq!(
+            r["commands"][1],
+            json!({"verb": "XYZZY", "count": 1, "errors": 1})
+        );
+    }
+
+    #[test]
+    fn gap_in_body_resyncs_at_next_status() {
+        let mut d = Pop3::new(Privacy::default(), SessionStart::default());
+        d.data(S, b"+OK\r\n", 1);
+        d.data(C, b"RETR 1\r\n", 2);
+        d.data(S, b"+OK\r\nline one\r\npart", 3);
+        d.gap(S, 1000, 4);
+        d.data(S, b"ial\r\n+OK looks like status\r\n.\r\n", 5);
+        d.data(C, b"NOOP\r\n", 6);
+        d.data(S, b"+OK\r\n", 7);
+        let ev: Vec<_> = std::iter::from_fn(|| d.poll_event()).collect();
+        assert_eq!(
+            ev[3],
+            Event::Anomaly {
+                ts: 4,
+                id: "gap-resync"
+            }
+        );
+        // The lone +OK after the gap is shown but matches nothing; the NOOP
+        // reply is matched again.
+        assert_eq!(ev.len(), 7);
+        assert_eq!(
+            ev[6],
+            Event::Reply {
+                ts: 7,
+                code: "+OK".into(),
+                enhanced: None,
+                text: String::new(),
+                latency_ns: Some(1),
+            }
+        );
+        assert_eq!(d.record()["retrieved"], json!({"messages": 0, "bytes": 0}));
+    }
+
+    #[test]
+    fn partial_pickup_waits_for_a_line_that_parses() {
+        let start = SessionStart {
+            partial: true,
+            ..Default::default()
+        };
+        let (ev, r) = run_with(
+            Privacy::default(),
+            start,
+            &[
+                (S, b"ody text\r\nmore\r\n.\r\n"),
+                (C, b"tail of something\r\nDELE 1\r\n"),
+                (S, b"+OK gone\r\n"),
+            ],
+            0,
+        );
+        assert_eq!(
+            ev,
+            vec![cmd(2, "DELE", "1"), reply(3, "+OK", None, "gone", Some(1))]
+        );
+        assert_eq!(r["greeting"], Value::Null);
+    }
+
+    #[test]
+    fn hostile_input_is_bounded() {
+        let mut d = Pop3::new(Privacy::default(), SessionStart::default());
+        d.data(S, b"+OK\r\n", 1);
+        for _ in 0..(MAX_PENDING + 10) {
+            d.data(C, b"NOOP\r\n", 2);
+        }
+        let big = vec![b'A'; 100_000];
+        d.data(C, &big, 3);
+        d.data(S, &big, 3);
+        d.data(S, b"\r\n", 4);
+        assert_eq!(d.pending.len(), MAX_PENDING);
+        let ev: Vec<_> = std::iter::from_fn(|| d.poll_event()).collect();
+        assert!(ev.contains(&Event::Anomaly {
+            ts: 2,
+            id: "too-many-pending"
+        }));
+        assert!(ev.contains(&Event::Anomaly {
+            ts: 4,
+            id: "line-too-long"
+        }));
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            steps in proptest::collection::vec((proptest::bool::ANY, proptest::prop_oneof![proptest::collection::vec(proptest::num::u8::ANY, 0..200), "(a1 |\\* |\\+ |OK |NO |BAD |\\{3\\}|\\{2\\+\\}|LOGIN |FETCH |AUTHENTICATE PLAIN|AUTH LOGIN|IDLE|DONE|STLS|STARTTLS|RETR 1|CAPA|\\+OK |-ERR |\\.|\r\n|x){0,40}".prop_map(String::into_bytes)]), 0..40),
+            gap_at in 0usize..40,
+        ) {
+            let mut d = Pop3::new(Privacy::default(), SessionStart::default());
+            for (i, (to_server, bytes)) in steps.iter().enumerate() {
+                let dir = if *to_server { C } else { S };
+                if i == gap_at {
+                    d.gap(dir, 10, i as u64);
+                }
+                d.data(dir, bytes, i as u64);
+                while d.poll_event().is_some() {}
+            }
+            let _ = d.record();
+        }
+    }
+}

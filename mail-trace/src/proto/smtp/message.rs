@@ -1,0 +1,415 @@
+//! The message itself: counted byte by byte (DATA: dot-unstuffed, up to the
+//! CRLF.CRLF end; BDAT: exactly as chunked), the header block kept (bounded)
+//! and decoded with mail-parser, and the facts later findings need (bare LF,
+//! long lines, suspicious end-of-data markers).
+//!
+//! Nothing here is buffered beyond [`MAX_HEADER_BYTES`]: a message of any size
+//! costs a few counters.
+
+use mail_parser::{Address, MessageParser, MimeHeaders};
+
+/// Header block kept for decoding; the rest of a longer block is not decoded.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF.
+pub const MAX_TEXT_LINE: u64 = 998;
+/// Longest decoded header value kept.
+const MAX_HEADER_VALUE: usize = 2048;
+
+/// Things about the message bytes that later findings look at (SMTP smuggling,
+/// RFC violations). Counts, never content.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BodyFacts {
+    /// Lines ended by LF without CR.
+    pub bare_lf: u64,
+    /// CR not followed by LF.
+    pub bare_cr: u64,
+    /// Lines longer than 1000 octets with their line end.
+    pub long_lines: u64,
+    /// NUL bytes.
+    pub nul_bytes: u64,
+    /// A lone "." line that does not end the data because a bare LF is on
+    /// either side of it (`<LF>.<LF>`, `<LF>.<CR><LF>`, `<CR><LF>.<LF>`).
+    pub fake_end_markers: u64,
+}
+
+/// The header fields of the record, decoded (RFC 2047 words included).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub cc: Option<String>,
+    pub subject: Option<String>,
+    pub message_id: Option<String>,
+    pub date: Option<String>,
+    pub content_type: Option<String>,
+}
+
+/// What the header block told us.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderSummary {
+    pub headers: Headers,
+    /// Domain of the first header From address, lower-cased (for from-mismatch).
+    pub from_domain: Option<String>,
+    /// Top-level media type "type/subtype", lower-cased (for S/MIME, PGP, DSN facts).
+    pub media_type: Option<String>,
+    /// The block was longer than [`MAX_HEADER_BYTES`] or interrupted by a gap.
+    pub truncated: bool,
+}
+
+/// Counts one message and keeps its header block.
+#[derive(Debug)]
+pub struct BodyScanner {
+    /// DATA: lines are dot-stuffed and a lone "." ends the message. BDAT: raw.
+    dot_stuffed: bool,
+    /// Message bytes so far (after unstuffing; gap bytes included).
+    pub size: u64,
+    /// Bytes were missing: `size` counts them but the content is unknown.
+    pub incomplete: bool,
+    pub facts: BodyFacts,
+    line_len: u64,
+    first: u8,
+    last_cr: bool,
+    prev_bare_lf: bool,
+    /// The current line began inside a gap: it can't be the end marker.
+    mid_gap: bool,
+    in_headers: bool,
+    header_bytes: Vec<u8>,
+    truncated: bool,
+    summary: Option<HeaderSummary>,
+}
+
+impl BodyScanner {
+    pub fn new(dot_stuffed: bool) -> Self {
+        Self {
+            dot_stuffed,
+            size: 0,
+            incomplete: false,
+            facts: BodyFacts::default(),
+            line_len: 0,
+            first: 0,
+            last_cr: false,
+            prev_bare_lf: false,
+            mid_gap: false,
+            in_headers: true,
+            header_bytes: Vec::new(),
+            truncated: false,
+            summary: None,
+        }
+    }
+
+    /// Feeds message bytes. In DATA mode returns `Some(n)` when the end line
+    /// was found after `n` bytes of `data` (the rest belongs to the commands).
+    pub fn feed(&mut self, data: &[u8]) -> Option<usize> {
+        for (i, &b) in data.iter().enumerate() {
+            if b == b'\n' {
+                if self.end_line() {
+                    return Some(i + 1);
+                }
+                continue;
+            }
+            if self.last_cr {
+                self.facts.bare_cr += 1;
+            }
+            if b == 0 {
+                self.facts.nul_bytes += 1;
+            }
+            if self.line_len == 0 {
+                self.first = b;
+            }
+            self.line_len += 1;
+            self.last_cr = b == b'\r';
+            let stuffing = self.line_len == 1 && b == b'.' && self.dot_stuffed && !self.mid_gap;
+            if self.in_headers && !stuffing {
+                self.keep_header_byte(b);
+            }
+        }
+        None
+    }
+
+    /// `len` bytes of the message are missing.
+    pub fn gap(&mut self, len: u64) {
+        self.size = self.size.saturating_add(self.line_len).saturating_add(len);
+        self.incomplete = true;
+        self.line_len = 0;
+        self.last_cr = false;
+        self.mid_gap = true;
+        if self.in_headers {
+            self.in_headers = false;
+            self.truncated = true;
+            self.summarise();
+        }
+    }
+
+    /// The message ended (end line, last BDAT chunk, or session end): decode
+    /// the header block if not done yet.
+    pub fn finish(&mut self) -> HeaderSummary {
+        // A BDAT message may end without a line end; DATA has none pending here.
+        self.size = self.size.saturating_add(self.line_len);
+        self.line_len = 0;
+        if self.summary.is_none() {
+            self.summarise();
+        }
+        self.summary.clone().unwrap_or_default()
+    }
+
+    fn keep_header_byte(&mut self, b: u8) {
+        if self.header_bytes.len() < MAX_HEADER_BYTES {
+            self.header_bytes.push(b);
+        } else {
+            self.truncated = true;
+        }
+    }
+
+    /// A line feed: returns true when it ends the DATA.
+    fn end_line(&mut self) -> bool {
+        let bare = !self.last_cr;
+        let content = self.line_len - u64::from(self.last_cr);
+        let dot = self.line_len > 0 && self.first == b'.' && !self.mid_gap;
+        if self.dot_stuffed && dot && content == 1 {
+            if !bare && !self.prev_bare_lf {
+                if self.in_headers {
+                    self.in_headers = false;
+                    // The end marker's CR went into the block; it is not a header byte.
+                    if self.header_bytes.last() == Some(&b'\r') {
+                        self.header_bytes.pop();
+                    }
+                }
+                // The end line is not part of the message.
+                self.line_len = 0;
+                self.last_cr = false;
+                return true;
+            }
+            self.facts.fake_end_markers += 1;
+        }
+        if bare {
+            self.facts.bare_lf += 1;
+        }
+        if content > MAX_TEXT_LINE {
+            self.facts.long_lines += 1;
+        }
+        let stuffed = u64::from(self.dot_stuffed && dot);
+        self.size = self.size.saturating_add(self.line_len + 1 - stuffed);
+        if self.in_headers {
+            self.keep_header_byte(b'\n');
+            if content == 0 && !self.mid_gap {
+                self.in_headers = false;
+                self.summarise();
+            }
+        }
+        self.line_len = 0;
+        self.last_cr = false;
+        self.mid_gap = false;
+        self.prev_bare_lf = bare;
+        false
+    }
+
+    fn summarise(&mut self) {
+        let mut s = summarise(&self.header_bytes);
+        s.truncated = self.truncated;
+        self.summary = Some(s);
+        self.header_bytes = Vec::new();
+    }
+
+    /// The header summary so far, without ending the message (for a record
+    /// taken while the message is still being read).
+    pub fn peek_summary(&self) -> HeaderSummary {
+        if let Some(s) = &self.summary {
+            return s.clone();
+        }
+        let mut s = summarise(&self.header_bytes);
+        s.truncated = true;
+        s
+    }
+}
+
+fn bounded(s: &str) -> String {
+    let mut s = s.trim().to_string();
+    crate::proto::auth::truncate(&mut s, MAX_HEADER_VALUE);
+    s
+}
+
+fn addresses(a: &Address<'_>) -> String {
+    let list: Vec<String> = a
+        .iter()
+        .map(|addr| match (addr.name(), addr.address()) {
+            (Some(n), Some(a)) => format!("{n} <{a}>"),
+            (None, Some(a)) => a.to_string(),
+            (Some(n), None) => n.to_string(),
+            (None, None) => String::new(),
+        })
+        .collect();
+    bounded(&list.join(", "))
+}
+
+/// Decodes a header block with mail-parser.
+pub fn summarise(block: &[u8]) -> HeaderSummary {
+    let Some(msg) = MessageParser::new().parse_headers(block) else {
+        return HeaderSummary::default();
+    };
+    let content_type = msg.content_type();
+    let headers = Headers {
+        from: msg.from().map(addresses),
+        to: msg.to().map(addresses),
+        cc: msg.cc().map(addresses),
+        subject: msg.subject().map(bounded),
+        message_id: msg.message_id().map(bounded),
+        date: msg.header_raw("Date").map(bounded),
+        content_type: content_type.map(|ct| {
+            let mut s = ct.ctype().to_string();
+            if let Some(sub) = ct.subtype() {
+                s.push('/');
+                s.push_str(sub);
+            }
+            for a in ct.attributes().unwrap_or_default() {
+                s.push_str(&format!("; {}={}", a.name, a.value));
+            }
+            bounded(&s)
+        }),
+    };
+    let from_domain = msg
+        .from()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .and_then(|a| a.rsplit_once('@'))
+        .map(|(_, d)| bounded(&d.to_ascii_lowercase()));
+    let media_type = content_type.map(|ct| {
+        let sub = ct.subtype().unwrap_or_default();
+        format!("{}/{}", ct.ctype(), sub).to_ascii_lowercase()
+    });
+    HeaderSummary {
+        headers,
+        from_domain,
+        media_type,
+        truncated: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(chunks: &[&[u8]]) -> (BodyScanner, Option<usize>) {
+        let mut s = BodyScanner::new(true);
+        let mut end = None;
+        for c in chunks {
+            if let Some(n) = s.feed(c) {
+                end = Some(n);
+                break;
+            }
+        }
+        (s, end)
+    }
+
+    #[test]
+    fn data_size_unstuffed_and_end_found() {
+        let msg = b"Subject: x\r\n\r\n..dot\r\nbody\r\n.\r\nQUIT\r\n";
+        let (mut s, end) = data(&[msg]);
+        assert_eq!(end, Some(msg.len() - 6));
+        // "Subject: x\r\n" 12 + "\r\n" 2 + ".dot\r\n" 6 + "body\r\n" 6
+        assert_eq!(s.size, 26);
+        assert_eq!(s.finish().headers.subject.as_deref(), Some("x"));
+        assert_eq!(s.facts, BodyFacts::default());
+    }
+
+    #[test]
+    fn bare_lf_dots_do_not_end_data() {
+        let (s, end) = data(&[b"a\n.\nb\n.\r\nd\r\n.\r\n"]);
+        assert_eq!(end, Some(15));
+        assert_eq!(s.facts.fake_end_markers, 2);
+        assert_eq!(s.facts.bare_lf, 3);
+    }
+
+    #[test]
+    fn facts_long_lines_nul_bare_cr() {
+        let long = vec![b'x'; 999];
+        let mut s = BodyScanner::new(true);
+        s.feed(&long);
+        s.feed(b"\r\nok\0\rz\r\n");
+        assert_eq!(s.feed(b".\r\n"), Some(3));
+        assert_eq!(
+            s.facts,
+            BodyFacts {
+                long_lines: 1,
+                nul_bytes: 1,
+                bare_cr: 1,
+                ..BodyFacts::default()
+            }
+        );
+        assert_eq!(s.size, 999 + 2 + 7);
+    }
+
+    #[test]
+    fn gap_counts_bytes_and_search_continues() {
+        let mut s = BodyScanner::new(true);
+        assert_eq!(s.feed(b"Subject: a\r\n\r\nxy"), None);
+        s.gap(100);
+        // The line the gap cut ends here; a "." in it can't end the data.
+        assert_eq!(s.feed(b".\r\nmore\r\n"), None);
+        assert_eq!(s.feed(b".\r\n"), Some(3));
+        assert!(s.incomplete);
+        assert_eq!(s.size, 14 + 2 + 100 + 3 + 6);
+        assert_eq!(s.finish().headers.subject.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn header_block_is_bounded() {
+        let mut s = BodyScanner::new(false);
+        let line = format!("X-Filler: {}\r\n", "f".repeat(1000));
+        for _ in 0..100 {
+            s.feed(line.as_bytes());
+        }
+        s.feed(b"Subject: late\r\n\r\nbody");
+        assert!(s.header_bytes.len() <= MAX_HEADER_BYTES);
+        let sum = s.finish();
+        assert!(sum.truncated);
+        assert_eq!(s.size, 100 * line.len() as u64 + 17 + 4);
+    }
+
+    #[test]
+    fn decodes_fields() {
+        let sum = summarise(
+            b"From: \"Alice A\" <alice@Mail.Example.COM>\r\nTo: b@x.org, Carl <c@y.org>\r\n\
+Cc: d@z.org\r\nSubject: hello\r\nMessage-ID: <id1@x>\r\nDate: Tue, 1 Jul 2025 10:00:00 +0900\r\n\
+Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; boundary=b1\r\n\r\n",
+        );
+        let h = &sum.headers;
+        assert_eq!(h.from.as_deref(), Some("Alice A <alice@Mail.Example.COM>"));
+        assert_eq!(h.to.as_deref(), Some("b@x.org, Carl <c@y.org>"));
+        assert_eq!(h.cc.as_deref(), Some("d@z.org"));
+        assert_eq!(h.message_id.as_deref(), Some("id1@x"));
+        assert_eq!(h.date.as_deref(), Some("Tue, 1 Jul 2025 10:00:00 +0900"));
+        assert_eq!(
+            h.content_type.as_deref(),
+            Some("multipart/signed; protocol=application/pkcs7-signature; boundary=b1")
+        );
+        assert_eq!(sum.from_domain.as_deref(), Some("mail.example.com"));
+        assert_eq!(sum.media_type.as_deref(), Some("multipart/signed"));
+    }
+
+    fn subject(charset: &str, raw: &[u8]) -> Option<String> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+        let block = format!("Subject: =?{charset}?B?{b64}?=\r\n\r\n");
+        summarise(block.as_bytes()).headers.subject
+    }
+
+    #[test]
+    fn japanese_encoded_words() {
+        // "日本語" in each charset, built by hand.
+        let want = Some("日本語".to_string());
+        assert_eq!(
+            subject("ISO-2022-JP", b"\x1b$BF|K\\8l\x1b(B"),
+            want,
+            "ISO-2022-JP"
+        );
+        assert_eq!(subject("Shift_JIS", b"\x93\xfa\x96\x7b\x8c\xea"), want);
+        assert_eq!(subject("EUC-JP", b"\xc6\xfc\xcb\xdc\xb8\xec"), want);
+        assert_eq!(subject("UTF-8", "日本語".as_bytes()), want);
+        // Q encoding and a Shift_JIS From display name.
+        let sum = summarise(
+            b"From: =?shift_jis?Q?=93=FA=96=7B?= <taro@example.jp>\r\nSubject: =?utf-8?Q?caf=C3=A9?=\r\n\r\n",
+        );
+        assert_eq!(sum.headers.from.as_deref(), Some("日本 <taro@example.jp>"));
+        assert_eq!(sum.headers.subject.as_deref(), Some("café"));
+    }
+}

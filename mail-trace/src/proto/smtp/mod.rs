@@ -1,0 +1,573 @@
+//! SMTP / ESMTP (RFC 5321 and extensions) as a sans-I/O state machine.
+//!
+//! Client bytes are read as command lines, DATA (dot-stuffed, up to CRLF.CRLF)
+//! or BDAT chunks (counted); server bytes as replies, matched first-in
+//! first-out to the commands still waiting (PIPELINING). After STARTTLS's 220
+//! (or from the first byte on port 465) only the TLS hellos are read.
+//!
+//! Choices worth knowing:
+//! - A command whose reply decides how the following client bytes are read
+//!   (DATA, STARTTLS, AUTH and each SASL response) makes the client side wait:
+//!   the bytes after it are held (at most [`MAX_HOLD`]) until that reply.
+//! - Multi-line replies become one reply; their text lines are joined with
+//!   [`reply::LINE_SEPARATOR`] (" / "); an enhanced code repeated on every line
+//!   is kept once, in `enhanced`.
+//! - `ehlo` lists each capability line of the last successful EHLO reply, the
+//!   keyword upper-cased and its parameters as sent ("SIZE 10240000",
+//!   "AUTH PLAIN LOGIN"); it is empty when no EHLO succeeded.
+//! - Every transaction is kept, whatever became of it: RSET, QUIT or a new
+//!   MAIL end it; `reply` null means no message was accepted. `data_code` is the
+//!   reply to DATA (354, or the refusal such as 554).
+//! - A gap in the command stream drops the partial line and the queue of
+//!   unanswered commands (their replies may be lost too, so matching restarts
+//!   at the next command); replies without a command are then not anomalies
+//!   until one matches. A gap inside DATA/BDAT adds its length to `size` and
+//!   marks the message incomplete; the end-of-data search continues.
+//! - Mid-stream pickup (`partial`): client lines are skipped until one is
+//!   strictly shaped like a command (`MAIL FROM:`, `RCPT TO:`, `DATA`, …) or
+//!   is a lone "." — the end of a DATA we joined in the middle, whose reply
+//!   (usually 250 with a queue id) is then matched to it. Server lines are
+//!   skipped until one is a reply line.
+//! - The DATA end is CRLF "." CRLF only; a "." next to a bare LF is counted
+//!   (fact `fake_end_markers`, anomaly `fake-end-of-data`), not obeyed.
+//!
+//! Anomaly ids (each emitted at most [`MAX_SAME_ANOMALY`] times per session, all counted):
+//!
+//! | id | meaning |
+//! |----|---------|
+//! | `line-too-long` | a command, reply or message line over 1000 octets with its CRLF |
+//! | `bare-lf` | a line ended by LF without CR |
+//! | `bare-cr` | a CR not followed by LF inside the message |
+//! | `nul-byte` | a NUL byte in a command, reply or message |
+//! | `non-utf8` | a command or reply that is not UTF-8 (shown lossily) |
+//! | `unknown-command` | a verb this dissector does not know (shown as sent) |
+//! | `unexpected-reply` | a reply with no command waiting for it |
+//! | `bad-reply` | a server line that is not `NNN[ -]text` |
+//! | `reply-code-mismatch` | lines of one multi-line reply carry different codes |
+//! | `early-talker` | the client spoke before the greeting |
+//! | `bad-bdat` | BDAT without a valid size: its chunk can't be found, resynchronising |
+//! | `fake-end-of-data` | a lone "." beside a bare LF inside DATA (SMTP smuggling) |
+//! | `too-many-pending` | more than [`MAX_PENDING`] commands unanswered (oldest forgotten) |
+//! | `too-many-transactions` | more than [`MAX_TRANSACTIONS`] in one session (not recorded) |
+//! | `too-many-recipients` | more than [`MAX_RCPT`] in one transaction (not recorded) |
+//! | `hold-overflow` | more than [`MAX_HOLD`] bytes sent before the reply deciding how to read them (dropped as a gap) |
+mod client;
+mod command;
+mod message;
+mod reply;
+mod server;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde_json::{json, Map, Value};
+
+use crate::flow::Dir;
+use crate::proto::auth::SaslExchange;
+use crate::proto::line::{Line, LineBuffer};
+use crate::proto::tls::{TlsHellos, TlsInfo};
+use crate::proto::{Dissector, Event, Privacy, SessionStart};
+use crate::time::{millis_between, Ts};
+
+pub use message::{BodyFacts, HeaderSummary, Headers};
+pub use reply::Reply;
+
+/// Commands waiting for a reply.
+pub const MAX_PENDING: usize = 1024;
+/// Transactions recorded per session.
+pub const MAX_TRANSACTIONS: usize = 1000;
+/// Recipients recorded per transaction (Postfix's default limit too).
+pub const MAX_RCPT: usize = 1000;
+/// Client bytes held while waiting for a deciding reply.
+pub const MAX_HOLD: usize = 256 * 1024;
+/// Events not yet polled.
+pub const MAX_EVENTS: usize = 65536;
+/// Events per anomaly id; further ones are only counted.
+pub const MAX_SAME_ANOMALY: u64 = 8;
+/// Longest HELO argument kept.
+const MAX_HELO: usize = 255;
+
+/// The server's first reply.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Greeting {
+    pub code: u16,
+    pub text: String,
+    pub delay_ms: Option<f64>,
+}
+
+/// One RCPT TO and its reply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rcpt {
+    pub addr: String,
+    pub params: BTreeMap<String, Option<String>>,
+    pub reply: Option<Reply>,
+}
+
+/// One mail transaction (MAIL … end of data), kept whatever its outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Transaction {
+    /// None when the transaction began without a MAIL we saw (mid-stream pickup).
+    pub mail_from: Option<String>,
+    pub mail_params: BTreeMap<String, Option<String>>,
+    pub mail_reply: Option<Reply>,
+    pub rcpt: Vec<Rcpt>,
+    /// Reply code to DATA (354 or a refusal).
+    pub data_code: Option<u16>,
+    pub bdat_chunks: u64,
+    /// Message bytes (after dot-unstuffing); None when no message was sent.
+    pub size: Option<u64>,
+    /// A gap hit the message: `size` counts the missing bytes, content unknown.
+    pub incomplete: bool,
+    /// Decoded header block (always kept internally; shown only with show_headers).
+    pub summary: Option<HeaderSummary>,
+    pub facts: BodyFacts,
+    /// End-of-data (or last / failing BDAT) reply.
+    pub reply: Option<Reply>,
+    pub queue_id: Option<String>,
+    /// Ended by RSET before a reply to its message.
+    pub aborted: bool,
+}
+
+/// Session-wide facts later findings use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionFacts {
+    /// Commands sent while earlier ones were unanswered.
+    pub pipelined_commands: u64,
+    /// … of which while the server had not offered PIPELINING.
+    pub pipelined_without_offer: u64,
+    /// AUTH sent before TLS began.
+    pub auth_in_clear: bool,
+    /// Events dropped because nobody polled them.
+    pub events_dropped: u64,
+}
+
+/// What a waiting command is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Awaiting {
+    Ehlo,
+    Mail(Option<usize>),
+    Rcpt(Option<usize>, Option<usize>),
+    Data(Option<usize>),
+    EndOfData(Option<usize>),
+    Bdat(Option<usize>, bool),
+    StartTls,
+    Auth,
+    Other,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    what: Awaiting,
+    /// Last byte of the command (for BDAT: of its chunk).
+    ts: Ts,
+}
+
+/// How the client's next bytes are read.
+#[derive(Debug)]
+enum ClientMode {
+    Resync,
+    Command,
+    AuthResponse,
+    Data,
+    Bdat { remaining: u64, last: bool },
+    Tls,
+}
+
+#[derive(Debug)]
+enum Held {
+    Data(Vec<u8>, Ts),
+    Gap(u64, Ts),
+}
+
+/// Client bytes waiting for the reply to `until`.
+#[derive(Debug)]
+struct Hold {
+    until: Awaiting,
+    items: VecDeque<Held>,
+    bytes: usize,
+    overflowed: bool,
+}
+
+/// The SMTP dissector of one session.
+pub struct Smtp {
+    privacy: Privacy,
+    start: SessionStart,
+    events: VecDeque<Event>,
+    anomalies: BTreeMap<&'static str, u64>,
+    client_lines: LineBuffer,
+    server_lines: LineBuffer,
+    client_mode: ClientMode,
+    server_resync: bool,
+    /// Start time of the partial server line in `server_lines`.
+    server_partial_ts: Ts,
+    building: Option<(reply::ReplyBuilder, Ts)>,
+    pending: VecDeque<Pending>,
+    hold: Option<Hold>,
+    /// Replies without a command are expected (after a gap or pickup).
+    lenient: bool,
+    greeting_seen: bool,
+    greeting: Option<Greeting>,
+    helo: Option<String>,
+    ehlo: Vec<String>,
+    tls: Option<TlsHellos>,
+    tls_mode: Option<&'static str>,
+    tls_event_due: bool,
+    sasl: Option<SaslExchange>,
+    auth_code: Option<u16>,
+    transactions: Vec<Transaction>,
+    open_tx: Option<usize>,
+    /// The message being read and its transaction.
+    body: Option<(Option<usize>, message::BodyScanner)>,
+    facts: SessionFacts,
+}
+
+impl Smtp {
+    pub fn new(privacy: Privacy, start: SessionStart) -> Self {
+        let mut s = Self {
+            privacy,
+            start,
+            events: VecDeque::new(),
+            anomalies: BTreeMap::new(),
+            client_lines: LineBuffer::new(),
+            server_lines: LineBuffer::new(),
+            client_mode: ClientMode::Command,
+            server_resync: false,
+            server_partial_ts: 0,
+            building: None,
+            pending: VecDeque::new(),
+            hold: None,
+            lenient: false,
+            greeting_seen: false,
+            greeting: None,
+            helo: None,
+            ehlo: Vec::new(),
+            tls: None,
+            tls_mode: None,
+            tls_event_due: false,
+            sasl: None,
+            auth_code: None,
+            transactions: Vec::new(),
+            open_tx: None,
+            body: None,
+            facts: SessionFacts::default(),
+        };
+        if start.implicit_tls {
+            s.tls = Some(TlsHellos::new());
+            s.tls_mode = Some("implicit");
+            s.tls_event_due = true;
+            s.client_mode = ClientMode::Tls;
+        } else if start.partial {
+            s.client_mode = ClientMode::Resync;
+            s.server_resync = true;
+            s.greeting_seen = true;
+            s.lenient = true;
+        }
+        s
+    }
+
+    // Getters for findings and tests.
+
+    pub fn transactions(&self) -> &[Transaction] {
+        &self.transactions
+    }
+    pub fn facts(&self) -> &SessionFacts {
+        &self.facts
+    }
+    /// Every anomaly id with how often it happened.
+    pub fn anomaly_counts(&self) -> &BTreeMap<&'static str, u64> {
+        &self.anomalies
+    }
+    pub fn greeting(&self) -> Option<&Greeting> {
+        self.greeting.as_ref()
+    }
+    /// Capability lines of the last successful EHLO.
+    pub fn capabilities(&self) -> &[String] {
+        &self.ehlo
+    }
+    /// Whether the server offered `keyword` (e.g. "PIPELINING", "STARTTLS").
+    pub fn offered(&self, keyword: &str) -> bool {
+        self.ehlo
+            .iter()
+            .any(|c| c.split([' ', '=']).next() == Some(keyword))
+    }
+    pub fn tls_info(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref().map(TlsHellos::info)
+    }
+
+    fn emit(&mut self, e: Event) {
+        if self.events.len() >= MAX_EVENTS {
+            self.facts.events_dropped += 1;
+        } else {
+            self.events.push_back(e);
+        }
+    }
+
+    fn anomaly(&mut self, id: &'static str, ts: Ts) {
+        let n = self.anomalies.entry(id).or_insert(0);
+        *n += 1;
+        if *n <= MAX_SAME_ANOMALY {
+            self.emit(Event::Anomaly { ts, id });
+        }
+    }
+
+    fn tls_started(&mut self, ts: Ts) {
+        self.tls_event_due = false;
+        self.emit(Event::TlsStarted { ts });
+    }
+
+    fn push_pending(&mut self, what: Awaiting, ts: Ts) {
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+            self.anomaly("too-many-pending", ts);
+        }
+        self.pending.push_back(Pending { what, ts });
+    }
+
+    /// Holds the client's following bytes until the reply to `until`.
+    fn hold_until(&mut self, until: Awaiting) {
+        self.hold = Some(Hold {
+            until,
+            items: VecDeque::new(),
+            bytes: 0,
+            overflowed: false,
+        });
+    }
+
+    fn hold_push(&mut self, item: Held) {
+        let Some(h) = self.hold.as_mut() else {
+            return;
+        };
+        let ts = match &item {
+            Held::Data(_, ts) | Held::Gap(_, ts) => *ts,
+        };
+        let len = match &item {
+            Held::Data(d, _) => d.len(),
+            Held::Gap(..) => 0,
+        };
+        if h.bytes + len <= MAX_HOLD {
+            h.bytes += len;
+            h.items.push_back(item);
+            return;
+        }
+        // Too much to hold: keep only the byte count, as a gap, in order.
+        let mut lost = len as u64;
+        for it in h.items.drain(..) {
+            lost += match it {
+                Held::Data(d, _) => d.len() as u64,
+                Held::Gap(n, _) => n,
+            };
+        }
+        if let Held::Gap(n, _) = item {
+            lost += n;
+        }
+        h.items.push_back(Held::Gap(lost, ts));
+        h.bytes = 0;
+        if !std::mem::replace(&mut h.overflowed, true) {
+            self.anomaly("hold-overflow", ts);
+        }
+    }
+
+    /// The deciding reply came (the client mode is already set): read the held bytes.
+    fn release_hold(&mut self) {
+        let Some(hold) = self.hold.take() else {
+            return;
+        };
+        let mut queue = hold.items;
+        while let Some(item) = queue.pop_front() {
+            match item {
+                Held::Data(d, ts) => self.client_data(&d, ts),
+                Held::Gap(n, ts) => self.client_gap(n, ts),
+            }
+            if self.hold.is_some() {
+                for it in queue.drain(..) {
+                    self.hold_push(it);
+                }
+                return;
+            }
+        }
+    }
+
+    fn tx_mut(&mut self, i: Option<usize>) -> Option<&mut Transaction> {
+        i.and_then(|i| self.transactions.get_mut(i))
+    }
+
+    /// The open transaction, or a new one (None when over the limit).
+    fn current_tx(&mut self, ts: Ts) -> Option<usize> {
+        if self.open_tx.is_none() {
+            self.open_tx = self.new_tx(Transaction::default(), ts);
+        }
+        self.open_tx
+    }
+
+    fn new_tx(&mut self, tx: Transaction, ts: Ts) -> Option<usize> {
+        if self.transactions.len() >= MAX_TRANSACTIONS {
+            self.anomaly("too-many-transactions", ts);
+            return None;
+        }
+        self.transactions.push(tx);
+        Some(self.transactions.len() - 1)
+    }
+
+    fn line_anomalies(&mut self, line: &Line<'_>, ts: Ts) -> String {
+        if line.overlong || line.text.len() as u64 > message::MAX_TEXT_LINE {
+            self.anomaly("line-too-long", ts);
+        }
+        // An overlong line lost its CR with its tail: not a bare LF.
+        if line.bare_lf && !line.overlong {
+            self.anomaly("bare-lf", ts);
+        }
+        if line.text.contains(&0) {
+            self.anomaly("nul-byte", ts);
+        }
+        match std::str::from_utf8(line.text) {
+            Ok(s) => s.to_string(),
+            Err(_) => {
+                self.anomaly("non-utf8", ts);
+                String::from_utf8_lossy(line.text).into_owned()
+            }
+        }
+    }
+}
+
+impl Dissector for Smtp {
+    fn data(&mut self, dir: Dir, data: &[u8], ts: Ts) {
+        if data.is_empty() {
+            return;
+        }
+        if self.tls_event_due {
+            self.tls_started(ts);
+        }
+        match dir {
+            Dir::ToServer => self.client_data(data, ts),
+            Dir::ToClient => self.server_data(data, ts),
+        }
+    }
+
+    fn gap(&mut self, dir: Dir, len: u64, ts: Ts) {
+        match dir {
+            Dir::ToServer => self.client_gap(len, ts),
+            Dir::ToClient => self.server_gap(ts),
+        }
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn record(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert(
+            "greeting".into(),
+            self.greeting.as_ref().map_or(
+                Value::Null,
+                |g| json!({"code": g.code, "text": g.text, "delay_ms": g.delay_ms}),
+            ),
+        );
+        m.insert("helo".into(), json!(self.helo));
+        m.insert("ehlo".into(), json!(self.ehlo));
+        m.insert("tls".into(), json!(self.tls.is_some()));
+        m.insert("tls_mode".into(), json!(self.tls_mode));
+        let info = self.tls_info().filter(|i| **i != TlsInfo::default());
+        m.insert(
+            "tls_info".into(),
+            info.map_or(
+                Value::Null,
+                |i| json!({"sni": i.sni, "version": i.version, "cipher": i.cipher}),
+            ),
+        );
+        m.insert(
+            "auth".into(),
+            self.sasl.as_ref().map_or(
+                Value::Null,
+                |s| json!({"mechanism": s.mechanism, "user": s.user, "code": self.auth_code}),
+            ),
+        );
+        let txs: Vec<Value> = (0..self.transactions.len())
+            .map(|i| self.tx_record(i))
+            .collect();
+        m.insert("transactions".into(), Value::Array(txs));
+        m
+    }
+}
+
+fn reply_json(r: &Reply) -> Value {
+    json!({"code": r.code, "enhanced": r.enhanced, "text": r.text()})
+}
+
+impl Smtp {
+    fn tx_record(&self, i: usize) -> Value {
+        let t = &self.transactions[i];
+        // A message still being read when the record is taken.
+        let live = match &self.body {
+            Some((Some(b), scanner)) if *b == i => Some(scanner),
+            _ => None,
+        };
+        let size = live.map(|s| s.size).or(t.size);
+        let summary = match (&t.summary, live) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(scanner)) => Some(scanner.peek_summary()),
+            (None, None) => None,
+        };
+        let headers = match summary {
+            Some(s) if self.privacy.show_headers => {
+                let h = s.headers;
+                json!({"from": h.from, "to": h.to, "cc": h.cc, "subject": h.subject,
+                       "message_id": h.message_id, "date": h.date, "content_type": h.content_type})
+            }
+            _ => Value::Null,
+        };
+        let rcpt: Vec<Value> = t
+            .rcpt
+            .iter()
+            .map(|r| {
+                json!({"addr": r.addr, "params": r.params,
+                       "code": r.reply.as_ref().map(|x| x.code),
+                       "enhanced": r.reply.as_ref().and_then(|x| x.enhanced.clone()),
+                       "text": r.reply.as_ref().map(Reply::text)})
+            })
+            .collect();
+        json!({
+            "mail_from": t.mail_from,
+            "mail_params": t.mail_params,
+            "rcpt": rcpt,
+            "data_code": t.data_code,
+            "bdat_chunks": t.bdat_chunks,
+            "size": size,
+            "queue_id": t.queue_id,
+            "headers": headers,
+            "reply": t.reply.as_ref().map_or(Value::Null, reply_json),
+        })
+    }
+
+    /// How an AUTH command is shown; also starts the exchange.
+    fn auth_command(&mut self, arg: &str) -> String {
+        let (mech, ir) = match arg.split_once(' ') {
+            Some((m, ir)) => (m, Some(ir.trim())),
+            None => (arg.trim(), None),
+        };
+        let mut sasl = SaslExchange::new(mech);
+        if let Some(ir) = ir {
+            sasl.client_response(ir);
+        }
+        let shown = SaslExchange::command_arg(&sasl.mechanism, ir, self.privacy.show_secrets);
+        self.sasl = Some(sasl);
+        self.auth_code = None;
+        if self.tls.is_none() {
+            self.facts.auth_in_clear = true;
+        }
+        shown
+    }
+
+    fn auth_response(&mut self, line: &str) -> String {
+        if let Some(s) = self.sasl.as_mut() {
+            s.client_response(line);
+        }
+        SaslExchange::response_arg(line, self.privacy.show_secrets)
+    }
+
+    fn greeting_delay(&self, ts: Ts) -> Option<f64> {
+        self.start.syn_ts.map(|syn| millis_between(syn, ts))
+    }
+}
+
+#[cfg(test)]
+mod tests;
