@@ -1,14 +1,12 @@
-//! `mail-trace`: see README.md. Kept thin: parse, dispatch, report errors as one line.
-use clap::{Parser, Subcommand};
+//! The `mail-trace` binary: parse the command line, run the subcommand, turn an
+//! error into one line on stderr and exit code 1 (clap exits 2 on usage errors).
+use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
 use mail_trace::cmd;
 
 #[derive(Parser)]
-#[command(
-    name = "mail-trace",
-    version,
-    about = "Trace SMTP, POP3 and IMAP sessions on the wire"
-)]
+#[command(name = "mail-trace", version, about = "eBPF tracer for SMTP, submission, POP3 and IMAP")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,20 +14,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Capture mail packets: tcpdump-like lines and/or a pcapng file.
+    Capture(cmd::capture::CaptureArgs),
     /// Dissect mail sessions from pcap or pcapng files.
     Replay(cmd::replay::ReplayArgs),
 }
 
-fn main() {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        // Replay is synchronous: no runtime needed.
         Command::Replay(args) => cmd::replay::run(args),
+        Command::Capture(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(cmd::capture::run(args)).map(|()| 0)),
     };
     match result {
-        Ok(code) => std::process::exit(code),
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("mail-trace: {e:#}");
-            std::process::exit(1);
+            ExitCode::FAILURE
         }
     }
 }

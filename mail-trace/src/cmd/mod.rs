@@ -1,3 +1,5 @@
-//! The subcommands, each a `run` over its clap arguments.
+//! The subcommands: each `run` is what `main` calls.
+pub mod capture;
+pub mod live;
 pub mod output;
 pub mod replay;

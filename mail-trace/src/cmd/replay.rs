@@ -25,7 +25,7 @@ const TICK_NS: u64 = 1_000_000_000;
 
 /// Runs the replay; returns the process exit code (1 when a file was unreadable
 /// or broken — the sessions read before the error are still printed).
-pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
+pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
     let mut cfg = EngineConfig {
         privacy: args.output.privacy(),
         ..Default::default()

@@ -1,6 +1,7 @@
 //! Outputs: the session tail, JSON lines, pcapng. Each output is a
 //! [`crate::session::Sink`]; [`Outputs`] picks one from the command line.
 pub mod jsonl;
+pub mod pcapng;
 pub mod tail;
 
 use std::io::Write;
