@@ -17,4 +17,3 @@ pub mod proto;
 pub mod session;
 pub mod time;
 pub mod wire;
-pub mod cmd;
