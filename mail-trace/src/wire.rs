@@ -2,7 +2,6 @@
 //! (no hand-written header parsing in userspace).
 use std::net::SocketAddr;
 
-
 /// TCP flags of a segment (the low byte of the TCP flags field).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpFlags {
