@@ -6,7 +6,7 @@
 #![no_std]
 
 /// Bumped whenever a struct below changes layout.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Bytes of packet data one ring-buffer record can carry. A power of two, because
 /// the eBPF side bounds its variable-length copy with `(n - 1) & (CHUNK_LEN - 1)`.
@@ -26,6 +26,57 @@ pub const FLAG_EGRESS: u32 = 1 << 1;
 pub const FLAG_L3: u32 = 1 << 2;
 /// `PacketHeader::flags`: the record was produced by the XDP program.
 pub const FLAG_XDP: u32 = 1 << 3;
+
+/// Names of the kernel objects, shared so the loader cannot drift from the programs.
+pub mod names {
+    /// The packet ring buffer.
+    pub const EVENTS: &str = "EVENTS";
+    /// `Array<u8>` of 65536 entries indexed by port: non-zero = a mail port.
+    pub const PORTS: &str = "PORTS";
+    /// `Array<Config>` with one entry.
+    pub const CONFIG: &str = "CONFIG";
+    /// LPM trie over IPv4 addresses (`Key<[u8; 4]>` → `u8`), network byte order.
+    pub const HOSTS4: &str = "HOSTS4";
+    /// LPM trie over IPv6 addresses (`Key<[u8; 16]>` → `u8`), network byte order.
+    pub const HOSTS6: &str = "HOSTS6";
+    /// `HashMap<u32 ifindex, u32 IFACE_* bits>` for interfaces that need them.
+    pub const IFACES: &str = "IFACES";
+    /// Per-CPU [`super::Counters`] at index 0.
+    pub const COUNTERS: &str = "COUNTERS";
+    /// TC ingress program. Also the name of our netlink filters, which is how a
+    /// later run recognises filters a killed mail-trace left behind.
+    pub const TC_INGRESS: &str = "mail_trace_in";
+    /// TC egress program (and netlink filter name).
+    pub const TC_EGRESS: &str = "mail_trace_out";
+    /// XDP ingress program.
+    pub const XDP_INGRESS: &str = "mail_trace_xdp";
+}
+
+/// Entries of the `HOSTS4`/`HOSTS6` tries; bounds the `--host` list.
+pub const MAX_HOSTS: u32 = 256;
+/// Entries of the `IFACES` map; bounds the `-i` list.
+pub const MAX_IFACES: u32 = 64;
+
+/// `IFACES` value bit: the device has no Ethernet header (frames start at L3).
+pub const IFACE_L3: u32 = 1 << 0;
+
+/// `Config::flags`: only packets whose source or destination is in `HOSTS4`/`HOSTS6`.
+pub const CFG_HOST_FILTER: u32 = 1 << 0;
+
+/// Settings userspace writes before attaching (index 0 of `CONFIG`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Bytes captured per packet at most (clamped to [`MAX_PACKET_LEN`]); 0 = all.
+    pub snaplen: u32,
+    /// `CFG_*` bits.
+    pub flags: u32,
+    /// Unread bytes in the ring above which a record wakes the reader; below it
+    /// records are submitted with `BPF_RB_NO_WAKEUP` and the reader polls on a timer.
+    pub wake_bytes: u32,
+    /// Zero; keeps the size a multiple of 8.
+    pub reserved: u32,
+}
 
 /// Header of every packet record in the ring buffer; `chunk_len` bytes of packet
 /// data follow it. A packet longer than [`CHUNK_LEN`] is sent as several records
@@ -51,6 +102,12 @@ pub struct PacketHeader {
     /// Bytes of packet data in this record.
     pub chunk_len: u32,
 }
+
+/// Data bytes of the small record size: packets (or last chunks) that fit are
+/// reserved as `PacketHeader` + `SMALL_CHUNK_LEN` so that ACKs and short commands
+/// do not take a full [`CHUNK_LEN`] slot of the ring. Readers must use
+/// `chunk_len`, never the record size, to find the data.
+pub const SMALL_CHUNK_LEN: usize = 256;
 
 /// A full record as reserved in the ring buffer.
 #[repr(C)]
@@ -103,6 +160,7 @@ mod user {
     // SAFETY: plain-old-data, repr(C), no padding (checked by the tests below).
     unsafe impl aya::Pod for super::PacketHeader {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::Config {}
 }
 
 #[cfg(test)]
@@ -116,6 +174,8 @@ mod tests {
         assert_eq!(align_of::<PacketHeader>(), 8);
         assert_eq!(size_of::<PacketRecord>(), 40 + CHUNK_LEN);
         assert_eq!(size_of::<Counters>(), 9 * 8);
+        assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(align_of::<Config>(), 4);
         assert!(CHUNK_LEN.is_power_of_two());
         assert!(MAX_PACKET_LEN.is_power_of_two());
     }

@@ -1,5 +1,89 @@
+//! The in-kernel half of mail-trace: TC (ingress and egress) and XDP (ingress)
+//! programs that copy mail packets to a ring buffer. They only read: TC returns
+//! "continue" (TC_ACT_UNSPEC, which is TCX_NEXT) and XDP returns XDP_PASS, so
+//! traffic and other programs' verdicts are never touched.
 #![no_std]
 #![no_main]
+
+mod emit;
+mod maps;
+mod parse;
+
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_UNSPEC},
+    helpers::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+    EbpfContext,
+};
+use mail_trace_common::{FLAG_EGRESS, FLAG_INGRESS, FLAG_L3, FLAG_XDP};
+
+use crate::parse::{Direct, SkbLoad, Tcp, Verdict};
+
+#[classifier]
+pub fn mail_trace_in(ctx: TcContext) -> i32 {
+    tc(&ctx, FLAG_INGRESS);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn mail_trace_out(ctx: TcContext) -> i32 {
+    tc(&ctx, FLAG_EGRESS);
+    TC_ACT_UNSPEC
+}
+
+#[xdp]
+pub fn mail_trace_xdp(ctx: XdpContext) -> u32 {
+    xdp_in(&ctx);
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn tc(ctx: &TcContext, dir: u32) {
+    let Some(c) = emit::counters() else { return };
+    c.seen += 1;
+    // SAFETY: the context pointer is the kernel's __sk_buff.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let l3 = emit::iface_is_l3(ifindex);
+    let direct = Direct { start: ctx.data(), end: ctx.data_end() };
+    // Headers normally sit in the linear part; load them when they do not.
+    let mut t = Tcp::new();
+    let mut v = parse::parse(&direct, l3, &mut t);
+    if v == Verdict::Bad {
+        v = parse::parse(&SkbLoad(ctx), l3, &mut t);
+    }
+    if !emit::wanted(c, v, &t) {
+        return;
+    }
+    let flags = dir | if l3 { FLAG_L3 } else { 0 };
+    let skb = ctx.as_ptr();
+    emit::emit(c, ifindex, flags, ctx.len(), |off, dst, n| {
+        // SAFETY: dst has room for n bytes (bounded by the caller).
+        unsafe { bpf_skb_load_bytes(skb, off, dst.cast(), n) }
+    });
+}
+
+#[inline(always)]
+fn xdp_in(ctx: &XdpContext) {
+    let Some(c) = emit::counters() else { return };
+    c.seen += 1;
+    // SAFETY: the context pointer is the kernel's xdp_md.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let l3 = emit::iface_is_l3(ifindex);
+    let direct = Direct { start: ctx.data(), end: ctx.data_end() };
+    let mut t = Tcp::new();
+    let v = parse::parse(&direct, l3, &mut t);
+    if !emit::wanted(c, v, &t) {
+        return;
+    }
+    let flags = FLAG_INGRESS | FLAG_XDP | if l3 { FLAG_L3 } else { 0 };
+    let md = ctx.ctx;
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    emit::emit(c, ifindex, flags, len, |off, dst, n| {
+        // SAFETY: dst has room for n bytes (bounded by the caller).
+        unsafe { bpf_xdp_load_bytes(md, off, dst.cast(), n) }
+    });
+}
 
 #[cfg(not(test))]
 #[panic_handler]

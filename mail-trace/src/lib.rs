@@ -14,3 +14,4 @@ pub mod proto;
 pub mod session;
 pub mod time;
 pub mod wire;
+pub mod cmd;

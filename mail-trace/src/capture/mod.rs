@@ -43,3 +43,4 @@ pub struct Frame {
     pub orig_len: u32,
     pub data: Vec<u8>,
 }
+pub mod ebpf;

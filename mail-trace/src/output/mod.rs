@@ -1,1 +1,2 @@
 //! Outputs: the session tail, JSON lines, pcapng.
+pub mod pcapng;

@@ -1,0 +1,149 @@
+//! Filtering and copying: the port/host decision, then the packet in chunks
+//! into the ring buffer, every outcome counted.
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    maps::lpm_trie::Key,
+};
+use mail_trace_common::{
+    Counters, PacketHeader, CFG_HOST_FILTER, CHUNK_LEN, IFACE_L3, MAX_PACKET_LEN,
+    SMALL_CHUNK_LEN,
+};
+
+use crate::{
+    maps::{CONFIG, COUNTERS, EVENTS, HOSTS4, HOSTS6, IFACES, PORTS},
+    parse::{Tcp, Verdict},
+};
+
+const HDR: usize = core::mem::size_of::<PacketHeader>();
+const MAX_CHUNKS: usize = MAX_PACKET_LEN / CHUNK_LEN;
+
+#[inline(always)]
+pub fn counters() -> Option<&'static mut Counters> {
+    // SAFETY: per-CPU slot; programs on one CPU do not run concurrently.
+    COUNTERS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+pub fn iface_is_l3(ifindex: u32) -> bool {
+    // SAFETY: plain u32 value, only read.
+    unsafe { IFACES.get(&ifindex) }.is_some_and(|f| f & IFACE_L3 != 0)
+}
+
+/// Whether a parsed packet is one of ours; counts what is not parseable.
+#[inline(always)]
+pub fn wanted(c: &mut Counters, v: Verdict, t: &Tcp) -> bool {
+    match v {
+        Verdict::Tcp => {}
+        Verdict::Other => return false,
+        Verdict::Fragment => {
+            c.fragments += 1;
+            return false;
+        }
+        Verdict::Bad => {
+            c.unparseable += 1;
+            return false;
+        }
+    }
+    let port_hit = |p: u16| PORTS.get(p as u32).is_some_and(|v| *v != 0);
+    if !port_hit(t.sport) && !port_hit(t.dport) {
+        return false;
+    }
+    let host_filter = CONFIG.get(0).is_some_and(|cfg| cfg.flags & CFG_HOST_FILTER != 0);
+    if host_filter {
+        let hit = if t.v6 {
+            HOSTS6.get(Key::new(128, t.src)).is_some() || HOSTS6.get(Key::new(128, t.dst)).is_some()
+        } else {
+            let (s4, d4) = ([t.src[0], t.src[1], t.src[2], t.src[3]], [t.dst[0], t.dst[1], t.dst[2], t.dst[3]]);
+            HOSTS4.get(Key::new(32, s4)).is_some() || HOSTS4.get(Key::new(32, d4)).is_some()
+        };
+        if !hit {
+            return false;
+        }
+    }
+    c.matched += 1;
+    true
+}
+
+/// Copies `len` bytes of packet (capped by snaplen and 64 KiB) into records.
+/// `copy(offset, dst, n)` is the program type's load-bytes helper.
+#[inline(always)]
+pub fn emit<F>(c: &mut Counters, ifindex: u32, flags: u32, len: u32, copy: F)
+where
+    F: Fn(u32, *mut u8, u32) -> i64,
+{
+    let (snaplen, wake_bytes) = match CONFIG.get(0) {
+        Some(cfg) => (cfg.snaplen, cfg.wake_bytes as u64),
+        None => (0, 0),
+    };
+    let mut cap = len.min(MAX_PACKET_LEN as u32);
+    if snaplen != 0 && cap > snaplen {
+        cap = snaplen;
+    }
+    if cap < len {
+        c.truncated += 1;
+    }
+    // SAFETY: helpers without preconditions.
+    let (cpu, ts_ns) = unsafe { (bpf_get_smp_processor_id(), bpf_ktime_get_ns()) };
+    let mut hdr = PacketHeader {
+        ts_ns,
+        packet_id: ((cpu as u64) << 48) | (c.seen & 0xffff_ffff_ffff),
+        ifindex,
+        flags,
+        orig_len: len,
+        cap_len: cap,
+        offset: 0,
+        chunk_len: 0,
+    };
+    for i in 0..MAX_CHUNKS {
+        let offset = (i * CHUNK_LEN) as u32;
+        if offset >= cap {
+            break;
+        }
+        let n = (cap - offset).min(CHUNK_LEN as u32);
+        hdr.offset = offset;
+        hdr.chunk_len = n;
+        let ok = if n as usize <= SMALL_CHUNK_LEN {
+            chunk::<{ HDR + SMALL_CHUNK_LEN }, SMALL_CHUNK_LEN, F>(&hdr, wake_bytes, &copy)
+        } else {
+            chunk::<{ HDR + CHUNK_LEN }, CHUNK_LEN, F>(&hdr, wake_bytes, &copy)
+        };
+        if ok {
+            c.records += 1;
+            c.bytes += n as u64;
+        } else {
+            c.lost_records += 1;
+            c.lost_bytes += n as u64;
+        }
+    }
+}
+
+/// One record of `SIZE` bytes (header + up to `DATA` bytes of packet).
+#[inline(always)]
+fn chunk<const SIZE: usize, const DATA: usize, F>(hdr: &PacketHeader, wake_bytes: u64, copy: &F) -> bool
+where
+    F: Fn(u32, *mut u8, u32) -> i64,
+{
+    let Some(mut rec) = EVENTS.reserve_bytes(SIZE, 0) else {
+        return false;
+    };
+    let base = rec.as_mut_ptr();
+    // SAFETY: the record is SIZE bytes, 8-aligned by the kernel; the header fits.
+    unsafe { core::ptr::write_unaligned(base as *mut PacketHeader, *hdr) };
+    // The verifier must see the copy length within [1, DATA].
+    let n = ((hdr.chunk_len.wrapping_sub(1)) & (DATA as u32 - 1)) + 1;
+    // SAFETY: HDR + n <= SIZE by the mask above.
+    if copy(hdr.offset, unsafe { base.add(HDR) }, n) != 0 {
+        rec.discard(0);
+        return false;
+    }
+    // Batch wake-ups: the reader polls on a timer, and is woken early only when
+    // the unread backlog grows past wake_bytes.
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wake_bytes {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    rec.submit(flags as u64);
+    true
+}

@@ -1,0 +1,188 @@
+//! Bounded header walk: Ethernet (+ up to two VLAN tags), IPv4 or IPv6 with
+//! extension headers, down to the TCP ports. Generic over how bytes are read so
+//! the same code serves direct packet access and `bpf_skb_load_bytes`.
+use core::mem::size_of;
+
+use aya_ebpf::programs::TcContext;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const IPPROTO_TCP: u8 = 6;
+
+/// IPv6 extension headers walked at most; more is treated as "not TCP".
+const MAX_EXT_HEADERS: usize = 6;
+/// Deepest offset a TCP header may start at; keeps offsets bounded for the verifier.
+const MAX_L4_OFFSET: usize = 512;
+
+pub trait Reader {
+    fn read<T: Copy>(&self, off: usize) -> Option<T>;
+}
+
+/// Direct packet access between `data` and `data_end`.
+pub struct Direct {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Reader for Direct {
+    #[inline(always)]
+    fn read<T: Copy>(&self, off: usize) -> Option<T> {
+        let p = self.start + off;
+        if p + size_of::<T>() > self.end {
+            return None;
+        }
+        // SAFETY: bounds checked against data_end just above.
+        Some(unsafe { core::ptr::read_unaligned(p as *const T) })
+    }
+}
+
+/// `bpf_skb_load_bytes`: for headers outside the linear part of the skb.
+pub struct SkbLoad<'a>(pub &'a TcContext);
+
+impl Reader for SkbLoad<'_> {
+    #[inline(always)]
+    fn read<T: Copy>(&self, off: usize) -> Option<T> {
+        self.0.load::<T>(off).ok()
+    }
+}
+
+/// What the walk found. Plain integers, fully initialised: LLVM spills
+/// uninitialised enum payloads, which the verifier rejects (`!read_ok`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not IP, or IP but not TCP.
+    Other,
+    /// A fragment without the TCP header.
+    Fragment,
+    /// Headers cut short or inconsistent.
+    Bad,
+    Tcp,
+}
+
+/// Addresses (IPv4 in the first 4 bytes) and ports of a TCP packet.
+pub struct Tcp {
+    pub v6: bool,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl Tcp {
+    pub const fn new() -> Self {
+        Tcp { v6: false, src: [0; 16], dst: [0; 16], sport: 0, dport: 0 }
+    }
+}
+
+#[inline(always)]
+pub fn parse<R: Reader>(r: &R, l3: bool, t: &mut Tcp) -> Verdict {
+    match walk(r, l3, t) {
+        Ok(v) => v,
+        Err(()) => Verdict::Bad,
+    }
+}
+
+#[inline(always)]
+fn walk<R: Reader>(r: &R, l3: bool, t: &mut Tcp) -> Result<Verdict, ()> {
+    let mut off = 0usize;
+    let mut ethertype: u16;
+    if l3 {
+        // Reads are never a single byte: the compiler turns `p + 1 > end` into
+        // `end > p`, from which the verifier learns no accessible range.
+        let b: [u8; 2] = r.read(0).ok_or(())?;
+        ethertype = match b[0] >> 4 {
+            4 => ETH_P_IP,
+            6 => ETH_P_IPV6,
+            _ => return Ok(Verdict::Other),
+        };
+    } else {
+        ethertype = u16::from_be(r.read(12).ok_or(())?);
+        off = 14;
+        for _ in 0..2 {
+            if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+                ethertype = u16::from_be(r.read(off + 2).ok_or(())?);
+                off += 4;
+            }
+        }
+    }
+    match ethertype {
+        ETH_P_IP => ipv4(r, off, t),
+        ETH_P_IPV6 => ipv6(r, off, t),
+        _ => Ok(Verdict::Other),
+    }
+}
+
+#[inline(always)]
+fn ipv4<R: Reader>(r: &R, off: usize, t: &mut Tcp) -> Result<Verdict, ()> {
+    let h: [u8; 20] = r.read(off).ok_or(())?;
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
+        return Err(());
+    }
+    if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+        return Ok(Verdict::Fragment);
+    }
+    if h[9] != IPPROTO_TCP {
+        return Ok(Verdict::Other);
+    }
+    t.src[..4].copy_from_slice(&h[12..16]);
+    t.dst[..4].copy_from_slice(&h[16..20]);
+    tcp(r, off + ihl, t)
+}
+
+#[inline(always)]
+fn ipv6<R: Reader>(r: &R, off: usize, t: &mut Tcp) -> Result<Verdict, ()> {
+    let h: [u8; 40] = r.read(off).ok_or(())?;
+    let mut nh = h[6];
+    t.v6 = true;
+    t.src.copy_from_slice(&h[8..24]);
+    t.dst.copy_from_slice(&h[24..40]);
+    let mut off = off + 40;
+    for _ in 0..MAX_EXT_HEADERS {
+        match nh {
+            IPPROTO_TCP => return tcp(r, off, t),
+            // Hop-by-hop, routing, destination options: length in 8-octet units.
+            0 | 43 | 60 => {
+                let h: [u8; 2] = r.read(off).ok_or(())?;
+                nh = h[0];
+                off += (h[1] as usize + 1) * 8;
+            }
+            // Fragment: only the first one carries the TCP header.
+            44 => {
+                let h: [u8; 4] = r.read(off).ok_or(())?;
+                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                    return Ok(Verdict::Fragment);
+                }
+                nh = h[0];
+                off += 8;
+            }
+            // Authentication header: length in 4-octet units, minus 2.
+            51 => {
+                let h: [u8; 2] = r.read(off).ok_or(())?;
+                nh = h[0];
+                off += (h[1] as usize + 2) * 4;
+            }
+            _ => return Ok(Verdict::Other),
+        }
+        if off > MAX_L4_OFFSET {
+            return Err(());
+        }
+    }
+    if nh == IPPROTO_TCP {
+        return tcp(r, off, t);
+    }
+    Ok(Verdict::Other)
+}
+
+#[inline(always)]
+fn tcp<R: Reader>(r: &R, off: usize, t: &mut Tcp) -> Result<Verdict, ()> {
+    if off > MAX_L4_OFFSET {
+        return Err(());
+    }
+    let ports: [u8; 4] = r.read(off).ok_or(())?;
+    t.sport = u16::from_be_bytes([ports[0], ports[1]]);
+    t.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    Ok(Verdict::Tcp)
+}

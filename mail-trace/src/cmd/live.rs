@@ -1,0 +1,140 @@
+//! Options shared by the commands that read live traffic (`capture`, `tail`).
+use std::str::FromStr;
+
+use mail_trace_common::DEFAULT_PORTS;
+
+use crate::capture::ebpf::{Cidr, LiveConfig};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct LiveArgs {
+    /// Interface to attach to (repeatable).
+    #[arg(short = 'i', long = "interface", value_name = "IFACE", required = true)]
+    pub interfaces: Vec<String>,
+    /// TCP ports to capture, comma-separated; replaces the default mail ports
+    /// 25,465,587,110,995,143,993. A packet matches on its source or destination port.
+    #[arg(long, value_name = "PORT,…")]
+    pub ports: Option<PortList>,
+    /// Only packets from or to this network (repeatable; IPv4 or IPv6 CIDR).
+    #[arg(long = "host", value_name = "CIDR")]
+    pub hosts: Vec<Cidr>,
+    /// Bytes captured per packet at most; 0 = whole packets (up to 64 KiB).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub snaplen: u32,
+    /// Kernel ring buffer size in bytes (power of two; K, M, G suffixes allowed).
+    #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_size)]
+    pub ring_size: u32,
+    /// Capture ingress with XDP instead of TC (egress stays on TC).
+    #[arg(long)]
+    pub xdp: bool,
+    /// Attach with netlink clsact filters even on kernels with TCX (for testing).
+    #[arg(long, hide = true)]
+    pub tc_netlink: bool,
+}
+
+impl LiveArgs {
+    pub fn to_config(&self) -> LiveConfig {
+        LiveConfig {
+            ifaces: self.interfaces.clone(),
+            ports: self.ports.as_ref().map_or_else(|| DEFAULT_PORTS.to_vec(), |p| p.0.clone()),
+            hosts: self.hosts.clone(),
+            snaplen: self.snaplen,
+            ring_size: self.ring_size,
+            xdp: self.xdp,
+            force_netlink: self.tc_netlink,
+        }
+    }
+}
+
+/// A `--ports` value: one or more ports in 1..=65535.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortList(pub Vec<u16>);
+
+impl FromStr for PortList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ports = s
+            .split(',')
+            .map(|p| match p.trim().parse::<u32>() {
+                Ok(n @ 1..=65535) => Ok(n as u16),
+                _ => Err(format!("bad port {:?}: must be 1..=65535", p.trim())),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PortList(ports))
+    }
+}
+
+/// `16777216`, `16M`, `512K`, `1G`.
+pub fn parse_size(s: &str) -> Result<u32, String> {
+    let bad = || format!("bad size {s:?}: a power of two of at least 4096 bytes, e.g. 16M");
+    let (num, mult) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 1 << 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n = num.parse::<u64>().map_err(|_| bad())?.checked_mul(mult).ok_or_else(bad)?;
+    match u32::try_from(n) {
+        Ok(n) if n.is_power_of_two() && n >= 4096 => Ok(n),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    #[test]
+    fn ports_parse_and_reject_out_of_range() {
+        assert_eq!("25,587".parse::<PortList>(), Ok(PortList(vec![25, 587])));
+        assert_eq!(" 110 , 65535".parse::<PortList>(), Ok(PortList(vec![110, 65535])));
+        assert_eq!("0".parse::<PortList>(), Err("bad port \"0\": must be 1..=65535".into()));
+        assert_eq!(
+            "25,65536".parse::<PortList>(),
+            Err("bad port \"65536\": must be 1..=65535".into())
+        );
+        assert!("25,,587".parse::<PortList>().is_err());
+        assert!("smtp".parse::<PortList>().is_err());
+        assert!("-25".parse::<PortList>().is_err());
+    }
+
+    #[test]
+    fn cidrs_parse_and_reject_host_bits() {
+        let c: Cidr = "10.99.0.0/16".parse().unwrap();
+        assert_eq!((c.addr, c.prefix), ("10.99.0.0".parse::<IpAddr>().unwrap(), 16));
+        let c: Cidr = "10.99.1.2".parse().unwrap();
+        assert_eq!(c.prefix, 32);
+        let c: Cidr = "fd99::/64".parse().unwrap();
+        assert_eq!(c.to_string(), "fd99::/64");
+        assert_eq!("fd99::1".parse::<Cidr>().unwrap().prefix, 128);
+        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().prefix, 0);
+        assert_eq!(
+            "10.99.0.1/16".parse::<Cidr>(),
+            Err("bad CIDR \"10.99.0.1/16\": host bits set".into())
+        );
+        assert_eq!(
+            "fd99::1/64".parse::<Cidr>(),
+            Err("bad CIDR \"fd99::1/64\": host bits set".into())
+        );
+        assert_eq!(
+            "10.99.0.0/33".parse::<Cidr>(),
+            Err("bad CIDR \"10.99.0.0/33\": prefix must be 0..=32".into())
+        );
+        assert!("fd99::/129".parse::<Cidr>().is_err());
+        assert!("10.99.0.0/".parse::<Cidr>().is_err());
+        assert!("10.99.0.0/+8".parse::<Cidr>().is_err());
+        assert!("mail.example".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn sizes_need_a_power_of_two() {
+        assert_eq!(parse_size("16M"), Ok(16 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("4G").is_err());
+        assert!(parse_size("3000").is_err());
+        assert!(parse_size("2048").is_err());
+        assert!(parse_size("M").is_err());
+    }
+}

@@ -1,0 +1,3 @@
+//! Subcommands: each `run` is what `main` calls.
+pub mod capture;
+pub mod live;
