@@ -135,8 +135,10 @@ impl<W: Write> Tail<W> {
                     self.style.paint(colour, code)
                 );
                 if let Some(e) = enhanced {
-                    // SMTP texts start with the enhanced code already; others carry it apart.
-                    if !text.starts_with(e.as_str()) {
+                    // SMTP shows its X.Y.Z where the wire has it; POP3/IMAP codes go in brackets.
+                    if code.parse::<u16>().is_ok() {
+                        s.push_str(&format!(" {e}"));
+                    } else {
                         s.push_str(&format!(" [{e}]"));
                     }
                 }
@@ -211,7 +213,19 @@ pub fn outcome(rec: &SessionRecord) -> String {
         parts.push(format!("auth {user}"));
     }
     let tls = match rec.field("tls_mode").and_then(Value::as_str) {
-        Some(mode) => format!("tls {mode}"),
+        Some(mode) => {
+            let info = rec.field("tls_info");
+            let get = |k: &str| info.and_then(|i| i.get(k)).and_then(Value::as_str);
+            let facts: Vec<&str> = [get("sni"), get("version"), get("cipher")]
+                .into_iter()
+                .flatten()
+                .collect();
+            if facts.is_empty() {
+                format!("tls {mode}")
+            } else {
+                format!("tls {mode} ({})", facts.join(" "))
+            }
+        }
         None => "no tls".to_string(),
     };
     parts.push(tls);
