@@ -9,6 +9,7 @@
 //! - [`output`]: the session tail, JSON lines and pcapng.
 //! - [`explain`]: plain-English meanings of SMTP, enhanced, POP3 and IMAP status codes.
 pub mod capture;
+pub mod cmd;
 pub mod explain;
 pub mod flow;
 pub mod output;
@@ -16,4 +17,3 @@ pub mod proto;
 pub mod session;
 pub mod time;
 pub mod wire;
-pub mod cmd;
