@@ -123,11 +123,6 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-// TEMP until wire::decode lands on main.
-fn decode(_f: &Frame) -> Result<Option<Segment<'_>>, wire::DecodeError> {
-    Ok(None)
-}
-
 /// The exit summary: one line, kernel counters first.
 pub fn summary(c: &Counters, delivered: u64) -> String {
     format!(
@@ -153,7 +148,7 @@ pub fn line(f: &Frame, iface: &str) -> String {
         Direction::Unknown => "?  ",
     };
     let head = format!("{} {iface} {dir}", clock(f.ts));
-    match decode(f) {
+    match wire::decode(f) {
         Ok(Some(seg)) => format!("{head} {}", tcp_summary(&seg)),
         Ok(None) => format!("{head} {} bytes, not TCP", f.orig_len),
         Err(e) => format!("{head} {} bytes, {e}", f.orig_len),
