@@ -76,11 +76,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
 
 /// Flushes the output. A closed pipe (`| head`) is a normal way to stop reading.
 pub fn finish_output<W: Write>(mut out: Outputs<W>) -> anyhow::Result<()> {
-    let flushed = match &mut out {
-        Outputs::Tail(t) => t.flush(),
-        Outputs::Json(j) => j.flush(),
-        Outputs::Summary(_) => Ok(()),
-    };
+    let flushed = out.flush();
     let err = out
         .error()
         .map(|e| e.kind())
