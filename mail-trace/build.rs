@@ -5,14 +5,20 @@ use std::{env, fs, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=MAIL_TRACE_SKIP_EBPF");
-    let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow::anyhow!("OUT_DIR not set"))?);
+    let out_dir =
+        PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow::anyhow!("OUT_DIR not set"))?);
     if env::var("MAIL_TRACE_SKIP_EBPF").is_ok_and(|v| v == "1") {
         fs::write(out_dir.join("mail-trace"), b"")?;
         return Ok(());
     }
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or_else(|| anyhow::anyhow!("CARGO_MANIFEST_DIR not set"))?);
+    let manifest = PathBuf::from(
+        env::var_os("CARGO_MANIFEST_DIR")
+            .ok_or_else(|| anyhow::anyhow!("CARGO_MANIFEST_DIR not set"))?,
+    );
     let root = manifest.join("..").join("mail-trace-ebpf");
-    let root = root.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", root.display()))?;
+    let root = root
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", root.display()))?;
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "mail-trace-ebpf",

@@ -6,8 +6,7 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use mail_trace_common::{
-    Counters, PacketHeader, CFG_HOST_FILTER, CHUNK_LEN, IFACE_L3, MAX_PACKET_LEN,
-    SMALL_CHUNK_LEN,
+    Counters, PacketHeader, CFG_HOST_FILTER, CHUNK_LEN, IFACE_L3, MAX_PACKET_LEN, SMALL_CHUNK_LEN,
 };
 
 use crate::{
@@ -49,12 +48,17 @@ pub fn wanted(c: &mut Counters, v: Verdict, t: &Tcp) -> bool {
     if !port_hit(t.sport) && !port_hit(t.dport) {
         return false;
     }
-    let host_filter = CONFIG.get(0).is_some_and(|cfg| cfg.flags & CFG_HOST_FILTER != 0);
+    let host_filter = CONFIG
+        .get(0)
+        .is_some_and(|cfg| cfg.flags & CFG_HOST_FILTER != 0);
     if host_filter {
         let hit = if t.v6 {
             HOSTS6.get(Key::new(128, t.src)).is_some() || HOSTS6.get(Key::new(128, t.dst)).is_some()
         } else {
-            let (s4, d4) = ([t.src[0], t.src[1], t.src[2], t.src[3]], [t.dst[0], t.dst[1], t.dst[2], t.dst[3]]);
+            let (s4, d4) = (
+                [t.src[0], t.src[1], t.src[2], t.src[3]],
+                [t.dst[0], t.dst[1], t.dst[2], t.dst[3]],
+            );
             HOSTS4.get(Key::new(32, s4)).is_some() || HOSTS4.get(Key::new(32, d4)).is_some()
         };
         if !hit {
@@ -120,7 +124,11 @@ where
 
 /// One record of `SIZE` bytes (header + up to `DATA` bytes of packet).
 #[inline(always)]
-fn chunk<const SIZE: usize, const DATA: usize, F>(hdr: &PacketHeader, wake_bytes: u64, copy: &F) -> bool
+fn chunk<const SIZE: usize, const DATA: usize, F>(
+    hdr: &PacketHeader,
+    wake_bytes: u64,
+    copy: &F,
+) -> bool
 where
     F: Fn(u32, *mut u8, u32) -> i64,
 {

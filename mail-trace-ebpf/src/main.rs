@@ -45,7 +45,10 @@ fn tc(ctx: &TcContext, dir: u32) {
     // SAFETY: the context pointer is the kernel's __sk_buff.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let l3 = emit::iface_is_l3(ifindex);
-    let direct = Direct { start: ctx.data(), end: ctx.data_end() };
+    let direct = Direct {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
     // Headers normally sit in the linear part; load them when they do not.
     let mut t = Tcp::new();
     let mut v = parse::parse(&direct, l3, &mut t);
@@ -70,7 +73,10 @@ fn xdp_in(ctx: &XdpContext) {
     // SAFETY: the context pointer is the kernel's xdp_md.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let l3 = emit::iface_is_l3(ifindex);
-    let direct = Direct { start: ctx.data(), end: ctx.data_end() };
+    let direct = Direct {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
     let mut t = Tcp::new();
     let v = parse::parse(&direct, l3, &mut t);
     if !emit::wanted(c, v, &t) {

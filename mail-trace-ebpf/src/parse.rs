@@ -72,7 +72,13 @@ pub struct Tcp {
 
 impl Tcp {
     pub const fn new() -> Self {
-        Tcp { v6: false, src: [0; 16], dst: [0; 16], sport: 0, dport: 0 }
+        Tcp {
+            v6: false,
+            src: [0; 16],
+            dst: [0; 16],
+            sport: 0,
+            dport: 0,
+        }
     }
 }
 

@@ -8,10 +8,10 @@
 //! - [`session`]: the engine joining flows to dissectors, and the session records.
 //! - [`output`]: the session tail, JSON lines and pcapng.
 pub mod capture;
+pub mod cmd;
 pub mod flow;
 pub mod output;
 pub mod proto;
 pub mod session;
 pub mod time;
 pub mod wire;
-pub mod cmd;

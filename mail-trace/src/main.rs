@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use mail_trace::cmd;
 
 #[derive(Parser)]
-#[command(name = "mail-trace", version, about = "eBPF tracer for SMTP, submission, POP3 and IMAP")]
+#[command(
+    name = "mail-trace",
+    version,
+    about = "eBPF tracer for SMTP, submission, POP3 and IMAP"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

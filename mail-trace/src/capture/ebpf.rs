@@ -6,13 +6,7 @@
 //! older kernels it falls back to netlink clsact filters, which survive a
 //! `kill -9`; those are named after our programs, so a later run removes the
 //! ones a dead mail-trace left behind.
-use std::{
-    fmt,
-    io,
-    net::IpAddr,
-    str::FromStr,
-    time::Duration,
-};
+use std::{fmt, io, net::IpAddr, str::FromStr, time::Duration};
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
@@ -24,8 +18,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use mail_trace_common::{
-    names, Config, Counters, PacketHeader, CFG_HOST_FILTER, CHUNK_LEN, FLAG_EGRESS,
-    FLAG_INGRESS, FLAG_L3, IFACE_L3, MAX_HOSTS, MAX_IFACES, MAX_PACKET_LEN,
+    names, Config, Counters, PacketHeader, CFG_HOST_FILTER, CHUNK_LEN, FLAG_EGRESS, FLAG_INGRESS,
+    FLAG_L3, IFACE_L3, MAX_HOSTS, MAX_IFACES, MAX_PACKET_LEN,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -97,7 +91,11 @@ impl FromStr for Cidr {
             IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
             IpAddr::V6(v) => u128::from(v),
         };
-        let host_mask = if prefix == 0 { u128::MAX } else { u128::MAX >> prefix };
+        let host_mask = if prefix == 0 {
+            u128::MAX
+        } else {
+            u128::MAX >> prefix
+        };
         if bits & host_mask != 0 {
             return Err(bad("host bits set"));
         }
@@ -161,7 +159,11 @@ impl EbpfCapture {
         if !cfg.ring_size.is_power_of_two() || cfg.ring_size < 4096 {
             return Err(CaptureError::BadRingSize(cfg.ring_size));
         }
-        let ifaces = cfg.ifaces.iter().map(|n| lookup_iface(n)).collect::<Result<Vec<_>, _>>()?;
+        let ifaces = cfg
+            .ifaces
+            .iter()
+            .map(|n| lookup_iface(n))
+            .collect::<Result<Vec<_>, _>>()?;
         if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
             return Err(CaptureError::NoBtf);
         }
@@ -177,7 +179,8 @@ impl EbpfCapture {
         let ring = RingBuf::try_from(events).map_err(|e| CaptureError::Load(chain(&e)))?;
         // SAFETY: the RingBuf owns its map fd; it stays open and the same for as
         // long as the AsyncFd owns the RingBuf.
-        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| CaptureError::Io(e.into_parts().1))?;
+        let ring =
+            unsafe { AsyncFd::register(ring) }.map_err(|e| CaptureError::Io(e.into_parts().1))?;
         Ok(EbpfCapture {
             ring,
             ifaces,
@@ -199,8 +202,7 @@ impl EbpfCapture {
                 return Ok(f);
             }
             // Woken by the kernel only for a backlog; otherwise poll on the timer.
-            if let Ok(guard) = tokio::time::timeout(POLL_INTERVAL, self.ring.readable_mut()).await
-            {
+            if let Ok(guard) = tokio::time::timeout(POLL_INTERVAL, self.ring.readable_mut()).await {
                 guard?.clear_ready();
             }
             self.drain();
@@ -227,7 +229,11 @@ impl EbpfCapture {
         let arr: PerCpuArray<_, Counters> =
             PerCpuArray::try_from(map).map_err(|e| CaptureError::Load(chain(&e)))?;
         let mut sum = Counters::default();
-        for c in arr.get(&0, 0).map_err(|e| CaptureError::Load(chain(&e)))?.iter() {
+        for c in arr
+            .get(&0, 0)
+            .map_err(|e| CaptureError::Load(chain(&e)))?
+            .iter()
+        {
             sum.add(c);
         }
         Ok(sum)
@@ -254,7 +260,11 @@ fn lookup_iface(name: &str) -> Result<Iface, CaptureError> {
         "1" | "772" | "" => LinkType::Ethernet,
         _ => LinkType::RawIp,
     };
-    Ok(Iface { name: name.to_owned(), ifindex, link })
+    Ok(Iface {
+        name: name.to_owned(),
+        ifindex,
+        link,
+    })
 }
 
 fn classify_load(e: &aya::EbpfError) -> CaptureError {
@@ -300,7 +310,8 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map, Str
 }
 
 fn configure(ebpf: &mut Ebpf, cfg: &LiveConfig, ifaces: &[Iface]) -> Result<(), String> {
-    let mut ports: Array<_, u8> = Array::try_from(map(ebpf, names::PORTS)?).map_err(|e| chain(&e))?;
+    let mut ports: Array<_, u8> =
+        Array::try_from(map(ebpf, names::PORTS)?).map_err(|e| chain(&e))?;
     for &p in &cfg.ports {
         ports.set(u32::from(p), 1, 0).map_err(|e| chain(&e))?;
     }
@@ -308,26 +319,34 @@ fn configure(ebpf: &mut Ebpf, cfg: &LiveConfig, ifaces: &[Iface]) -> Result<(), 
         LpmTrie::try_from(map(ebpf, names::HOSTS4)?).map_err(|e| chain(&e))?;
     for h in &cfg.hosts {
         if let IpAddr::V4(a) = h.addr {
-            v4.insert(&Key::new(u32::from(h.prefix), a.octets()), 1, 0).map_err(|e| chain(&e))?;
+            v4.insert(&Key::new(u32::from(h.prefix), a.octets()), 1, 0)
+                .map_err(|e| chain(&e))?;
         }
     }
     let mut v6: LpmTrie<_, [u8; 16], u8> =
         LpmTrie::try_from(map(ebpf, names::HOSTS6)?).map_err(|e| chain(&e))?;
     for h in &cfg.hosts {
         if let IpAddr::V6(a) = h.addr {
-            v6.insert(&Key::new(u32::from(h.prefix), a.octets()), 1, 0).map_err(|e| chain(&e))?;
+            v6.insert(&Key::new(u32::from(h.prefix), a.octets()), 1, 0)
+                .map_err(|e| chain(&e))?;
         }
     }
     let mut flags: HashMap<_, u32, u32> =
         HashMap::try_from(map(ebpf, names::IFACES)?).map_err(|e| chain(&e))?;
     for i in ifaces.iter().filter(|i| i.link == LinkType::RawIp) {
-        flags.insert(i.ifindex, IFACE_L3, 0).map_err(|e| chain(&e))?;
+        flags
+            .insert(i.ifindex, IFACE_L3, 0)
+            .map_err(|e| chain(&e))?;
     }
     let mut config: Array<_, Config> =
         Array::try_from(map(ebpf, names::CONFIG)?).map_err(|e| chain(&e))?;
     let c = Config {
         snaplen: cfg.snaplen.min(MAX_PACKET_LEN as u32),
-        flags: if cfg.hosts.is_empty() { 0 } else { CFG_HOST_FILTER },
+        flags: if cfg.hosts.is_empty() {
+            0
+        } else {
+            CFG_HOST_FILTER
+        },
         // Wake the reader once an eighth of the ring is waiting: well before it fills.
         wake_bytes: cfg.ring_size / 8,
         reserved: 0,
@@ -354,7 +373,10 @@ fn attach(ebpf: &mut Ebpf, cfg: &LiveConfig, ifaces: &[Iface]) -> Result<(), Cap
             .map_err(load_err)?;
         prog.load().map_err(load_err)?;
         for i in ifaces {
-            let fail = |reason: String| CaptureError::Attach { iface: i.name.clone(), reason };
+            let fail = |reason: String| CaptureError::Attach {
+                iface: i.name.clone(),
+                reason,
+            };
             let opts = if tcx {
                 TcAttachOptions::TcxOrder(LinkOrder::default())
             } else {
@@ -367,10 +389,11 @@ fn attach(ebpf: &mut Ebpf, cfg: &LiveConfig, ifaces: &[Iface]) -> Result<(), Cap
                 remove_stale_filters(&i.name, kind, name);
                 TcAttachOptions::Netlink(NlOptions::default())
             };
-            prog.attach_with_options(&i.name, kind, opts).map_err(|e| match os_error(&e) {
-                Some(libc::EPERM) => CaptureError::Permission,
-                _ => fail(chain(&e)),
-            })?;
+            prog.attach_with_options(&i.name, kind, opts)
+                .map_err(|e| match os_error(&e) {
+                    Some(libc::EPERM) => CaptureError::Permission,
+                    _ => fail(chain(&e)),
+                })?;
         }
     }
     if cfg.xdp {
@@ -381,10 +404,11 @@ fn attach(ebpf: &mut Ebpf, cfg: &LiveConfig, ifaces: &[Iface]) -> Result<(), Cap
             .map_err(load_err)?;
         prog.load().map_err(load_err)?;
         for i in ifaces {
-            prog.attach(&i.name, XdpMode::default()).map_err(|e| CaptureError::Attach {
-                iface: i.name.clone(),
-                reason: chain(&e),
-            })?;
+            prog.attach(&i.name, XdpMode::default())
+                .map_err(|e| CaptureError::Attach {
+                    iface: i.name.clone(),
+                    reason: chain(&e),
+                })?;
         }
     }
     Ok(())
@@ -402,7 +426,9 @@ fn remove_stale_filters(iface: &str, kind: TcAttachType, name: &str) {
 
 fn other_mail_trace_running() -> bool {
     let me = std::process::id().to_string();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
     dir.flatten().any(|e| {
         let pid = e.file_name();
         let pid = pid.to_string_lossy();
@@ -415,7 +441,10 @@ fn other_mail_trace_running() -> bool {
 
 fn epoch_offset() -> i128 {
     let now = |clock| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: ts is a valid out-pointer.
         unsafe { libc::clock_gettime(clock, &mut ts) };
         i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
@@ -423,7 +452,12 @@ fn epoch_offset() -> i128 {
     now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
 }
 
-fn to_frame(ifaces: &[Iface], epoch_offset: i128, hdr: &PacketHeader, data: Vec<u8>) -> Option<Frame> {
+fn to_frame(
+    ifaces: &[Iface],
+    epoch_offset: i128,
+    hdr: &PacketHeader,
+    data: Vec<u8>,
+) -> Option<Frame> {
     // Records from an interface we did not attach to cannot happen; skip rather than guess.
     let iface = ifaces.iter().position(|i| i.ifindex == hdr.ifindex)?;
     let ts = (i128::from(hdr.ts_ns) + epoch_offset).clamp(0, i128::from(u64::MAX)) as u64;
@@ -434,8 +468,19 @@ fn to_frame(ifaces: &[Iface], epoch_offset: i128, hdr: &PacketHeader, data: Vec<
     } else {
         Direction::Unknown
     };
-    let link = if hdr.flags & FLAG_L3 != 0 { LinkType::RawIp } else { LinkType::Ethernet };
-    Some(Frame { ts, iface: iface as u32, dir, link, orig_len: hdr.orig_len, data })
+    let link = if hdr.flags & FLAG_L3 != 0 {
+        LinkType::RawIp
+    } else {
+        LinkType::Ethernet
+    };
+    Some(Frame {
+        ts,
+        iface: iface as u32,
+        dir,
+        link,
+        orig_len: hdr.orig_len,
+        data,
+    })
 }
 
 /// Joins the records of one packet (same `packet_id`) into its bytes.
@@ -477,14 +522,22 @@ impl Joiner {
         self.pending
             .retain(|p| p.hdr.packet_id == hdr.packet_id || p.hdr.packet_id >> 48 != cpu);
         self.incomplete += (before - self.pending.len()) as u64;
-        let idx = match self.pending.iter().position(|p| p.hdr.packet_id == hdr.packet_id) {
+        let idx = match self
+            .pending
+            .iter()
+            .position(|p| p.hdr.packet_id == hdr.packet_id)
+        {
             Some(i) => i,
             None => {
                 if self.pending.len() >= MAX_PENDING {
                     self.pending.remove(0);
                     self.incomplete += 1;
                 }
-                self.pending.push(Pending { hdr, data: vec![0; hdr.cap_len as usize], got: 0 });
+                self.pending.push(Pending {
+                    hdr,
+                    data: vec![0; hdr.cap_len as usize],
+                    got: 0,
+                });
                 self.pending.len() - 1
             }
         };
@@ -535,7 +588,10 @@ fn parse_header(rec: &[u8]) -> Option<PacketHeader> {
     let ok = hdr.chunk_len as usize <= CHUNK_LEN
         && hdr.chunk_len > 0
         && hdr.cap_len as usize <= MAX_PACKET_LEN
-        && hdr.offset.checked_add(hdr.chunk_len).is_some_and(|end| end <= hdr.cap_len)
+        && hdr
+            .offset
+            .checked_add(hdr.chunk_len)
+            .is_some_and(|end| end <= hdr.cap_len)
         && rec.len() >= HDR_LEN + hdr.chunk_len as usize;
     ok.then_some(hdr)
 }

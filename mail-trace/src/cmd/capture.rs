@@ -51,7 +51,11 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<()> {
             let descs: Vec<IfaceDesc> = cap
                 .interfaces()
                 .iter()
-                .map(|i| IfaceDesc { name: i.name.clone(), link: i.link, snaplen: cfg.snaplen })
+                .map(|i| IfaceDesc {
+                    name: i.name.clone(),
+                    link: i.link,
+                    snaplen: cfg.snaplen,
+                })
                 .collect();
             Some(PcapngSink::new(f, &descs).context("writing pcapng")?)
         }
@@ -62,7 +66,9 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let deadline = args.duration.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let deadline = args
+        .duration
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     let mut seen = 0u64;
     let mut handle = |f: Frame| -> anyhow::Result<()> {
         if let Some(s) = sink.as_mut() {
@@ -93,7 +99,10 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<()> {
             .iter()
             .enumerate()
             // Kernel losses are not per interface: the first ISB carries them all.
-            .map(|(i, &d)| IfaceStats { delivered: d, dropped: if i == 0 { dropped } else { 0 } })
+            .map(|(i, &d)| IfaceStats {
+                delivered: d,
+                dropped: if i == 0 { dropped } else { 0 },
+            })
             .collect();
         s.finish(now_ns(), &stats).context("writing pcapng")?;
     }
@@ -166,7 +175,12 @@ fn clock(ts: u64) -> String {
 fn tcp_summary(s: &Segment<'_>) -> String {
     let ip = if s.src.is_ipv4() { "IP" } else { "IP6" };
     let mut flags = String::new();
-    for (on, c) in [(s.flags.syn, 'S'), (s.flags.fin, 'F'), (s.flags.rst, 'R'), (s.flags.psh, 'P')] {
+    for (on, c) in [
+        (s.flags.syn, 'S'),
+        (s.flags.fin, 'F'),
+        (s.flags.rst, 'R'),
+        (s.flags.psh, 'P'),
+    ] {
         if on {
             flags.push(c);
         }
@@ -180,7 +194,11 @@ fn tcp_summary(s: &Segment<'_>) -> String {
     } else {
         s.seq.to_string()
     };
-    let ack = if s.flags.ack { format!(", ack {}", s.ack) } else { String::new() };
+    let ack = if s.flags.ack {
+        format!(", ack {}", s.ack)
+    } else {
+        String::new()
+    };
     format!(
         "{ip} {}.{} > {}.{}: Flags [{flags}], seq {seq}{ack}, length {len}",
         s.src.ip(),
@@ -202,7 +220,11 @@ mod tests {
             dst: "10.99.0.2:25".parse().unwrap(),
             seq: 1000,
             ack: 2000,
-            flags: TcpFlags { psh: true, ack: true, ..Default::default() },
+            flags: TcpFlags {
+                psh: true,
+                ack: true,
+                ..Default::default()
+            },
             payload: b"EHLO x\r\n",
             missing: 2,
         };
@@ -215,7 +237,10 @@ mod tests {
             dst: "[fd99::2]:40000".parse().unwrap(),
             seq: u32::MAX,
             ack: 0,
-            flags: TcpFlags { syn: true, ..Default::default() },
+            flags: TcpFlags {
+                syn: true,
+                ..Default::default()
+            },
             payload: b"",
             missing: 0,
         };
@@ -262,6 +287,9 @@ mod tests {
             data: vec![0; 42],
         };
         // An all-zero Ethernet frame has EtherType 0: not IP, so not TCP.
-        assert_eq!(line(&f, "mteb0"), "23:01:40.000001 mteb0 Out 42 bytes, not TCP");
+        assert_eq!(
+            line(&f, "mteb0"),
+            "23:01:40.000001 mteb0 Out 42 bytes, not TCP"
+        );
     }
 }

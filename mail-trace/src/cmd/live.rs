@@ -35,7 +35,10 @@ impl LiveArgs {
     pub fn to_config(&self) -> LiveConfig {
         LiveConfig {
             ifaces: self.interfaces.clone(),
-            ports: self.ports.as_ref().map_or_else(|| DEFAULT_PORTS.to_vec(), |p| p.0.clone()),
+            ports: self
+                .ports
+                .as_ref()
+                .map_or_else(|| DEFAULT_PORTS.to_vec(), |p| p.0.clone()),
             hosts: self.hosts.clone(),
             snaplen: self.snaplen,
             ring_size: self.ring_size,
@@ -73,7 +76,11 @@ pub fn parse_size(s: &str) -> Result<u32, String> {
         Some(b'G' | b'g') => (&s[..s.len() - 1], 1 << 30),
         _ => (s, 1),
     };
-    let n = num.parse::<u64>().map_err(|_| bad())?.checked_mul(mult).ok_or_else(bad)?;
+    let n = num
+        .parse::<u64>()
+        .map_err(|_| bad())?
+        .checked_mul(mult)
+        .ok_or_else(bad)?;
     match u32::try_from(n) {
         Ok(n) if n.is_power_of_two() && n >= 4096 => Ok(n),
         _ => Err(bad()),
@@ -88,8 +95,14 @@ mod tests {
     #[test]
     fn ports_parse_and_reject_out_of_range() {
         assert_eq!("25,587".parse::<PortList>(), Ok(PortList(vec![25, 587])));
-        assert_eq!(" 110 , 65535".parse::<PortList>(), Ok(PortList(vec![110, 65535])));
-        assert_eq!("0".parse::<PortList>(), Err("bad port \"0\": must be 1..=65535".into()));
+        assert_eq!(
+            " 110 , 65535".parse::<PortList>(),
+            Ok(PortList(vec![110, 65535]))
+        );
+        assert_eq!(
+            "0".parse::<PortList>(),
+            Err("bad port \"0\": must be 1..=65535".into())
+        );
         assert_eq!(
             "25,65536".parse::<PortList>(),
             Err("bad port \"65536\": must be 1..=65535".into())
@@ -102,7 +115,10 @@ mod tests {
     #[test]
     fn cidrs_parse_and_reject_host_bits() {
         let c: Cidr = "10.99.0.0/16".parse().unwrap();
-        assert_eq!((c.addr, c.prefix), ("10.99.0.0".parse::<IpAddr>().unwrap(), 16));
+        assert_eq!(
+            (c.addr, c.prefix),
+            ("10.99.0.0".parse::<IpAddr>().unwrap(), 16)
+        );
         let c: Cidr = "10.99.1.2".parse().unwrap();
         assert_eq!(c.prefix, 32);
         let c: Cidr = "fd99::/64".parse().unwrap();

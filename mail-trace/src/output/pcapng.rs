@@ -61,12 +61,18 @@ impl<W: Write> PcapngSink<W> {
                 ],
             })?;
         }
-        Ok(PcapngSink { w, ifaces: ifaces.len(), last_ts: 0 })
+        Ok(PcapngSink {
+            w,
+            ifaces: ifaces.len(),
+            last_ts: 0,
+        })
     }
 
     pub fn write(&mut self, f: &Frame) -> Result<(), PcapError> {
         if f.iface as usize >= self.ifaces {
-            return Err(PcapError::InvalidField("frame for an interface without IDB"));
+            return Err(PcapError::InvalidField(
+                "frame for an interface without IDB",
+            ));
         }
         let flags = match f.dir {
             Direction::In => vec![EnhancedPacketOption::Flags(EPB_INBOUND)],
@@ -121,25 +127,67 @@ mod tests {
     use pcap_file::pcapng::{Block, PcapNgReader};
 
     fn frame(iface: u32, dir: Direction, ts: u64, data: &[u8], orig_len: u32) -> Frame {
-        Frame { ts, iface, dir, link: LinkType::Ethernet, orig_len, data: data.to_vec() }
+        Frame {
+            ts,
+            iface,
+            dir,
+            link: LinkType::Ethernet,
+            orig_len,
+            data: data.to_vec(),
+        }
     }
 
     #[test]
     fn round_trip_reads_back_every_block() {
         let ifaces = [
-            IfaceDesc { name: "mteb0".into(), link: LinkType::Ethernet, snaplen: 0 },
-            IfaceDesc { name: "wg0".into(), link: LinkType::RawIp, snaplen: 128 },
+            IfaceDesc {
+                name: "mteb0".into(),
+                link: LinkType::Ethernet,
+                snaplen: 0,
+            },
+            IfaceDesc {
+                name: "wg0".into(),
+                link: LinkType::RawIp,
+                snaplen: 128,
+            },
         ];
         let mut sink = PcapngSink::new(Vec::new(), &ifaces).unwrap();
-        sink.write(&frame(0, Direction::In, 1_700_000_000_123_456_789, b"abcde", 5)).unwrap();
-        sink.write(&frame(1, Direction::Out, 1_700_000_000_223_456_789, b"xyz", 1500)).unwrap();
-        sink.write(&frame(0, Direction::Unknown, 1_700_000_001_000_000_000, b"", 0)).unwrap();
+        sink.write(&frame(
+            0,
+            Direction::In,
+            1_700_000_000_123_456_789,
+            b"abcde",
+            5,
+        ))
+        .unwrap();
+        sink.write(&frame(
+            1,
+            Direction::Out,
+            1_700_000_000_223_456_789,
+            b"xyz",
+            1500,
+        ))
+        .unwrap();
+        sink.write(&frame(
+            0,
+            Direction::Unknown,
+            1_700_000_001_000_000_000,
+            b"",
+            0,
+        ))
+        .unwrap();
         let bytes = sink
             .finish(
                 1_700_000_002_000_000_000,
                 &[
-                    IfaceStats { delivered: 2, dropped: 7 },
-                    IfaceStats { delivered: 1, dropped: 0 },
+                    IfaceStats {
+                        delivered: 2,
+                        dropped: 7,
+                    },
+                    IfaceStats {
+                        delivered: 1,
+                        dropped: 0,
+                    },
                 ],
             )
             .unwrap();
@@ -150,7 +198,9 @@ mod tests {
             blocks.push(b.unwrap().into_owned());
         }
         assert_eq!(blocks.len(), 2 + 3 + 2);
-        let Block::InterfaceDescription(idb) = &blocks[1] else { panic!("{:?}", blocks[1]) };
+        let Block::InterfaceDescription(idb) = &blocks[1] else {
+            panic!("{:?}", blocks[1])
+        };
         assert_eq!(idb.linktype, DataLink::RAW);
         assert_eq!(idb.snaplen, 128);
         assert_eq!(
@@ -160,29 +210,55 @@ mod tests {
                 InterfaceDescriptionOption::IfTsResol(9)
             ]
         );
-        let Block::EnhancedPacket(e0) = &blocks[2] else { panic!() };
+        let Block::EnhancedPacket(e0) = &blocks[2] else {
+            panic!()
+        };
         assert_eq!(e0.interface_id, 0);
-        assert_eq!(e0.timestamp, Duration::from_nanos(1_700_000_000_123_456_789));
+        assert_eq!(
+            e0.timestamp,
+            Duration::from_nanos(1_700_000_000_123_456_789)
+        );
         assert_eq!(&e0.data[..], b"abcde");
         assert_eq!(e0.options, vec![EnhancedPacketOption::Flags(1)]);
-        let Block::EnhancedPacket(e1) = &blocks[3] else { panic!() };
-        assert_eq!((e1.interface_id, e1.original_len, &e1.data[..]), (1, 1500, &b"xyz"[..]));
+        let Block::EnhancedPacket(e1) = &blocks[3] else {
+            panic!()
+        };
+        assert_eq!(
+            (e1.interface_id, e1.original_len, &e1.data[..]),
+            (1, 1500, &b"xyz"[..])
+        );
         assert_eq!(e1.options, vec![EnhancedPacketOption::Flags(2)]);
-        let Block::EnhancedPacket(e2) = &blocks[4] else { panic!() };
+        let Block::EnhancedPacket(e2) = &blocks[4] else {
+            panic!()
+        };
         assert!(e2.options.is_empty());
-        let Block::InterfaceStatistics(isb) = &blocks[5] else { panic!() };
+        let Block::InterfaceStatistics(isb) = &blocks[5] else {
+            panic!()
+        };
         assert_eq!(isb.interface_id, 0);
         assert_eq!(isb.timestamp, 1_700_000_002_000_000_000);
-        assert!(isb.options.contains(&InterfaceStatisticsOption::IsbIfDrop(7)));
-        assert!(isb.options.contains(&InterfaceStatisticsOption::IsbUsrDeliv(2)));
-        let Block::InterfaceStatistics(isb1) = &blocks[6] else { panic!() };
+        assert!(isb
+            .options
+            .contains(&InterfaceStatisticsOption::IsbIfDrop(7)));
+        assert!(isb
+            .options
+            .contains(&InterfaceStatisticsOption::IsbUsrDeliv(2)));
+        let Block::InterfaceStatistics(isb1) = &blocks[6] else {
+            panic!()
+        };
         assert_eq!(isb1.interface_id, 1);
-        assert!(isb1.options.contains(&InterfaceStatisticsOption::IsbIfDrop(0)));
+        assert!(isb1
+            .options
+            .contains(&InterfaceStatisticsOption::IsbIfDrop(0)));
     }
 
     #[test]
     fn frame_for_unknown_interface_is_an_error() {
-        let ifaces = [IfaceDesc { name: "lo".into(), link: LinkType::Ethernet, snaplen: 0 }];
+        let ifaces = [IfaceDesc {
+            name: "lo".into(),
+            link: LinkType::Ethernet,
+            snaplen: 0,
+        }];
         let mut sink = PcapngSink::new(Vec::new(), &ifaces).unwrap();
         assert!(sink.write(&frame(1, Direction::In, 1, b"a", 1)).is_err());
     }
