@@ -5,8 +5,11 @@
 //! alignments so a change to the layout cannot go unnoticed.
 #![no_std]
 
+/// TLS plaintext records from the uprobes (a separate section of the ABI).
+pub mod tls;
+
 /// Bumped whenever a struct below changes layout.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Bytes of packet data one ring-buffer record can carry. A power of two, because
 /// the eBPF side bounds its variable-length copy with `(n - 1) & (CHUNK_LEN - 1)`.

@@ -8,6 +8,7 @@
 mod emit;
 mod maps;
 mod parse;
+mod tls;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_UNSPEC},

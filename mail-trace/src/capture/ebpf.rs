@@ -105,6 +105,13 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// One item of the ring: a packet, or TLS plaintext from the uprobes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Captured {
+    Frame(Frame),
+    Plaintext(super::uprobe::Plaintext),
+}
+
 /// What to capture and where.
 #[derive(Clone, Debug)]
 pub struct LiveConfig {
@@ -135,7 +142,7 @@ pub struct EbpfCapture {
     joiner: Joiner,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC at start, to turn kernel times into epoch times.
     epoch_offset: i128,
-    ready: std::collections::VecDeque<Frame>,
+    ready: std::collections::VecDeque<Captured>,
     // Owns the programs and their links: dropped last, which detaches them.
     ebpf: Ebpf,
 }
@@ -191,8 +198,18 @@ impl EbpfCapture {
         &self.ifaces
     }
 
-    /// The next whole packet. Cancel-safe: frames are queued before returning.
+    /// The next whole packet (TLS plaintext records are skipped). Cancel-safe.
     pub async fn next_frame(&mut self) -> Result<Frame, CaptureError> {
+        loop {
+            if let Captured::Frame(f) = self.next().await? {
+                return Ok(f);
+            }
+        }
+    }
+
+    /// The next packet or TLS plaintext chunk, in ring order. Cancel-safe:
+    /// items are queued before returning.
+    pub async fn next(&mut self) -> Result<Captured, CaptureError> {
         loop {
             if let Some(f) = self.ready.pop_front() {
                 return Ok(f);
@@ -208,9 +225,15 @@ impl EbpfCapture {
     fn drain(&mut self) {
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
+            if super::uprobe::is_plaintext(&item) {
+                if let Some(p) = super::uprobe::decode(&item, self.epoch_offset) {
+                    self.ready.push_back(Captured::Plaintext(p));
+                }
+                continue;
+            }
             if let Some((hdr, data)) = self.joiner.push(&item) {
                 if let Some(frame) = to_frame(&self.ifaces, self.epoch_offset, &hdr, data) {
-                    self.ready.push_back(frame);
+                    self.ready.push_back(Captured::Frame(frame));
                 }
             }
         }
@@ -233,6 +256,15 @@ impl EbpfCapture {
             sum.add(c);
         }
         Ok(sum)
+    }
+
+    /// The loaded object, for attaching more programs (the TLS uprobes).
+    pub(super) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub(super) fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
     }
 
     /// Packets dropped in userspace because a chunk never arrived or a record was malformed.
@@ -276,7 +308,7 @@ fn classify_load(e: &aya::EbpfError) -> CaptureError {
     CaptureError::Load(text)
 }
 
-fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+pub(super) fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<io::Error>() {
@@ -290,7 +322,7 @@ fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
 }
 
 /// An error and its sources on one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(err) = cur {

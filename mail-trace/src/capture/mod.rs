@@ -44,3 +44,5 @@ pub struct Frame {
     pub data: Vec<u8>,
 }
 pub mod ebpf;
+pub mod procfs;
+pub mod uprobe;

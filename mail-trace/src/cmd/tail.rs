@@ -9,7 +9,9 @@ use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{interval, Instant, MissedTickBehavior};
 
-use crate::capture::ebpf::EbpfCapture;
+use crate::capture::ebpf::{Captured, EbpfCapture};
+use crate::capture::procfs;
+use crate::capture::uprobe::{ConnResolver, Plaintext, TlsConfig};
 use crate::capture::Frame;
 use crate::cmd::capture::{now_ns, sleep_until};
 use crate::cmd::live::LiveArgs;
@@ -45,6 +47,19 @@ pub struct TailArgs {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<u64>,
+    /// See inside TLS: read the plaintext of STARTTLS and implicit-TLS sessions
+    /// from uprobes on the mail daemons' libssl (SSL_read/SSL_write).
+    #[arg(long)]
+    pub tls_plaintext: bool,
+    /// The libssl to probe (repeatable); default: the one the mail daemons map.
+    #[arg(long, value_name = "PATH", requires = "tls_plaintext")]
+    pub libssl: Vec<PathBuf>,
+    /// Only TLS plaintext of this process.
+    #[arg(long, value_name = "PID", requires = "tls_plaintext")]
+    pub pid: Option<u32>,
+    /// Only TLS plaintext of processes with this comm (repeatable).
+    #[arg(long, value_name = "COMM", requires = "tls_plaintext")]
+    pub comm: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +75,20 @@ impl From<ProtoArg> for Proto {
             ProtoArg::Smtp => Proto::Smtp,
             ProtoArg::Pop3 => Proto::Pop3,
             ProtoArg::Imap => Proto::Imap,
+        }
+    }
+}
+
+/// Hands a plaintext chunk to the session of its connection.
+fn plaintext(engine: &mut Engine, r: &mut ConnResolver, p: &Plaintext, sink: &mut dyn Sink) {
+    let Some((local, peer)) = r.resolve(p) else {
+        return;
+    };
+    if !engine.plaintext(local, peer, p.from_peer, &p.data, p.ts, sink) {
+        // A stale cache entry (SSL * reused for a new connection): once more, fresh.
+        r.forget(p);
+        if let Some((local, peer)) = r.resolve(p) {
+            engine.plaintext(local, peer, p.from_peer, &p.data, p.ts, sink);
         }
     }
 }
@@ -143,6 +172,17 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut cap = EbpfCapture::open(&cfg)?;
+    let mut resolver = None;
+    if args.tls_plaintext {
+        let libs = cap.attach_tls(&TlsConfig {
+            libssl: args.libssl.clone(),
+            pid: args.pid,
+            comms: args.comm.clone(),
+        })?;
+        let libs: Vec<String> = libs.iter().map(|l| l.display().to_string()).collect();
+        eprintln!("mail-trace: TLS plaintext from {}", libs.join(", "));
+        resolver = Some(ConnResolver::new(args.comm.clone(), PortMap::default().ports()));
+    }
     let names: Vec<String> = cap.interfaces().iter().map(|i| i.name.clone()).collect();
     let mut frames = PcapFrames {
         sink: match file {
@@ -173,6 +213,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     };
     engine_cfg.ports.sniff_other_ports = true;
     let mut engine = Engine::new(engine_cfg);
+    engine.set_process_lookup(Box::new(procfs::owner_of));
     let criteria = Criteria {
         protos: args.proto.iter().map(|&p| p.into()).collect(),
         from: args.from.clone(),
@@ -210,11 +251,19 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let mut last_events = 0u64;
     loop {
         tokio::select! {
-            f = cap.next_frame() => {
-                let frame = f?;
+            item = cap.next() => {
                 let mut sink = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
-                let id = engine.frame(&frame, &mut sink);
-                filter.frame(id, &frame, &mut frames);
+                match item? {
+                    Captured::Frame(frame) => {
+                        let id = engine.frame(&frame, &mut sink);
+                        filter.frame(id, &frame, &mut frames);
+                    }
+                    Captured::Plaintext(p) => {
+                        if let Some(r) = resolver.as_mut() {
+                            plaintext(&mut engine, r, &p, &mut sink);
+                        }
+                    }
+                }
             }
             _ = tick.tick() => {
                 let mut sink = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };

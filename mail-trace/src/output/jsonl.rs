@@ -129,6 +129,7 @@ mod tests {
             start: 0,
             partial: false,
             implicit_tls: false,
+            process: None,
         }
     }
 

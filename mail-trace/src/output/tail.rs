@@ -263,6 +263,9 @@ impl<W: Write> Sink for Tail<W> {
             info.client,
             info.server
         );
+        if let Some(p) = &info.process {
+            body.push_str(&format!(" {p}"));
+        }
         if !tags.is_empty() {
             body.push_str(&format!(" [{}]", tags.join(", ")));
         }

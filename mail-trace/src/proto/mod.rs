@@ -83,6 +83,14 @@ pub trait Dissector: Send {
     fn poll_event(&mut self) -> Option<Event>;
     /// The protocol's fields of the session record (flattened into it).
     fn record(&self) -> serde_json::Map<String, serde_json::Value>;
+    /// The TLS layer's plaintext (from uprobes on the TLS library) replaces the
+    /// TCP bytes from now on: read it as clear text again, in the state the
+    /// protocol is in after its TLS start (SMTP: the client's new EHLO; implicit
+    /// TLS: the greeting). The TLS facts already recorded stay. False when TLS
+    /// has not started, so the plaintext cannot be placed.
+    fn resume_plaintext(&mut self, _ts: Ts) -> bool {
+        false
+    }
 }
 
 /// Separator between the lines of a multi-line reply in [`Event::Reply::text`].

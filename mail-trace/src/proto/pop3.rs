@@ -379,7 +379,7 @@ impl Pop3 {
             self.ev.push(Event::TlsStarted { ts });
         }
         while !data.is_empty() {
-            if self.tls.on() {
+            if self.tls.hides_data() {
                 self.tls.feed(dir, data);
                 return;
             }
@@ -425,12 +425,16 @@ fn has_apop_stamp(text: &str) -> bool {
 }
 
 impl Dissector for Pop3 {
+    fn resume_plaintext(&mut self, _ts: Ts) -> bool {
+        self.tls.resume_plaintext()
+    }
+
     fn data(&mut self, dir: Dir, data: &[u8], ts: Ts) {
         self.feed(dir, data, ts);
     }
 
     fn gap(&mut self, dir: Dir, _len: u64, ts: Ts) {
-        if self.tls.on() {
+        if self.tls.hides_data() {
             self.tls.gap(dir);
             return;
         }

@@ -194,6 +194,8 @@ pub fn printable(bytes: &[u8]) -> String {
 pub struct TlsTrack {
     pub mode: Option<&'static str>,
     hellos: TlsHellos,
+    /// Plaintext from the uprobes replaces the TLS bytes.
+    plaintext: bool,
 }
 
 impl TlsTrack {
@@ -203,6 +205,17 @@ impl TlsTrack {
 
     pub fn on(&self) -> bool {
         self.mode.is_some()
+    }
+
+    /// TLS began and its bytes (not plaintext) are what the dissector gets.
+    pub fn hides_data(&self) -> bool {
+        self.on() && !self.plaintext
+    }
+
+    /// See [`crate::proto::Dissector::resume_plaintext`].
+    pub fn resume_plaintext(&mut self) -> bool {
+        self.plaintext = self.on();
+        self.plaintext
     }
 
     /// Bytes after the switch.

@@ -11,6 +11,7 @@ mod sniff;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use crate::capture::procfs::Process;
 use crate::capture::Frame;
 use crate::flow::{CloseReason, ConnId, Dir, FlowConfig, FlowEvent, FlowTable};
 use crate::proto::{imap::Imap, pop3::Pop3, smtp::Smtp};
@@ -30,7 +31,17 @@ pub trait Sink {
     fn gap(&mut self, _info: &SessionInfo, _dir: Dir, _len: u64, _ts: Ts) {}
     /// The session ended; `record` is final.
     fn session_end(&mut self, info: &SessionInfo, record: &SessionRecord);
+    /// The owning process became known after `session_start` (it is in `info`).
+    fn process_found(&mut self, _info: &SessionInfo) {}
 }
+
+/// Finds the process that owns the connection (client, server). It does I/O
+/// (/proc); injected so that the engine itself stays free of it.
+pub type ProcessLookup = Box<dyn FnMut(SocketAddr, SocketAddr) -> Option<Process> + Send>;
+
+/// Lookups per session: at its start, then at its next data, until one succeeds
+/// (a server socket may not be accepted yet when the SYN is read).
+const MAX_PROCESS_LOOKUPS: u8 = 3;
 
 /// The facts about a session known from its first packet on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +53,8 @@ pub struct SessionInfo {
     pub start: Ts,
     pub partial: bool,
     pub implicit_tls: bool,
+    /// The process owning the socket, when a lookup is set and found it.
+    pub process: Option<Process>,
 }
 
 /// How ports map to protocols.
@@ -130,6 +143,9 @@ struct Session {
     /// Payload bytes seen client→server and server→client.
     bytes: [u64; 2],
     last_ts: Ts,
+    /// The dissector reads TLS plaintext from the uprobes; TCP payload is only counted.
+    plaintext: bool,
+    process_lookups: u8,
 }
 
 /// The session engine. See the module docs.
@@ -138,6 +154,7 @@ pub struct Engine {
     flows: FlowTable,
     sessions: HashMap<ConnId, Session>,
     stats: EngineStats,
+    lookup: Option<ProcessLookup>,
 }
 
 impl Engine {
@@ -148,6 +165,7 @@ impl Engine {
             flows: FlowTable::new(flow),
             sessions: HashMap::new(),
             stats: EngineStats::default(),
+            lookup: None,
             cfg,
         }
     }
@@ -185,13 +203,60 @@ impl Engine {
             flows,
             sessions,
             stats,
+            lookup,
         } = self;
         // Looked up before and after: a FIN or RST removes the connection.
         let before = flows.conn_id(seg.src, seg.dst);
         flows.segment(&seg, frame.ts, &mut |ev| {
-            handle(cfg, sessions, stats, ev, sink);
+            handle(cfg, sessions, stats, lookup, ev, sink);
         });
         flows.conn_id(seg.src, seg.dst).or(before)
+    }
+
+    /// Sets how the owning process of a new session is found (live capture).
+    pub fn set_process_lookup(&mut self, f: ProcessLookup) {
+        self.lookup = Some(f);
+    }
+
+    /// TLS plaintext of the connection between `local` (the process that read
+    /// or wrote it) and `peer`, from the uprobes. The first chunk switches the
+    /// session's dissector to plaintext ([`Dissector::resume_plaintext`]); from
+    /// then on the TCP payload of the session is only counted. False when no
+    /// session has these endpoints or its dissector cannot take plaintext (TLS
+    /// not started: the chunk would be out of place).
+    pub fn plaintext(
+        &mut self,
+        local: SocketAddr,
+        peer: SocketAddr,
+        from_peer: bool,
+        data: &[u8],
+        ts: Ts,
+        sink: &mut dyn Sink,
+    ) -> bool {
+        let Some(id) = self.flows.conn_id(local, peer) else {
+            return false;
+        };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return false;
+        };
+        // The server reads what the client sent; the client reads what the server sent.
+        let dir = if (local == s.server) == from_peer {
+            Dir::ToServer
+        } else {
+            Dir::ToClient
+        };
+        if !s.plaintext {
+            let Dissect::Active(d) = &mut s.dissect else {
+                return false;
+            };
+            if !d.resume_plaintext(ts) {
+                return false;
+            }
+            s.plaintext = true;
+        }
+        s.last_ts = s.last_ts.max(ts);
+        feed(s, |x| x.data(dir, data, ts), sink);
+        true
     }
 
     /// Lets time pass: ends sessions idle for longer than the flow idle timeout.
@@ -201,8 +266,9 @@ impl Engine {
             flows,
             sessions,
             stats,
+            lookup,
         } = self;
-        flows.expire(now, &mut |ev| handle(cfg, sessions, stats, ev, sink));
+        flows.expire(now, &mut |ev| handle(cfg, sessions, stats, lookup, ev, sink));
     }
 
     /// Ends every open session (end of file, or the capture stopped).
@@ -212,8 +278,9 @@ impl Engine {
             flows,
             sessions,
             stats,
+            lookup,
         } = self;
-        flows.finish(now, &mut |ev| handle(cfg, sessions, stats, ev, sink));
+        flows.finish(now, &mut |ev| handle(cfg, sessions, stats, lookup, ev, sink));
     }
 }
 
@@ -221,6 +288,7 @@ fn handle(
     cfg: &EngineConfig,
     sessions: &mut HashMap<ConnId, Session>,
     stats: &mut EngineStats,
+    lookup: &mut Option<ProcessLookup>,
     ev: FlowEvent<'_>,
     sink: &mut dyn Sink,
 ) {
@@ -247,9 +315,13 @@ fn handle(
                 replies: 0,
                 bytes: [0, 0],
                 last_ts: ts,
+                plaintext: false,
+                process_lookups: 0,
             };
             match cfg.ports.get(server.port()) {
-                Some((proto, implicit)) => activate(cfg, &mut s, id, proto, implicit, stats, sink),
+                Some((proto, implicit)) => {
+                    activate(cfg, &mut s, id, proto, implicit, stats, lookup, sink)
+                }
                 None if cfg.ports.sniff_other_ports => {}
                 None => s.dissect = Dissect::Ignored,
             }
@@ -261,6 +333,10 @@ fn handle(
             };
             s.last_ts = ts;
             s.bytes[dir as usize] += data.len() as u64;
+            retry_lookup(s, lookup, sink);
+            if s.plaintext {
+                return;
+            }
             if let Dissect::Sniffing(sniffer) = &mut s.dissect {
                 match sniffer.push(dir, data, ts) {
                     sniff::Verdict::NeedMore => return,
@@ -275,7 +351,7 @@ fn handle(
                         else {
                             unreachable!("matched Sniffing above")
                         };
-                        activate(cfg, s, id, proto, false, stats, sink);
+                        activate(cfg, s, id, proto, false, stats, lookup, sink);
                         // Replay what the sniffer held, in arrival order.
                         for (d, bytes, t) in sniffer.into_chunks() {
                             feed(s, |x| x.data(d, &bytes, t), sink);
@@ -294,6 +370,9 @@ fn handle(
             s.last_ts = ts;
             if let Some(info) = &s.info {
                 sink.gap(info, dir, len, ts);
+            }
+            if s.plaintext {
+                return;
             }
             if let Dissect::Sniffing(_) = s.dissect {
                 // A gap before the protocol is known: the session is partial from here.
@@ -330,6 +409,7 @@ fn activate(
     proto: Proto,
     implicit_tls: bool,
     stats: &mut EngineStats,
+    lookup: &mut Option<ProcessLookup>,
     sink: &mut dyn Sink,
 ) {
     let start = SessionStart {
@@ -351,7 +431,11 @@ fn activate(
         start: s.start,
         partial: s.partial,
         implicit_tls,
+        process: lookup.as_mut().and_then(|f| f(s.client, s.server)),
     };
+    if lookup.is_some() {
+        s.process_lookups = 1;
+    }
     stats.sessions += 1;
     sink.session_start(&info);
     s.info = Some(info);
@@ -380,6 +464,20 @@ fn feed(s: &mut Session, input: impl FnOnce(&mut dyn Dissector), sink: &mut dyn 
     }
 }
 
+/// Another try at finding the owning process, while it is unknown and tries are left.
+fn retry_lookup(s: &mut Session, lookup: &mut Option<ProcessLookup>, sink: &mut dyn Sink) {
+    let Some(f) = lookup.as_mut() else { return };
+    let Some(info) = s.info.as_mut() else { return };
+    if info.process.is_some() || s.process_lookups >= MAX_PROCESS_LOOKUPS {
+        return;
+    }
+    s.process_lookups += 1;
+    info.process = f(s.client, s.server);
+    if info.process.is_some() {
+        sink.process_found(info);
+    }
+}
+
 fn note_anomaly(s: &mut Session, kind: &'static str) {
     if !s.anomalies.contains(&kind) {
         s.anomalies.push(kind);
@@ -387,10 +485,20 @@ fn note_anomaly(s: &mut Session, kind: &'static str) {
 }
 
 fn build_record(s: &Session, info: &SessionInfo, end: Ts, reason: CloseReason) -> SessionRecord {
-    let fields = match &s.dissect {
+    let mut fields = match &s.dissect {
         Dissect::Active(d) => d.record(),
         _ => serde_json::Map::new(),
     };
+    // Present only when known, so records of plain captures do not change.
+    if s.plaintext {
+        fields.insert("plaintext_source".into(), "uprobe".into());
+    }
+    if let Some(p) = &info.process {
+        fields.insert(
+            "process".into(),
+            serde_json::json!({"pid": p.pid, "comm": p.comm}),
+        );
+    }
     SessionRecord {
         id: info.id,
         proto: info.proto,

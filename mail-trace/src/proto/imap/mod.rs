@@ -313,7 +313,7 @@ impl Imap {
             self.ev.push(Event::TlsStarted { ts });
         }
         while !data.is_empty() {
-            if self.tls.on() {
+            if self.tls.hides_data() {
                 self.tls.feed(dir, data);
                 return;
             }
@@ -825,12 +825,16 @@ fn split_code(rest: &[u8]) -> (Option<String>, String) {
 }
 
 impl Dissector for Imap {
+    fn resume_plaintext(&mut self, _ts: Ts) -> bool {
+        self.tls.resume_plaintext()
+    }
+
     fn data(&mut self, dir: Dir, data: &[u8], ts: Ts) {
         self.feed(dir, data, ts);
     }
 
     fn gap(&mut self, dir: Dir, _len: u64, ts: Ts) {
-        if self.tls.on() {
+        if self.tls.hides_data() {
             self.tls.gap(dir);
             return;
         }

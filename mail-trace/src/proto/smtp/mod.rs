@@ -218,6 +218,8 @@ pub struct Smtp {
     /// The message being read and its transaction.
     body: Option<(Option<usize>, message::BodyScanner)>,
     facts: SessionFacts,
+    /// TLS plaintext (uprobes) replaces the TLS bytes: read it as commands again.
+    plaintext: bool,
 }
 
 impl Smtp {
@@ -249,6 +251,7 @@ impl Smtp {
             open_tx: None,
             body: None,
             facts: SessionFacts::default(),
+            plaintext: false,
         };
         if start.implicit_tls {
             s.tls = Some(TlsHellos::new());
@@ -451,6 +454,24 @@ impl Dissector for Smtp {
 
     fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// After STARTTLS the client must start over with EHLO (RFC 3207 §4.2);
+    /// with implicit TLS nothing was read yet and the greeting comes first.
+    /// Either way no command is waiting and no partial line is kept.
+    fn resume_plaintext(&mut self, _ts: Ts) -> bool {
+        if self.tls.is_none() || self.plaintext {
+            return self.plaintext;
+        }
+        self.plaintext = true;
+        self.client_mode = ClientMode::Command;
+        self.client_lines = LineBuffer::new();
+        self.server_lines = LineBuffer::new();
+        self.building = None;
+        self.hold = None;
+        self.pending.clear();
+        self.server_resync = false;
+        true
     }
 
     fn record(&self) -> Map<String, Value> {

@@ -13,7 +13,7 @@ use crate::time::Ts;
 impl Smtp {
     pub(super) fn server_data(&mut self, mut data: &[u8], ts: Ts) {
         while !data.is_empty() {
-            if let Some(t) = self.tls.as_mut() {
+            if let Some(t) = self.tls.as_mut().filter(|_| !self.plaintext) {
                 t.data(Dir::ToClient, data);
                 return;
             }
@@ -38,7 +38,7 @@ impl Smtp {
     }
 
     pub(super) fn server_gap(&mut self, ts: Ts) {
-        if let Some(t) = self.tls.as_mut() {
+        if let Some(t) = self.tls.as_mut().filter(|_| !self.plaintext) {
             t.gap(Dir::ToClient);
             return;
         }

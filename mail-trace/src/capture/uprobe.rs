@@ -1,0 +1,347 @@
+//! `--tls-plaintext`: uprobes on the TLS library the mail daemons use, and the
+//! plaintext records they put into the packet ring.
+//!
+//! Which library: the `libssl.so*` mapped by running smtpd, smtp, tlsproxy,
+//! dovecot, imap-login, pop3-login, imap or pop3 processes (from
+//! /proc/PID/maps), or `--libssl PATH`. The probes fire only in processes that
+//! map that file; `--pid` narrows them to one process in the kernel, `--comm`
+//! filters in userspace.
+use std::{
+    collections::BTreeSet,
+    fs,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
+
+use aya::programs::{uprobe::UProbeScope, UProbe};
+use mail_trace_common::tls::{
+    names, TlsDataHeader, FLAGS_OFFSET, FLAG_TLS_DATA, FLAG_TLS_READ, FLAG_TLS_WRITE,
+};
+
+use super::ebpf::{chain, os_error, CaptureError, EbpfCapture};
+use crate::time::Ts;
+
+/// Process names whose libssl is probed when no `--libssl` is given.
+pub const MAIL_DAEMONS: [&str; 8] = [
+    "smtpd",
+    "smtp",
+    "tlsproxy",
+    "dovecot",
+    "imap-login",
+    "pop3-login",
+    "imap",
+    "pop3",
+];
+
+/// The TLS library calls probed: (symbol, return program).
+const CALLS: [(&str, &str); 4] = [
+    ("SSL_read", names::READ_RET),
+    ("SSL_write", names::WRITE_RET),
+    ("SSL_read_ex", names::READ_EX_RET),
+    ("SSL_write_ex", names::WRITE_EX_RET),
+];
+
+/// What `--tls-plaintext` probes.
+#[derive(Clone, Debug, Default)]
+pub struct TlsConfig {
+    /// Libraries to probe; empty = the ones the mail daemons map.
+    pub libssl: Vec<PathBuf>,
+    /// Only this process (in the kernel: the probes fire for no other).
+    pub pid: Option<u32>,
+    /// Only these comms (userspace filter); empty = all.
+    pub comms: Vec<String>,
+}
+
+/// One chunk of plaintext a process read from or wrote to its TLS peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plaintext {
+    pub ts: Ts,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    /// The `SSL *`: identifies the TLS connection within `pid`.
+    pub ssl: u64,
+    /// The fd from `SSL_set_fd`, when seen.
+    pub fd: Option<i32>,
+    /// True: read from the peer (SSL_read); false: written to it.
+    pub from_peer: bool,
+    pub data: Vec<u8>,
+}
+
+/// Whether a ring record is a plaintext record (see `mail_trace_common::tls`).
+pub fn is_plaintext(rec: &[u8]) -> bool {
+    rec.get(FLAGS_OFFSET..FLAGS_OFFSET + 4)
+        .and_then(|b| b.try_into().ok())
+        .is_some_and(|b| u32::from_ne_bytes(b) & FLAG_TLS_DATA != 0)
+}
+
+/// A plaintext record, checked; None when it is malformed.
+pub fn decode(rec: &[u8], epoch_offset: i128) -> Option<Plaintext> {
+    const HDR: usize = std::mem::size_of::<TlsDataHeader>();
+    let head = rec.get(..HDR)?;
+    // SAFETY: HDR bytes, TlsDataHeader is plain-old-data; read_unaligned needs no alignment.
+    let h: TlsDataHeader = unsafe { std::ptr::read_unaligned(head.as_ptr().cast()) };
+    let data = rec.get(HDR..HDR.checked_add(h.chunk_len as usize)?)?;
+    let from_peer = match h.flags & (FLAG_TLS_READ | FLAG_TLS_WRITE) {
+        FLAG_TLS_READ => true,
+        FLAG_TLS_WRITE => false,
+        _ => return None,
+    };
+    let end = h.comm.iter().position(|&b| b == 0).unwrap_or(h.comm.len());
+    Some(Plaintext {
+        ts: u64::try_from(epoch_offset + i128::from(h.ts_ns)).unwrap_or(0),
+        pid: h.pid,
+        tid: h.tid,
+        comm: String::from_utf8_lossy(&h.comm[..end]).into_owned(),
+        ssl: h.ssl,
+        fd: (h.fd >= 0).then_some(h.fd),
+        from_peer,
+        data: data.to_vec(),
+    })
+}
+
+/// The libssl files mapped by running mail daemons.
+pub fn daemon_libssl() -> Vec<PathBuf> {
+    let mut found = BTreeSet::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if !MAIL_DAEMONS.contains(&comm.trim_end()) {
+            continue;
+        }
+        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        found.extend(libssl_in_maps(&maps));
+    }
+    found.into_iter().collect()
+}
+
+/// Paths of libssl.so* in a /proc/PID/maps text.
+fn libssl_in_maps(maps: &str) -> BTreeSet<PathBuf> {
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| {
+            Path::new(p)
+                .file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with("libssl.so"))
+        })
+        .map(PathBuf::from)
+        .collect()
+}
+
+impl EbpfCapture {
+    /// Loads and attaches the TLS uprobes; returns the libraries probed.
+    pub fn attach_tls(&mut self, cfg: &TlsConfig) -> Result<Vec<PathBuf>, CaptureError> {
+        let libs = if cfg.libssl.is_empty() {
+            daemon_libssl()
+        } else {
+            cfg.libssl.clone()
+        };
+        if libs.is_empty() {
+            return Err(CaptureError::Load(
+                "--tls-plaintext: no running mail daemon maps a libssl.so; name it with --libssl PATH".into(),
+            ));
+        }
+        let scope = match cfg.pid.and_then(NonZeroU32::new) {
+            Some(p) => UProbeScope::OneProcess(p),
+            None => UProbeScope::AllProcesses,
+        };
+        let ebpf = self.ebpf_mut();
+        let load_err = |e: aya::programs::ProgramError| match os_error(&e) {
+            Some(libc::EPERM) => CaptureError::Permission,
+            _ => CaptureError::Load(chain(&e)),
+        };
+        let mut progs = vec![names::ENTER, names::SET_FD];
+        progs.extend(CALLS.iter().map(|(_, p)| *p));
+        for name in &progs {
+            let p: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| CaptureError::Load(format!("no program {name}")))?
+                .try_into()
+                .map_err(load_err)?;
+            p.load().map_err(load_err)?;
+        }
+        for lib in &libs {
+            let fail = |e: aya::programs::ProgramError| CaptureError::Attach {
+                iface: lib.display().to_string(),
+                reason: chain(&e),
+            };
+            let mut attach = |prog: &str, sym: &str| -> Result<(), CaptureError> {
+                let p: &mut UProbe = ebpf
+                    .program_mut(prog)
+                    .ok_or_else(|| CaptureError::Load(format!("no program {prog}")))?
+                    .try_into()
+                    .map_err(load_err)?;
+                p.attach(sym, lib, scope).map(drop).map_err(fail)
+            };
+            attach(names::SET_FD, "SSL_set_fd")?;
+            for (sym, ret) in CALLS {
+                attach(names::ENTER, sym)?;
+                attach(ret, sym)?;
+            }
+        }
+        Ok(libs)
+    }
+
+    /// TLS probe counters summed over CPUs.
+    pub fn tls_counters(&self) -> Option<mail_trace_common::tls::TlsCounters> {
+        let map = self.ebpf().map(names::TLS_COUNTERS)?;
+        let arr: aya::maps::PerCpuArray<_, mail_trace_common::tls::TlsCounters> =
+            aya::maps::PerCpuArray::try_from(map).ok()?;
+        let mut sum = mail_trace_common::tls::TlsCounters::default();
+        for c in arr.get(&0, 0).ok()?.iter() {
+            sum.add(c);
+        }
+        Some(sum)
+    }
+}
+
+/// Connections cached at most; the cache starts over when full.
+const MAX_CONNS: usize = 4096;
+/// /proc lookups per unresolved (pid, SSL *, fd) before its chunks are dropped.
+const MAX_TRIES: u8 = 3;
+
+/// Ties plaintext chunks to TCP connections through /proc: the fd from
+/// SSL_set_fd when the kernel saw it (Postfix), else the process's only
+/// established mail-port socket (Dovecot's login processes, one client each).
+#[derive(Debug, Default)]
+pub struct ConnResolver {
+    known: std::collections::HashMap<(u32, u64, Option<i32>), Resolved>,
+    comms: Vec<String>,
+    ports: Vec<u16>,
+    /// Chunks dropped because their connection could not be found.
+    pub unresolved: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Resolved {
+    Conn(std::net::SocketAddr, std::net::SocketAddr),
+    Failed(u8),
+}
+
+impl ConnResolver {
+    /// `comms` as in [`TlsConfig::comms`]; `ports` the mail ports (server side).
+    pub fn new(comms: Vec<String>, ports: Vec<u16>) -> Self {
+        ConnResolver {
+            comms,
+            ports,
+            ..Default::default()
+        }
+    }
+
+    /// (local, peer) of the chunk's connection; None when filtered out or unknown.
+    pub fn resolve(&mut self, p: &Plaintext) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+        if !self.comms.is_empty() && !self.comms.iter().any(|c| *c == p.comm) {
+            return None;
+        }
+        let key = (p.pid, p.ssl, p.fd);
+        let tries = match self.known.get(&key) {
+            Some(Resolved::Conn(l, r)) => return Some((*l, *r)),
+            Some(Resolved::Failed(n)) if *n >= MAX_TRIES => {
+                self.unresolved += 1;
+                return None;
+            }
+            Some(Resolved::Failed(n)) => *n,
+            None => 0,
+        };
+        if self.known.len() >= MAX_CONNS {
+            self.known.clear();
+        }
+        let ports = &self.ports;
+        match super::procfs::connection_of(p.pid, p.fd, |port| ports.contains(&port)) {
+            Some((l, r)) => {
+                self.known.insert(key, Resolved::Conn(l, r));
+                Some((l, r))
+            }
+            None => {
+                self.known.insert(key, Resolved::Failed(tries + 1));
+                self.unresolved += 1;
+                None
+            }
+        }
+    }
+
+    /// The session for a cached connection is gone (the `SSL *` was reused for
+    /// a new connection): look it up again next time.
+    pub fn forget(&mut self, p: &Plaintext) {
+        self.known.remove(&(p.pid, p.ssl, p.fd));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(flags: u32, comm: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut c = [0u8; 16];
+        c[..comm.len()].copy_from_slice(comm);
+        let h = TlsDataHeader {
+            ts_ns: 5,
+            ssl: 0xdead_beef,
+            pid: 42,
+            flags,
+            tid: 43,
+            fd: 7,
+            call_len: data.len() as u32,
+            offset: 0,
+            chunk_len: data.len() as u32,
+            reserved: 0,
+            comm: c,
+        };
+        let mut v = vec![0u8; 64];
+        // SAFETY: 64 bytes, unaligned write of a POD.
+        unsafe { std::ptr::write_unaligned(v.as_mut_ptr().cast(), h) };
+        v.extend_from_slice(data);
+        v.extend_from_slice(&[0xaa; 8]); // record padding beyond chunk_len
+        v
+    }
+
+    #[test]
+    fn decodes_a_write_record() {
+        let r = record(FLAG_TLS_DATA | FLAG_TLS_WRITE, b"smtpd", b"250 ok\r\n");
+        assert!(is_plaintext(&r));
+        let p = decode(&r, 1_000).unwrap();
+        assert_eq!(
+            p,
+            Plaintext {
+                ts: 1_005,
+                pid: 42,
+                tid: 43,
+                comm: "smtpd".into(),
+                ssl: 0xdead_beef,
+                fd: Some(7),
+                from_peer: false,
+                data: b"250 ok\r\n".to_vec(),
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_short_and_directionless_records() {
+        let r = record(FLAG_TLS_DATA | FLAG_TLS_READ, b"imap-login", b"a LOGIN\r\n");
+        assert!(decode(&r[..70], 0).is_none());
+        assert!(decode(&r[..10], 0).is_none());
+        let both = record(FLAG_TLS_DATA | FLAG_TLS_READ | FLAG_TLS_WRITE, b"x", b"y");
+        assert!(decode(&both, 0).is_none());
+        assert!(!is_plaintext(&[0u8; 40]));
+        assert!(!is_plaintext(&[0u8; 3]));
+    }
+
+    #[test]
+    fn finds_libssl_in_maps() {
+        let maps = "7f00-7f01 r--p 00000000 08:01 123 /usr/lib/x86_64-linux-gnu/libssl.so.3\n\
+                    7f01-7f02 r-xp 00001000 08:01 123 /usr/lib/x86_64-linux-gnu/libssl.so.3\n\
+                    7f02-7f03 r--p 00000000 08:01 124 /usr/lib/x86_64-linux-gnu/libcrypto.so.3\n\
+                    7f03-7f04 rw-p 00000000 00:00 0 \n";
+        let v: Vec<PathBuf> = libssl_in_maps(maps).into_iter().collect();
+        assert_eq!(
+            v,
+            vec![PathBuf::from("/usr/lib/x86_64-linux-gnu/libssl.so.3")]
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! `mail-trace tail --tls-plaintext` against the real test bed (issue 9): the plaintext of
+//! STARTTLS and implicit-TLS sessions, read through uprobes on the daemons' libssl, gives the
+//! full session record; without the flag only the part before TLS. Every session names the
+//! process that owns the server socket. Needs root.
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::clients::swaks;
+use common::{require_root, run, signal, wait_child, wait_for, Testbed, PASSWORD};
+use serde_json::Value;
+
+const USER: &str = "alice@mx.test";
+
+/// A running `mail-trace tail --json`, SIGKILLed on drop if still running.
+struct Tail {
+    child: Option<Child>,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Tail {
+    fn start(iface: &str, dir: &Path, tag: &str, extra: &[&str]) -> Tail {
+        let out = dir.join(format!("{tag}.jsonl"));
+        let err = dir.join(format!("{tag}.stderr"));
+        let child = Command::new(env!("CARGO_BIN_EXE_mail-trace"))
+            .args(["tail", "-i", iface, "--json"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("create stdout file"))
+            .stderr(std::fs::File::create(&err).expect("create stderr file"))
+            .spawn()
+            .expect("spawn mail-trace tail");
+        let mut t = Tail {
+            child: Some(child),
+            out,
+            err,
+        };
+        wait_for(Duration::from_secs(60), "mail-trace tail started", || {
+            if let Some(Ok(Some(status))) = t.child.as_mut().map(Child::try_wait) {
+                panic!("mail-trace exited early ({status}): {}", t.stderr());
+            }
+            t.stderr().contains("mail-trace: tracing").then_some(())
+        });
+        t
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// SIGINT, wait, and the session records by client address.
+    fn stop(mut self) -> (BTreeMap<SocketAddr, Value>, String) {
+        let mut c = self.child.take().expect("running");
+        signal(c.id(), libc::SIGINT);
+        let status = wait_child(&mut c, Duration::from_secs(30)).expect("tail exits on SIGINT");
+        assert!(status.success(), "tail failed: {}", self.stderr());
+        let text = std::fs::read_to_string(&self.out).expect("read tail output");
+        let mut recs = BTreeMap::new();
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).expect("JSON line");
+            if v["type"] == "session" {
+                let client: SocketAddr = v["client"].as_str().unwrap().parse().unwrap();
+                recs.insert(client, v);
+            }
+        }
+        (recs, text)
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The one record whose server port is `port`.
+fn by_port(recs: &BTreeMap<SocketAddr, Value>, port: u16) -> &Value {
+    let found: Vec<&Value> = recs
+        .values()
+        .filter(|v| v["server"].as_str().unwrap().ends_with(&format!(":{port}")))
+        .collect();
+    assert_eq!(found.len(), 1, "sessions on port {port}: {recs:#?}");
+    found[0]
+}
+
+/// IMAPS or POP3S login and logout with Python's client (no certificate check).
+fn python_login(server: IpAddr, imap: bool) {
+    let script = if imap {
+        format!(
+            "import imaplib,ssl;c=ssl._create_unverified_context();m=imaplib.IMAP4_SSL('{server}',993,ssl_context=c);m.login('{USER}','{PASSWORD}');m.select('INBOX');m.logout()"
+        )
+    } else {
+        format!(
+            "import poplib,ssl;c=ssl._create_unverified_context();m=poplib.POP3_SSL('{server}',995,context=c);m.user('{USER}');m.pass_('{PASSWORD}');m.stat();m.quit()"
+        )
+    };
+    let out = run(
+        Command::new("python3").args(["-c", &script]),
+        Duration::from_secs(60),
+        "python login",
+    );
+    assert!(out.status.success(), "python login: {}", out.stderr);
+}
+
+fn sessions(tb: &Testbed) -> Vec<String> {
+    let server = IpAddr::V4(tb.ns.server_v4());
+    let mut queue_ids = Vec::new();
+    let tls25 = swaks(server, 25, &["--to", USER, "--tls", "--tls-sni", "mx.test"]);
+    assert_eq!(tls25.code, 0, "{}", tls25.transcript);
+    queue_ids.extend(tls25.queue_ids());
+    let auth = [
+        "--to",
+        "bob@mx.test",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        USER,
+        "--auth-password",
+        PASSWORD,
+        "--tls-sni",
+        "mx.test",
+    ];
+    let mut a587 = auth.to_vec();
+    a587.push("--tls");
+    let sub = swaks(server, 587, &a587);
+    assert_eq!(sub.code, 0, "{}", sub.transcript);
+    queue_ids.extend(sub.queue_ids());
+    let mut a465 = auth.to_vec();
+    a465.push("--tls-on-connect");
+    let smtps = swaks(server, 465, &a465);
+    assert_eq!(smtps.code, 0, "{}", smtps.transcript);
+    queue_ids.extend(smtps.queue_ids());
+    python_login(server, true);
+    python_login(server, false);
+    queue_ids
+}
+
+fn verbs(rec: &Value) -> Vec<String> {
+    rec["commands"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| c["verb"].as_str().unwrap_or("?").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn tls_plaintext_gives_the_whole_session_and_its_process() {
+    require_root("tls_plaintext");
+    let tb = Testbed::start();
+    let dir = tb.dir.path().to_path_buf();
+    let with = Tail::start(&tb.ns.host_if, &dir, "with", &["--tls-plaintext"]);
+    let without = Tail::start(&tb.ns.host_if, &dir, "without", &[]);
+    assert!(
+        with.stderr().contains("TLS plaintext from /"),
+        "{}",
+        with.stderr()
+    );
+    let queue_ids = sessions(&tb);
+    assert_eq!(queue_ids.len(), 3, "one message per SMTP session");
+    // Let the last records and FINs reach the ring.
+    std::thread::sleep(Duration::from_millis(500));
+    let (recs, text) = with.stop();
+    let (plain, plain_text) = without.stop();
+    for t in [&text, &plain_text] {
+        assert!(!t.contains(PASSWORD), "password in output");
+    }
+    let log = tb.postfix.log();
+
+    // STARTTLS on 25: everything after the 220 too.
+    let r = by_port(&recs, 25);
+    assert_eq!(r["tls"], true);
+    assert_eq!(r["tls_mode"], "starttls");
+    assert_eq!(r["plaintext_source"], "uprobe");
+    let tx = &r["transactions"][0];
+    assert_eq!(tx["mail_from"], "sender@client.test");
+    assert_eq!(tx["rcpt"][0]["addr"], USER);
+    assert_eq!(tx["rcpt"][0]["code"], 250);
+    assert_eq!(tx["reply"]["code"], 250);
+    assert_eq!(tx["queue_id"].as_str(), Some(queue_ids[0].as_str()));
+    assert!(log.contains(&format!("{}: ", queue_ids[0])));
+    assert_eq!(r["process"]["comm"], "postfix/smtpd");
+    assert!(r["process"]["pid"].as_u64().unwrap() > 1);
+
+    // 587 STARTTLS + AUTH PLAIN: the user, never the password.
+    let r = by_port(&recs, 587);
+    assert_eq!(r["plaintext_source"], "uprobe");
+    assert_eq!(r["auth"]["mechanism"], "PLAIN");
+    assert_eq!(r["auth"]["user"], USER);
+    assert_eq!(r["auth"]["code"], 235);
+    let tx = &r["transactions"][0];
+    assert_eq!(tx["mail_from"], "sender@client.test");
+    assert_eq!(tx["rcpt"][0]["addr"], "bob@mx.test");
+    assert_eq!(tx["queue_id"].as_str(), Some(queue_ids[1].as_str()));
+    assert_eq!(r["process"]["comm"], "postfix/smtpd");
+
+    // 465 implicit TLS: greeting to QUIT.
+    let r = by_port(&recs, 465);
+    assert_eq!(r["tls_mode"], "implicit");
+    assert_eq!(r["plaintext_source"], "uprobe");
+    assert_eq!(r["greeting"]["code"], 220);
+    assert_eq!(r["auth"]["user"], USER);
+    let tx = &r["transactions"][0];
+    assert_eq!(tx["rcpt"][0]["addr"], "bob@mx.test");
+    assert_eq!(tx["queue_id"].as_str(), Some(queue_ids[2].as_str()));
+    assert_eq!(r["process"]["comm"], "postfix/smtpd");
+
+    // Dovecot's login processes: memory BIOs, one client per process.
+    let r = by_port(&recs, 993);
+    assert_eq!(r["plaintext_source"], "uprobe");
+    assert_eq!(r["user"], USER);
+    assert_eq!(
+        verbs(r),
+        ["CAPABILITY", "LOGIN", "SELECT", "LOGOUT"],
+        "{r:#}"
+    );
+    assert_eq!(r["process"]["comm"], "imap-login");
+    let r = by_port(&recs, 995);
+    assert_eq!(r["plaintext_source"], "uprobe");
+    assert_eq!(r["user"], USER);
+    assert_eq!(verbs(r), ["USER", "PASS", "STAT", "QUIT"], "{r:#}");
+    assert_eq!(r["process"]["comm"], "pop3-login");
+
+    // Without the flag: what the wire shows, nothing after TLS began.
+    let r = by_port(&plain, 25);
+    assert_eq!(r["tls"], true);
+    assert!(r.get("plaintext_source").is_none());
+    assert_eq!(r["transactions"], Value::Array(vec![]));
+    assert_eq!(r["process"]["comm"], "postfix/smtpd");
+    let r = by_port(&plain, 587);
+    assert_eq!(r["auth"], Value::Null);
+    assert_eq!(r["transactions"], Value::Array(vec![]));
+    let r = by_port(&plain, 465);
+    assert_eq!(r["greeting"], Value::Null);
+    assert_eq!(r["transactions"], Value::Array(vec![]));
+    let r = by_port(&plain, 993);
+    assert_eq!(r["user"], Value::Null);
+}
