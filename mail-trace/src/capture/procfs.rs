@@ -224,7 +224,7 @@ mod tests {
         assert_eq!(rows[0].local, "127.0.0.1:25".parse().unwrap());
         assert_eq!(rows[0].state, 10);
         assert_eq!(rows[1].local, "10.99.99.1:25".parse().unwrap());
-        assert_eq!(rows[1].remote, "10.99.99.2:46498".parse().unwrap());
+        assert_eq!(rows[1].remote, "10.99.99.2:45986".parse().unwrap());
         assert_eq!(rows[1].state, 1);
         assert_eq!(rows[1].inode, 5678);
     }

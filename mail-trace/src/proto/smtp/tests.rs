@@ -803,3 +803,76 @@ mod fuzz {
         }
     }
 }
+
+/// After STARTTLS, plaintext from the uprobes: the new EHLO, AUTH (secret
+/// hidden) and the transaction are dissected; TLS facts stay.
+#[test]
+fn resumes_plaintext_after_starttls() {
+    let mut smtp = Smtp::new(Privacy::default(), SessionStart::default());
+    assert!(!smtp.resume_plaintext(0), "no TLS yet: nothing to resume");
+    feed(
+        &mut smtp,
+        &[
+            (S, b"220 mx ESMTP\r\n", MS),
+            (C, b"EHLO c\r\n", 2 * MS),
+            (S, b"250-mx\r\n250 STARTTLS\r\n", 3 * MS),
+            (C, b"STARTTLS\r\n", 4 * MS),
+            (S, b"220 go ahead\r\n", 5 * MS),
+            (C, b"\x16\x03\x01\x00\x05hello", 6 * MS),
+        ],
+        usize::MAX,
+    );
+    assert!(smtp.resume_plaintext(7 * MS));
+    let plain: &[Step<'_>] = &[
+        (C, b"EHLO c\r\n", 7 * MS),
+        (S, b"250-mx\r\n250 AUTH PLAIN\r\n", 8 * MS),
+        (C, b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n", 9 * MS),
+        (S, b"235 2.7.0 ok\r\n", 10 * MS),
+        (C, b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n", 11 * MS),
+        (S, b"250 ok\r\n250 ok\r\n354 go\r\n", 12 * MS),
+        (C, b"Subject: s\r\n\r\nbody\r\n.\r\n", 13 * MS),
+        (S, b"250 2.0.0 Ok: queued as 4XyZ1\r\n", 14 * MS),
+    ];
+    let ev = feed(&mut smtp, plain, usize::MAX);
+    assert_eq!(ev[0], cmd("EHLO", "c", 7 * MS));
+    let r = Value::Object(smtp.record());
+    assert_eq!(r["tls"], json!(true));
+    assert_eq!(r["tls_mode"], json!("starttls"));
+    assert_eq!(r["ehlo"], json!(["AUTH PLAIN"]));
+    assert_eq!(r["auth"]["user"], json!("alice"));
+    assert_eq!(r["auth"]["code"], json!(235));
+    assert_eq!(r["transactions"][0]["mail_from"], json!("a@x"));
+    assert_eq!(r["transactions"][0]["rcpt"][0]["code"], json!(250));
+    assert_eq!(r["transactions"][0]["queue_id"], json!("4XyZ1"));
+    let shown = format!("{ev:?}{r}");
+    assert!(!shown.contains("AGFsaWNlAHNlY3JldA") && !shown.contains("secret"));
+    assert!(smtp.resume_plaintext(15 * MS), "a second call changes nothing");
+}
+
+/// Implicit TLS: the plaintext starts with the greeting.
+#[test]
+fn resumes_plaintext_on_implicit_tls() {
+    let start = SessionStart {
+        implicit_tls: true,
+        ..Default::default()
+    };
+    let mut smtp = Smtp::new(Privacy::default(), start);
+    feed(&mut smtp, &[(C, b"\x16\x03\x01\x00\x05hello", MS)], usize::MAX);
+    assert!(smtp.resume_plaintext(2 * MS));
+    feed(
+        &mut smtp,
+        &[
+            (S, b"220 mx ESMTP\r\n", 2 * MS),
+            (C, b"EHLO c\r\n", 3 * MS),
+            (S, b"250 mx\r\n", 4 * MS),
+            (C, b"QUIT\r\n", 5 * MS),
+            (S, b"221 bye\r\n", 6 * MS),
+        ],
+        usize::MAX,
+    );
+    let r = Value::Object(smtp.record());
+    assert_eq!(r["greeting"]["code"], json!(220));
+    assert_eq!(r["helo"], json!("c"));
+    assert_eq!(r["tls_mode"], json!("implicit"));
+    assert!(smtp.anomaly_counts().is_empty(), "{:?}", smtp.anomaly_counts());
+}
