@@ -184,7 +184,7 @@ fn tls_plaintext_gives_the_whole_session_and_its_process() {
     assert_eq!(r["plaintext_source"], "uprobe");
     let tx = &r["transactions"][0];
     assert_eq!(tx["mail_from"], "sender@client.test");
-    assert_eq!(tx["rcpt"][0]["addr"], USER);
+    assert_eq!(tx["rcpt"][0]["addr"], USER, "{r:#}");
     assert_eq!(tx["rcpt"][0]["code"], 250);
     assert_eq!(tx["reply"]["code"], 250);
     assert_eq!(tx["queue_id"].as_str(), Some(queue_ids[0].as_str()));
@@ -195,7 +195,7 @@ fn tls_plaintext_gives_the_whole_session_and_its_process() {
     // 587 STARTTLS + AUTH PLAIN: the user, never the password.
     let r = by_port(&recs, 587);
     assert_eq!(r["plaintext_source"], "uprobe");
-    assert_eq!(r["auth"]["mechanism"], "PLAIN");
+    assert_eq!(r["auth"]["mechanism"], "PLAIN", "{r:#}");
     assert_eq!(r["auth"]["user"], USER);
     assert_eq!(r["auth"]["code"], 235);
     let tx = &r["transactions"][0];

@@ -84,11 +84,12 @@ fn plaintext(engine: &mut Engine, r: &mut ConnResolver, p: &Plaintext, sink: &mu
     let Some((local, peer)) = r.resolve(p) else {
         return;
     };
-    if !engine.plaintext(local, peer, p.from_peer, &p.data, p.ts, sink) {
-        // A stale cache entry (SSL * reused for a new connection): once more, fresh.
+    let origin = (u128::from(p.pid) << 64) | u128::from(p.ssl);
+    if !engine.plaintext(origin, local, peer, p.from_peer, &p.data, p.ts, sink) {
+        // Maybe a stale cache entry (SSL * reused for a new connection): once more, fresh.
         r.forget(p);
         if let Some((local, peer)) = r.resolve(p) {
-            engine.plaintext(local, peer, p.from_peer, &p.data, p.ts, sink);
+            engine.plaintext(origin, local, peer, p.from_peer, &p.data, p.ts, sink);
         }
     }
 }

@@ -145,6 +145,9 @@ struct Session {
     last_ts: Ts,
     /// The dissector reads TLS plaintext from the uprobes; TCP payload is only counted.
     plaintext: bool,
+    /// Whose plaintext it reads: both ends of a connection may be traced (a local
+    /// client with libssl too), and each alone gives the whole stream.
+    plaintext_origin: u128,
     process_lookups: u8,
 }
 
@@ -221,11 +224,16 @@ impl Engine {
     /// TLS plaintext of the connection between `local` (the process that read
     /// or wrote it) and `peer`, from the uprobes. The first chunk switches the
     /// session's dissector to plaintext ([`Dissector::resume_plaintext`]); from
-    /// then on the TCP payload of the session is only counted. False when no
-    /// session has these endpoints or its dissector cannot take plaintext (TLS
-    /// not started: the chunk would be out of place).
+    /// then on the TCP payload of the session is only counted. `origin`
+    /// identifies the TLS endpoint (pid and `SSL *`): the session takes the
+    /// plaintext of the first one only, since when both peers run on this host
+    /// each sees the whole conversation. False when no session has these
+    /// endpoints, the chunk is the other peer's, or the dissector cannot take
+    /// plaintext (TLS not started: the chunk would be out of place).
+    #[allow(clippy::too_many_arguments)]
     pub fn plaintext(
         &mut self,
+        origin: u128,
         local: SocketAddr,
         peer: SocketAddr,
         from_peer: bool,
@@ -253,6 +261,9 @@ impl Engine {
                 return false;
             }
             s.plaintext = true;
+            s.plaintext_origin = origin;
+        } else if s.plaintext_origin != origin {
+            return false;
         }
         s.last_ts = s.last_ts.max(ts);
         feed(s, |x| x.data(dir, data, ts), sink);
@@ -316,6 +327,7 @@ fn handle(
                 bytes: [0, 0],
                 last_ts: ts,
                 plaintext: false,
+                plaintext_origin: 0,
                 process_lookups: 0,
             };
             match cfg.ports.get(server.port()) {
