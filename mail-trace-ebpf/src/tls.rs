@@ -3,7 +3,7 @@
 //! `TlsDataHeader` records. Entry saves the arguments per thread; the return
 //! probe knows the byte count and copies the buffer.
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP,
+    bindings::BPF_RB_FORCE_WAKEUP,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
     },
@@ -198,7 +198,8 @@ fn chunk<const SIZE: usize, const DATA: usize>(hdr: &TlsDataHeader, src: u64) ->
         rec.discard(0);
         return Err(false);
     }
-    // Plaintext is low-rate: the reader's poll timer picks it up.
-    rec.submit(BPF_RB_NO_WAKEUP as u64);
+    // Wake the reader now: it must find the connection in /proc while the
+    // process still holds it, and login processes live only milliseconds.
+    rec.submit(BPF_RB_FORCE_WAKEUP as u64);
     Ok(())
 }

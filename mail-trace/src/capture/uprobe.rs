@@ -235,8 +235,11 @@ impl ConnResolver {
     }
 
     /// (local, peer) of the chunk's connection; None when filtered out or unknown.
-    pub fn resolve(&mut self, p: &Plaintext) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
-        if !self.comms.is_empty() && !self.comms.iter().any(|c| *c == p.comm) {
+    pub fn resolve(
+        &mut self,
+        p: &Plaintext,
+    ) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+        if !self.comms.is_empty() && !self.comms.contains(&p.comm) {
             return None;
         }
         let key = (p.pid, p.ssl, p.fd);

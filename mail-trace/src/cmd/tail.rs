@@ -182,7 +182,10 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         })?;
         let libs: Vec<String> = libs.iter().map(|l| l.display().to_string()).collect();
         eprintln!("mail-trace: TLS plaintext from {}", libs.join(", "));
-        resolver = Some(ConnResolver::new(args.comm.clone(), PortMap::default().ports()));
+        resolver = Some(ConnResolver::new(
+            args.comm.clone(),
+            PortMap::default().ports(),
+        ));
     }
     let names: Vec<String> = cap.interfaces().iter().map(|i| i.name.clone()).collect();
     let mut frames = PcapFrames {
@@ -290,6 +293,12 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     }
     let counters = cap.counters()?;
     let incomplete = cap.incomplete();
+    if let (Some(r), Some(t)) = (&resolver, cap.tls_counters()) {
+        eprintln!(
+            "mail-trace: TLS plaintext: {} calls, {} records, {} lost, {} truncated, {} unreadable; {} chunks of unknown connections",
+            t.calls, t.records, t.lost_records, t.truncated, t.read_errors, r.unresolved
+        );
+    }
     drop(cap);
     {
         let mut sink = Counted {

@@ -230,7 +230,7 @@ impl Engine {
     /// each sees the whole conversation. False when no session has these
     /// endpoints, the chunk is the other peer's, or the dissector cannot take
     /// plaintext (TLS not started: the chunk would be out of place).
-    #[allow(clippy::too_many_arguments)]
+    #[expect(clippy::too_many_arguments, reason = "one chunk's facts")]
     pub fn plaintext(
         &mut self,
         origin: u128,
@@ -279,7 +279,9 @@ impl Engine {
             stats,
             lookup,
         } = self;
-        flows.expire(now, &mut |ev| handle(cfg, sessions, stats, lookup, ev, sink));
+        flows.expire(now, &mut |ev| {
+            handle(cfg, sessions, stats, lookup, ev, sink)
+        });
     }
 
     /// Ends every open session (end of file, or the capture stopped).
@@ -291,7 +293,9 @@ impl Engine {
             stats,
             lookup,
         } = self;
-        flows.finish(now, &mut |ev| handle(cfg, sessions, stats, lookup, ev, sink));
+        flows.finish(now, &mut |ev| {
+            handle(cfg, sessions, stats, lookup, ev, sink)
+        });
     }
 }
 
@@ -414,6 +418,10 @@ fn handle(
     }
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the engine's parts, split for the borrow checker"
+)]
 fn activate(
     cfg: &EngineConfig,
     s: &mut Session,

@@ -846,7 +846,10 @@ fn resumes_plaintext_after_starttls() {
     assert_eq!(r["transactions"][0]["queue_id"], json!("4XyZ1"));
     let shown = format!("{ev:?}{r}");
     assert!(!shown.contains("AGFsaWNlAHNlY3JldA") && !shown.contains("secret"));
-    assert!(smtp.resume_plaintext(15 * MS), "a second call changes nothing");
+    assert!(
+        smtp.resume_plaintext(15 * MS),
+        "a second call changes nothing"
+    );
 }
 
 /// Implicit TLS: the plaintext starts with the greeting.
@@ -857,7 +860,11 @@ fn resumes_plaintext_on_implicit_tls() {
         ..Default::default()
     };
     let mut smtp = Smtp::new(Privacy::default(), start);
-    feed(&mut smtp, &[(C, b"\x16\x03\x01\x00\x05hello", MS)], usize::MAX);
+    feed(
+        &mut smtp,
+        &[(C, b"\x16\x03\x01\x00\x05hello", MS)],
+        usize::MAX,
+    );
     assert!(smtp.resume_plaintext(2 * MS));
     feed(
         &mut smtp,
@@ -874,5 +881,9 @@ fn resumes_plaintext_on_implicit_tls() {
     assert_eq!(r["greeting"]["code"], json!(220));
     assert_eq!(r["helo"], json!("c"));
     assert_eq!(r["tls_mode"], json!("implicit"));
-    assert!(smtp.anomaly_counts().is_empty(), "{:?}", smtp.anomaly_counts());
+    assert!(
+        smtp.anomaly_counts().is_empty(),
+        "{:?}",
+        smtp.anomaly_counts()
+    );
 }
