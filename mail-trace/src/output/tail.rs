@@ -163,6 +163,15 @@ impl<W: Write> Tail<W> {
             }
             Event::TlsStarted { .. } => "-- TLS: the rest of the session is encrypted".to_string(),
             Event::Anomaly { id, .. } => self.style.paint("33", &format!("!! anomaly: {id}")),
+            Event::Finding { finding: f, .. } => {
+                let colour = match f.severity {
+                    crate::findings::Severity::Info => "36",
+                    crate::findings::Severity::Warn => "33",
+                    crate::findings::Severity::Alert => "1;31",
+                };
+                let line = format!("!! {} {}: {}", f.severity.as_str(), f.id, f.reason);
+                self.style.paint(colour, &line)
+            }
         })
     }
 }
@@ -274,7 +283,8 @@ impl<W: Write> Sink for Tail<W> {
                 Event::Command { ts, .. }
                 | Event::Reply { ts, .. }
                 | Event::TlsStarted { ts }
-                | Event::Anomaly { ts, .. } => *ts,
+                | Event::Anomaly { ts, .. }
+                | Event::Finding { ts, .. } => *ts,
             };
             self.line(ts, info.id, &body);
         }
