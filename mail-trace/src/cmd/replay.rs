@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::capture::pcap::PcapSource;
 use crate::cmd::output::OutputArgs;
+use crate::output::filter::{findings_at_least, Filter};
 use crate::output::Outputs;
 use crate::session::{Engine, EngineConfig};
 
@@ -32,7 +33,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
     };
     cfg.ports.sniff_other_ports = !args.no_sniff;
     let mut engine = Engine::new(cfg);
-    let mut out = args.output.stdout();
+    // Without --findings every session streams through, nothing held back.
+    let keep = args.output.findings.map(findings_at_least);
+    let mut out = Filter::new(args.output.stdout(), keep);
     let mut status = 0;
     for path in &args.files {
         let mut src = match PcapSource::open(path) {
@@ -60,17 +63,17 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
                     break;
                 }
             }
-            if out.error().is_some() {
+            if out.inner().error().is_some() {
                 break;
             }
         }
         // Sessions still open at the end of a file end with it.
         engine.finish(last_ts, &mut out);
-        if out.error().is_some() {
+        if out.inner().error().is_some() {
             break;
         }
     }
-    finish_output(out)?;
+    finish_output(out.into_inner())?;
     Ok(status)
 }
 

@@ -1,5 +1,6 @@
 //! Outputs: the session tail, JSON lines, pcapng. Each output is a
 //! [`crate::session::Sink`]; [`Outputs`] picks one from the command line.
+pub mod filter;
 pub mod jsonl;
 pub mod pcapng;
 pub mod tail;
