@@ -292,7 +292,10 @@ fn canonical(a: IpAddr) -> IpAddr {
 pub fn smtp_smuggling(f: &BodyFacts) -> Option<Finding> {
     let mut parts = Vec::new();
     for (n, what) in [
-        (f.fake_end_markers, "fake end-of-data markers (<LF>.<LF> and kin)"),
+        (
+            f.fake_end_markers,
+            "fake end-of-data markers (<LF>.<LF> and kin)",
+        ),
         (f.bare_lf, "bare LF"),
         (f.bare_cr, "bare CR"),
         (f.long_lines, "lines over 1000 octets"),
@@ -331,9 +334,10 @@ pub fn pipelining_violation(n: u64) -> Option<Finding> {
 pub fn secure_mime(media_type: &str, protocol: Option<&str>) -> Option<Finding> {
     let proto = protocol.unwrap_or("").to_ascii_lowercase();
     let (id, what) = match media_type {
-        "application/pkcs7-mime" | "application/x-pkcs7-mime" => {
-            ("smime", "S/MIME (application/pkcs7-mime: enveloped or signed data)")
-        }
+        "application/pkcs7-mime" | "application/x-pkcs7-mime" => (
+            "smime",
+            "S/MIME (application/pkcs7-mime: enveloped or signed data)",
+        ),
         "multipart/signed" if proto.contains("pkcs7-signature") => {
             ("smime", "S/MIME signed (multipart/signed, pkcs7-signature)")
         }
@@ -345,7 +349,11 @@ pub fn secure_mime(media_type: &str, protocol: Option<&str>) -> Option<Finding> 
         }
         _ => return None,
     };
-    Some(Finding::new(id, Severity::Info, format!("message is {what}")))
+    Some(Finding::new(
+        id,
+        Severity::Info,
+        format!("message is {what}"),
+    ))
 }
 
 /// `dkim-signed`: the d= domains of the DKIM-Signature headers.
@@ -364,11 +372,7 @@ pub fn dkim_domain(value: &str) -> Option<String> {
     value.split(';').find_map(|tag| {
         let (k, v) = tag.split_once('=')?;
         (k.trim() == "d").then(|| {
-            let d: String = v
-                .chars()
-                .filter(|c| !c.is_whitespace())
-                .take(253)
-                .collect();
+            let d: String = v.chars().filter(|c| !c.is_whitespace()).take(253).collect();
             d.to_ascii_lowercase()
         })
     })
@@ -489,7 +493,10 @@ mod tests {
             "no STARTTLS offered on port 143, although this server offered it earlier in this \
              run: possible STARTTLS stripping"
         );
-        assert_eq!(tls_findings(&stripped, "STARTTLS")[0].severity, Severity::Alert);
+        assert_eq!(
+            tls_findings(&stripped, "STARTTLS")[0].severity,
+            Severity::Alert
+        );
         // Not offered on a port where nobody expects it, or capabilities unknown: silent.
         let other = TlsPicture {
             port: Some(2525),
@@ -527,11 +534,15 @@ mod tests {
         );
         // Two-level public suffixes: different companies under co.uk.
         assert_eq!(
-            from_mismatch("shop.co.uk", "a@other.co.uk").unwrap().severity,
+            from_mismatch("shop.co.uk", "a@other.co.uk")
+                .unwrap()
+                .severity,
             Severity::Alert
         );
         assert_eq!(
-            from_mismatch("mail.shop.co.uk", "a@shop.co.uk").unwrap().severity,
+            from_mismatch("mail.shop.co.uk", "a@shop.co.uk")
+                .unwrap()
+                .severity,
             Severity::Info
         );
     }
@@ -544,7 +555,10 @@ mod tests {
             bad("10.99.0.1").as_deref(),
             Some("HELO 10.99.0.1 is a bare IP address (an address literal needs brackets)")
         );
-        assert_eq!(bad("localhost").as_deref(), Some("HELO localhost names no host"));
+        assert_eq!(
+            bad("localhost").as_deref(),
+            Some("HELO localhost names no host")
+        );
         assert_eq!(
             bad("[10.99.0.7]").as_deref(),
             Some("HELO [10.99.0.7] differs from the client address 10.99.0.1")

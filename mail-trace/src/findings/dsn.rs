@@ -148,7 +148,9 @@ pub fn finding(rcpts: &[DsnRecipient]) -> Option<Finding> {
         .map(|r| {
             let mut s = format!(
                 "{} {}",
-                r.final_recipient.as_deref().unwrap_or("(recipient unknown)"),
+                r.final_recipient
+                    .as_deref()
+                    .unwrap_or("(recipient unknown)"),
                 r.action.as_deref().unwrap_or("(no action)")
             );
             if let Some(st) = &r.status {
@@ -213,11 +215,16 @@ Final-Recipient: rfc822; quoted@example.com\r\n\
         assert_eq!(f.id, "dsn");
         assert_eq!(f.severity, Severity::Info);
         assert!(
-            f.reason.starts_with("delivery status notification: nobody@example.com failed 5.1.1 ("),
+            f.reason
+                .starts_with("delivery status notification: nobody@example.com failed 5.1.1 ("),
             "{}",
             f.reason
         );
-        assert!(f.reason.ends_with("): unknown user: \"nobody\""), "{}", f.reason);
+        assert!(
+            f.reason.ends_with("): unknown user: \"nobody\""),
+            "{}",
+            f.reason
+        );
     }
 
     #[test]

@@ -108,9 +108,7 @@ impl<S: Sink, P: FnMut(&SessionRecord) -> bool> Sink for Filter<S, P> {
 }
 
 /// The `--findings` predicate: a finding at or above `min` in the record.
-pub fn findings_at_least(
-    min: crate::findings::Severity,
-) -> impl FnMut(&SessionRecord) -> bool {
+pub fn findings_at_least(min: crate::findings::Severity) -> impl FnMut(&SessionRecord) -> bool {
     move |rec| crate::findings::max_severity(rec.field("findings")).is_some_and(|s| s >= min)
 }
 

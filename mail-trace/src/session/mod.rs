@@ -222,7 +222,9 @@ impl Engine {
             stats,
             tls_memory,
         } = self;
-        flows.expire(now, &mut |ev| handle(cfg, sessions, stats, tls_memory, ev, sink));
+        flows.expire(now, &mut |ev| {
+            handle(cfg, sessions, stats, tls_memory, ev, sink)
+        });
     }
 
     /// Ends every open session (end of file, or the capture stopped).
@@ -234,7 +236,9 @@ impl Engine {
             stats,
             tls_memory,
         } = self;
-        flows.finish(now, &mut |ev| handle(cfg, sessions, stats, tls_memory, ev, sink));
+        flows.finish(now, &mut |ev| {
+            handle(cfg, sessions, stats, tls_memory, ev, sink)
+        });
     }
 }
 

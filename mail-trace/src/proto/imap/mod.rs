@@ -309,7 +309,8 @@ impl Imap {
     /// A credential was sent: `auth-before-tls`/`auth-cleartext`, emitted after its command.
     fn credential(&mut self, what: String) {
         let offered = self.offered_starttls();
-        self.tls_facts.credential(what, &self.tls, offered, "STARTTLS");
+        self.tls_facts
+            .credential(what, &self.tls, offered, "STARTTLS");
     }
 
     fn secret(&self, s: &str) -> String {

@@ -232,8 +232,10 @@ mod tests {
 
     #[test]
     fn starttls_refused_or_not_followed_by_tls() {
-        let refused: &[(Dir, &[u8])] =
-            &[(C, b"STARTTLS\r\n"), (S, b"454 4.7.0 TLS not available\r\n")];
+        let refused: &[(Dir, &[u8])] = &[
+            (C, b"STARTTLS\r\n"),
+            (S, b"454 4.7.0 TLS not available\r\n"),
+        ];
         let (_, found) = session(start(25), &with(CAPS_TLS, refused));
         assert_eq!(
             found,
@@ -282,7 +284,10 @@ mod tests {
 
     #[test]
     fn submission_without_auth_only_on_587() {
-        let msg = mail(b"MAIL FROM:<a@client.test>\r\n", b"Subject: x\r\n\r\nhi\r\n.\r\n");
+        let msg = mail(
+            b"MAIL FROM:<a@client.test>\r\n",
+            b"Subject: x\r\n\r\nhi\r\n.\r\n",
+        );
         let (_, found) = session(start(587), &with(CAPS_PLAIN, &msg));
         assert!(found.contains(&Finding::new(
             "submission-without-auth",
@@ -293,9 +298,15 @@ mod tests {
             vec![(C, b"AUTH PLAIN AGEAYg==\r\n"), (S, b"235 2.7.0 ok\r\n")];
         authed.extend(msg.iter().copied());
         let f = session(start(587), &with(CAPS_PLAIN, &authed)).1;
-        assert!(!f.iter().any(|x| x.id == "submission-without-auth"), "{f:?}");
+        assert!(
+            !f.iter().any(|x| x.id == "submission-without-auth"),
+            "{f:?}"
+        );
         let f = session(start(25), &with(CAPS_PLAIN, &msg)).1;
-        assert!(!f.iter().any(|x| x.id == "submission-without-auth"), "{f:?}");
+        assert!(
+            !f.iter().any(|x| x.id == "submission-without-auth"),
+            "{f:?}"
+        );
     }
 
     fn message_findings(from: &[u8], msg: &[u8]) -> (Vec<Event>, Vec<Finding>) {
@@ -332,8 +343,10 @@ mod tests {
         );
         assert_eq!(same, vec![]);
         // Bounces: null sender.
-        let (_, bounce) =
-            message_findings(b"MAIL FROM:<>\r\n", b"From: MAILER-DAEMON@mx.test\r\n\r\n.\r\n");
+        let (_, bounce) = message_findings(
+            b"MAIL FROM:<>\r\n",
+            b"From: MAILER-DAEMON@mx.test\r\n\r\n.\r\n",
+        );
         assert_eq!(bounce, vec![]);
     }
 
@@ -357,7 +370,10 @@ mod tests {
                 "HELO [10.0.0.9] differs from the client address 10.99.0.1"
             )]
         );
-        assert_eq!(session(start(2525), &steps(b"EHLO [10.99.0.1]\r\n")).1, vec![]);
+        assert_eq!(
+            session(start(2525), &steps(b"EHLO [10.99.0.1]\r\n")).1,
+            vec![]
+        );
         assert_eq!(
             ids(&session(start(2525), &steps(b"EHLO localhost\r\n")).1),
             vec![("helo-suspicious", Severity::Warn)]
@@ -419,14 +435,24 @@ mod tests {
         let from = b"MAIL FROM:<a@example.com>\r\n";
         let smime = b"From: a@example.com\r\nContent-Type: multipart/signed; \
 protocol=\"application/pkcs7-signature\"; micalg=sha-256; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n.\r\n";
-        assert_eq!(ids(&message_findings(from, smime).1), vec![("smime", Severity::Info)]);
+        assert_eq!(
+            ids(&message_findings(from, smime).1),
+            vec![("smime", Severity::Info)]
+        );
         let pgp = b"From: a@example.com\r\nContent-Type: multipart/encrypted; \
 protocol=\"application/pgp-encrypted\"; boundary=b\r\n\r\n--b--\r\n.\r\n";
-        assert_eq!(ids(&message_findings(from, pgp).1), vec![("pgp", Severity::Info)]);
+        assert_eq!(
+            ids(&message_findings(from, pgp).1),
+            vec![("pgp", Severity::Info)]
+        );
         let dkim = b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed;\r\n d=example.com; s=s1;\r\n b=AAAA\r\nFrom: a@example.com\r\n\r\nhi\r\n.\r\n";
         assert_eq!(
             message_findings(from, dkim).1,
-            vec![Finding::new("dkim-signed", Severity::Info, "DKIM-signed by d=example.com")]
+            vec![Finding::new(
+                "dkim-signed",
+                Severity::Info,
+                "DKIM-signed by d=example.com"
+            )]
         );
         let mixed = b"From: a@example.com\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b--\r\n.\r\n";
         assert_eq!(message_findings(from, mixed).1, vec![]);

@@ -62,9 +62,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde_json::{json, Map, Value};
 
-use crate::flow::Dir;
 use crate::findings::dsn::DsnRecipient;
 use crate::findings::Finding;
+use crate::flow::Dir;
 use crate::proto::auth::SaslExchange;
 use crate::proto::line::{Line, LineBuffer};
 use crate::proto::tls::{TlsHellos, TlsInfo};
