@@ -98,6 +98,8 @@ pub struct RawSmtp {
     writer: TcpStream,
     pub local: SocketAddr,
     pub replies: Vec<Reply>,
+    /// Every byte written, to compare with what a capture reassembles.
+    pub sent: Vec<u8>,
 }
 
 impl RawSmtp {
@@ -114,6 +116,7 @@ impl RawSmtp {
             writer: s,
             local,
             replies: Vec::new(),
+            sent: Vec::new(),
         };
         c.read_reply();
         c
@@ -127,6 +130,7 @@ impl RawSmtp {
 
     /// Writes bytes as they are (for BDAT chunks and message bodies).
     pub fn send(&mut self, bytes: &[u8]) {
+        self.sent.extend_from_slice(bytes);
         self.writer
             .write_all(bytes)
             .unwrap_or_else(|e| panic!("raw SMTP write to {:?}: {e}", self.writer.peer_addr()));
@@ -161,12 +165,52 @@ impl RawSmtp {
     }
 
     /// QUIT, read the 221, and wait for the server to close.
-    pub fn quit(mut self) -> Vec<Reply> {
+    pub fn quit(self) -> Vec<Reply> {
+        self.finish().0
+    }
+
+    /// Like `quit`, also returning every byte sent.
+    pub fn finish(mut self) -> (Vec<Reply>, Vec<u8>) {
         let r = self.cmd("QUIT");
         assert_eq!(r.code, 221, "QUIT answered {r:?}");
         let mut rest = Vec::new();
         let _ = std::io::Read::read_to_end(&mut self.reader, &mut rest);
-        self.replies
+        (self.replies, self.sent)
+    }
+
+    /// A whole plain transaction to `rcpt` (AUTH PLAIN first when `auth` is given), ending with
+    /// QUIT; returns the bytes sent and the queue id.
+    pub fn send_mail(
+        server: SocketAddr,
+        auth: Option<(&str, &str)>,
+        rcpt: &str,
+        body: &[u8],
+    ) -> (Vec<u8>, String) {
+        use base64::Engine as _;
+        let mut c = RawSmtp::connect(server);
+        assert_eq!(c.cmd("EHLO client.test").code, 250);
+        if let Some((user, pass)) = auth {
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"));
+            let r = c.cmd(&format!("AUTH PLAIN {token}"));
+            assert_eq!(r.code, 235, "AUTH PLAIN to {server}: {r:?}");
+        }
+        for cmd in [
+            "MAIL FROM:<sender@client.test>",
+            &format!("RCPT TO:<{rcpt}>"),
+        ] {
+            let r = c.cmd(cmd);
+            assert_eq!(r.code, 250, "{cmd} to {server}: {r:?}");
+        }
+        assert_eq!(c.cmd("DATA").code, 354);
+        c.send(body);
+        c.send(b".\r\n");
+        let r = c.read_reply();
+        let id = r
+            .queue_id()
+            .unwrap_or_else(|| panic!("end of data at {server}: {r:?}"));
+        let (_, sent) = c.finish();
+        (sent, id)
     }
 
     pub fn codes(&self) -> Vec<u16> {

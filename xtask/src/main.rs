@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
 /// What the integration tests run: Postfix, Dovecot, swaks (+ Perl TLS and SASL modules), tshark,
-/// tcpdump, curl, openssl, iproute2.
+/// tcpdump, bpftool (what is attached to an interface), curl, openssl, iproute2.
 const DEBIAN_PACKAGES: &[&str] = &[
     "postfix",
     "dovecot-core",
@@ -28,6 +28,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "curl",
     "tshark",
     "tcpdump",
+    "bpftool",
     "python3",
     "bsdutils",
 ];

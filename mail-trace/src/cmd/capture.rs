@@ -110,14 +110,14 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }
 
-fn now_ns() -> u64 {
+pub fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)

@@ -7,8 +7,9 @@ use crate::capture::ebpf::{Cidr, LiveConfig};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct LiveArgs {
-    /// Interface to attach to (repeatable).
-    #[arg(short = 'i', long = "interface", value_name = "IFACE", required = true)]
+    /// Interface to attach to (repeatable). Default: every interface that is up,
+    /// loopback included.
+    #[arg(short = 'i', long = "interface", value_name = "IFACE")]
     pub interfaces: Vec<String>,
     /// TCP ports to capture, comma-separated; replaces the default mail ports
     /// 25,465,587,110,995,143,993. A packet matches on its source or destination port.
@@ -33,8 +34,13 @@ pub struct LiveArgs {
 
 impl LiveArgs {
     pub fn to_config(&self) -> LiveConfig {
+        let ifaces = if self.interfaces.is_empty() {
+            up_interfaces()
+        } else {
+            self.interfaces.clone()
+        };
         LiveConfig {
-            ifaces: self.interfaces.clone(),
+            ifaces,
             ports: self
                 .ports
                 .as_ref()
@@ -46,6 +52,24 @@ impl LiveArgs {
             force_netlink: self.tc_netlink,
         }
     }
+}
+
+/// Names of the interfaces that are up (IFF_UP in /sys/class/net/*/flags), sorted.
+pub fn up_interfaces() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("flags"))
+                .ok()
+                .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+                .is_some_and(|flags| flags & 1 != 0)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// A `--ports` value: one or more ports in 1..=65535.

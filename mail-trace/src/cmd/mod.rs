@@ -3,3 +3,4 @@ pub mod capture;
 pub mod live;
 pub mod output;
 pub mod replay;
+pub mod tail;

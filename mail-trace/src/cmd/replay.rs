@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::capture::pcap::PcapSource;
 use crate::cmd::output::OutputArgs;
-use crate::output::filter::{findings_at_least, Filter};
+use crate::output::filter::{Criteria, Filter, NoFrames, Selected};
 use crate::output::Outputs;
 use crate::session::{Engine, EngineConfig};
 
@@ -34,8 +34,15 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
     cfg.ports.sniff_other_ports = !args.no_sniff;
     let mut engine = Engine::new(cfg);
     // Without --findings every session streams through, nothing held back.
-    let keep = args.output.findings.map(findings_at_least);
-    let mut out = Filter::new(args.output.stdout(), keep);
+    let criteria = Criteria {
+        findings: args.output.findings,
+        ..Criteria::default()
+    };
+    let mut filter = Filter::new(args.output.stdout(), criteria);
+    let mut out = Selected {
+        filter: &mut filter,
+        frames: &mut NoFrames,
+    };
     let mut status = 0;
     for path in &args.files {
         let mut src = match PcapSource::open(path) {
@@ -63,27 +70,23 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
                     break;
                 }
             }
-            if out.inner().error().is_some() {
+            if out.filter.inner.error().is_some() {
                 break;
             }
         }
         // Sessions still open at the end of a file end with it.
         engine.finish(last_ts, &mut out);
-        if out.inner().error().is_some() {
+        if out.filter.inner.error().is_some() {
             break;
         }
     }
-    finish_output(out.into_inner())?;
+    finish_output(filter.inner)?;
     Ok(status)
 }
 
 /// Flushes the output. A closed pipe (`| head`) is a normal way to stop reading.
 pub fn finish_output<W: Write>(mut out: Outputs<W>) -> anyhow::Result<()> {
-    let flushed = match &mut out {
-        Outputs::Tail(t) => t.flush(),
-        Outputs::Json(j) => j.flush(),
-        Outputs::Summary(_) => Ok(()),
-    };
+    let flushed = out.flush();
     let err = out
         .error()
         .map(|e| e.kind())

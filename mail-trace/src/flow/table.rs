@@ -81,6 +81,11 @@ impl FlowTable {
         }
     }
 
+    /// The connection between these endpoints, if one is open.
+    pub fn conn_id(&self, a: SocketAddr, b: SocketAddr) -> Option<ConnId> {
+        self.conns.get(&key_of(a, b)).map(|c| c.id)
+    }
+
     pub fn stats(&self) -> FlowStats {
         FlowStats {
             live: self.conns.len() as u64,

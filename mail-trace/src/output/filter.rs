@@ -1,147 +1,333 @@
-//! A sink that passes on only the sessions whose final record satisfies a
-//! predicate (`--findings SEVERITY`; the live tail's `--errors` too).
-//!
-//! A session's start and events are held until its record decides. Holding is
-//! bounded: past [`MAX_HELD_EVENTS`] events a session keeps only its start, and
-//! a passing session then shows its start, the note `events-dropped-by-filter`,
-//! and its record.
+//! Session selection for the live tail: `--proto`, `--from`/`--rcpt` (globs on
+//! envelope addresses) and `--errors`. A session's lines are held until the
+//! session is known to pass (then they are written, and later lines pass straight
+//! through) or ends without passing (then they are dropped). What is held is
+//! bounded per session; frames for `-w` are held and released the same way.
 use std::collections::HashMap;
 
-use crate::flow::ConnId;
-use crate::proto::Event;
+use crate::capture::Frame;
+use crate::flow::{ConnId, Dir};
+use crate::proto::{Event, Proto};
 use crate::session::{SessionInfo, SessionRecord, Sink};
+use crate::time::Ts;
 
-/// Events held per session while its outcome is unknown.
-pub const MAX_HELD_EVENTS: usize = 4096;
+/// Events held for one undecided session before the oldest are dropped.
+pub const MAX_HELD_EVENTS: usize = 512;
+/// Frame bytes held for one undecided session (for `-w`).
+pub const MAX_HELD_FRAME_BYTES: usize = 4 << 20;
 
-struct Held {
-    info: SessionInfo,
-    events: Vec<Event>,
-    overflowed: bool,
+/// What a session must show to be selected. Empty criteria select everything.
+#[derive(Clone, Debug, Default)]
+pub struct Criteria {
+    /// Only these protocols (empty: all).
+    pub protos: Vec<Proto>,
+    /// A MAIL FROM address matching one of these globs (empty: any).
+    pub from: Vec<String>,
+    /// A RCPT TO address matching one of these globs (empty: any).
+    pub rcpt: Vec<String>,
+    /// A 4xx/5xx (or -ERR/NO/BAD) reply, a gap or an anomaly.
+    pub errors: bool,
+    /// A finding at or above this severity (`--findings`).
+    pub findings: Option<crate::findings::Severity>,
 }
 
-/// Wraps `inner`; see the module docs. Without a predicate everything passes
-/// straight through, nothing held.
-pub struct Filter<S, P> {
-    inner: S,
-    keep: Option<P>,
-    held: HashMap<ConnId, Held>,
+impl Criteria {
+    pub fn is_empty(&self) -> bool {
+        self.protos.is_empty()
+            && self.from.is_empty()
+            && self.rcpt.is_empty()
+            && !self.errors
+            && self.findings.is_none()
+    }
 }
 
-impl<S: Sink, P: FnMut(&SessionRecord) -> bool> Filter<S, P> {
-    pub fn new(inner: S, keep: Option<P>) -> Self {
+/// `*` and `?` globs, case-insensitive (mail addresses compare so in practice).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (
+        pattern.to_lowercase().chars().collect(),
+        text.to_lowercase().chars().collect(),
+    );
+    // Iterative matcher with one backtrack point: linear in practice, no recursion.
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// The address inside `FROM:<a@b> …` / `TO:<a@b> …` (or a bare address).
+fn envelope_addr(arg: &str) -> &str {
+    let rest = arg.split_once(':').map_or(arg, |(_, r)| r).trim_start();
+    match rest.strip_prefix('<') {
+        Some(r) => r.split('>').next().unwrap_or(""),
+        None => rest.split_whitespace().next().unwrap_or(""),
+    }
+}
+
+enum Held {
+    Start,
+    Event(Event),
+    Gap(Dir, u64, Ts),
+}
+
+#[derive(Default)]
+struct Pending {
+    held: Vec<Held>,
+    dropped_events: u64,
+    frames: Vec<Frame>,
+    frame_bytes: usize,
+    dropped_frames: u64,
+    from_ok: bool,
+    rcpt_ok: bool,
+    error_ok: bool,
+    findings_ok: bool,
+}
+
+enum State {
+    Pending(Box<Pending>),
+    Shown,
+    Hidden,
+}
+
+/// Frames of selected sessions go here (`-w`).
+pub trait FrameSink {
+    fn frame(&mut self, frame: &Frame);
+}
+
+/// Wraps an output; see the module docs.
+pub struct Filter<S: Sink> {
+    pub inner: S,
+    criteria: Criteria,
+    sessions: HashMap<ConnId, State>,
+    /// Sessions shown and hidden so far.
+    pub shown: u64,
+    pub hidden: u64,
+}
+
+impl<S: Sink> Filter<S> {
+    pub fn new(inner: S, criteria: Criteria) -> Self {
         Filter {
             inner,
-            keep,
-            held: HashMap::new(),
+            criteria,
+            sessions: HashMap::new(),
+            shown: 0,
+            hidden: 0,
         }
     }
 
-    pub fn inner(&self) -> &S {
-        &self.inner
+    fn decided(&self, p: &Pending) -> bool {
+        decided(&self.criteria, p)
     }
 
-    pub fn into_inner(self) -> S {
-        self.inner
+    /// Writes what a session held and lets the rest of it through.
+    fn release(&mut self, info: &SessionInfo, p: Pending, frames: &mut dyn FrameSink) {
+        self.shown += 1;
+        for h in p.held {
+            match h {
+                Held::Start => self.inner.session_start(info),
+                Held::Event(ev) => self.inner.event(info, &ev),
+                Held::Gap(dir, len, ts) => self.inner.gap(info, dir, len, ts),
+            }
+        }
+        if p.dropped_events > 0 {
+            let ev = Event::Anomaly {
+                ts: info.start,
+                id: "tail-lines-not-kept",
+            };
+            self.inner.event(info, &ev);
+        }
+        for f in &p.frames {
+            frames.frame(f);
+        }
+        self.sessions.insert(info.id, State::Shown);
+    }
+
+    /// Passes a frame of session `id` on (or holds it while the session is undecided).
+    pub fn frame(&mut self, id: Option<ConnId>, frame: &Frame, frames: &mut dyn FrameSink) {
+        match id.and_then(|id| self.sessions.get_mut(&id)) {
+            Some(State::Shown) => frames.frame(frame),
+            Some(State::Pending(p)) => {
+                if p.frame_bytes + frame.data.len() <= MAX_HELD_FRAME_BYTES {
+                    p.frame_bytes += frame.data.len();
+                    p.frames.push(frame.clone());
+                } else {
+                    p.dropped_frames += 1;
+                }
+            }
+            // Frames before the session is recognised (the handshake) or of
+            // unselected sessions: with no criteria everything is written.
+            _ if self.criteria.is_empty() => frames.frame(frame),
+            _ => {}
+        }
+    }
+
+    fn note(&mut self, info: &SessionInfo, held: Held, frames: &mut dyn FrameSink) {
+        let Some(State::Pending(p)) = self.sessions.get_mut(&info.id) else {
+            return;
+        };
+        if let Held::Event(ev) = &held {
+            match ev {
+                Event::Command { verb, arg, .. } if verb == "MAIL" => {
+                    let a = envelope_addr(arg);
+                    p.from_ok |= self.criteria.from.iter().any(|g| glob_match(g, a));
+                }
+                Event::Command { verb, arg, .. } if verb == "RCPT" => {
+                    let a = envelope_addr(arg);
+                    p.rcpt_ok |= self.criteria.rcpt.iter().any(|g| glob_match(g, a));
+                }
+                Event::Reply { code, .. } => p.error_ok |= is_failure(code),
+                Event::Anomaly { .. } => p.error_ok = true,
+                // The engine sends every finding as an event before the record.
+                Event::Finding { finding, .. } => {
+                    p.findings_ok |= self
+                        .criteria
+                        .findings
+                        .is_some_and(|m| finding.severity >= m);
+                }
+                _ => {}
+            }
+        }
+        if let Held::Gap(..) = held {
+            p.error_ok = true;
+        }
+        if p.held.len() >= MAX_HELD_EVENTS {
+            // Keep the start line; drop the oldest events after it.
+            p.held.remove(1);
+            p.dropped_events += 1;
+        }
+        p.held.push(held);
+        if decided(&self.criteria, p) {
+            let Some(State::Pending(p)) = self.sessions.remove(&info.id) else {
+                unreachable!("checked above")
+            };
+            self.release(info, *p, frames);
+        }
     }
 }
 
-impl<S: Sink, P: FnMut(&SessionRecord) -> bool> Sink for Filter<S, P> {
+fn decided(c: &Criteria, p: &Pending) -> bool {
+    (c.from.is_empty() || p.from_ok)
+        && (c.rcpt.is_empty() || p.rcpt_ok)
+        && (!c.errors || p.error_ok)
+        && (c.findings.is_none() || p.findings_ok)
+}
+
+/// A failure reply of any protocol.
+pub fn is_failure(code: &str) -> bool {
+    matches!(code.as_bytes().first(), Some(b'4' | b'5')) || matches!(code, "-ERR" | "NO" | "BAD")
+}
+
+/// The filter as a [`Sink`] needs somewhere to put released frames; sessions
+/// without `-w` use this.
+pub struct NoFrames;
+
+impl FrameSink for NoFrames {
+    fn frame(&mut self, _: &Frame) {}
+}
+
+/// A [`Filter`] together with the frame output, as one [`Sink`] for the engine.
+pub struct Selected<'a, S: Sink> {
+    pub filter: &'a mut Filter<S>,
+    pub frames: &'a mut dyn FrameSink,
+}
+
+impl<S: Sink> Sink for Selected<'_, S> {
     fn session_start(&mut self, info: &SessionInfo) {
-        if self.keep.is_none() {
-            return self.inner.session_start(info);
+        let f = &mut *self.filter;
+        if !f.criteria.protos.is_empty() && !f.criteria.protos.contains(&info.proto) {
+            f.hidden += 1;
+            f.sessions.insert(info.id, State::Hidden);
+            return;
         }
-        self.held.insert(
-            info.id,
-            Held {
-                info: info.clone(),
-                events: Vec::new(),
-                overflowed: false,
-            },
-        );
+        let p = Pending {
+            held: vec![Held::Start],
+            ..Default::default()
+        };
+        if f.decided(&p) {
+            f.release(info, p, self.frames);
+        } else {
+            f.sessions.insert(info.id, State::Pending(Box::new(p)));
+        }
     }
 
-    fn event(&mut self, info: &SessionInfo, event: &Event) {
-        if self.keep.is_none() {
-            return self.inner.event(info, event);
+    fn event(&mut self, info: &SessionInfo, ev: &Event) {
+        match self.filter.sessions.get(&info.id) {
+            Some(State::Shown) => self.filter.inner.event(info, ev),
+            Some(State::Pending(_)) => self.filter.note(info, Held::Event(ev.clone()), self.frames),
+            _ => {}
         }
-        let Some(h) = self.held.get_mut(&info.id) else {
-            return;
-        };
-        if h.overflowed {
-            return;
-        }
-        if h.events.len() < MAX_HELD_EVENTS {
-            h.events.push(event.clone());
-        } else {
-            h.overflowed = true;
-            h.events.clear();
-            h.events.shrink_to_fit();
+    }
+
+    fn gap(&mut self, info: &SessionInfo, dir: Dir, len: u64, ts: Ts) {
+        match self.filter.sessions.get(&info.id) {
+            Some(State::Shown) => self.filter.inner.gap(info, dir, len, ts),
+            Some(State::Pending(_)) => self.filter.note(info, Held::Gap(dir, len, ts), self.frames),
+            _ => {}
         }
     }
 
     fn session_end(&mut self, info: &SessionInfo, record: &SessionRecord) {
-        let Some(keep) = self.keep.as_mut() else {
-            return self.inner.session_end(info, record);
-        };
-        let held = self.held.remove(&info.id);
-        if !keep(record) {
-            return;
+        match self.filter.sessions.remove(&info.id) {
+            Some(State::Shown) => self.filter.inner.session_end(info, record),
+            Some(State::Pending(_)) => self.filter.hidden += 1,
+            _ => {}
         }
-        if let Some(h) = held {
-            self.inner.session_start(&h.info);
-            if h.overflowed {
-                let ts = h.info.start;
-                let note = Event::Anomaly {
-                    ts,
-                    id: "events-dropped-by-filter",
-                };
-                self.inner.event(&h.info, &note);
-            } else {
-                for e in &h.events {
-                    self.inner.event(&h.info, e);
-                }
-            }
-        }
-        self.inner.session_end(info, record);
     }
-}
-
-/// The `--findings` predicate: a finding at or above `min` in the record.
-pub fn findings_at_least(min: crate::findings::Severity) -> impl FnMut(&SessionRecord) -> bool {
-    move |rec| crate::findings::max_severity(rec.field("findings")).is_some_and(|s| s >= min)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::findings::Severity;
-    use crate::flow::CloseReason;
-    use crate::proto::Proto;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*@example.com", "Alice@Example.com"));
+        assert!(glob_match("a?ice@*", "alice@x"));
+        assert!(!glob_match("*@example.com", "alice@example.org"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("a*b*c", "aXbY"));
+        assert!(glob_match("a*b*c", "aXbYc"));
+    }
+
+    #[test]
+    fn envelope_addresses() {
+        assert_eq!(envelope_addr("FROM:<a@b.c> SIZE=12"), "a@b.c");
+        assert_eq!(envelope_addr("TO:<> NOTIFY=NEVER"), "");
+        assert_eq!(envelope_addr("FROM: a@b.c"), "a@b.c");
+    }
 
     #[derive(Default)]
-    struct Log(Vec<String>);
-    impl Sink for Log {
+    struct Rec(Vec<String>);
+    impl Sink for Rec {
         fn session_start(&mut self, i: &SessionInfo) {
             self.0.push(format!("start {}", i.id));
         }
         fn event(&mut self, i: &SessionInfo, e: &Event) {
-            let what = match e {
-                Event::Anomaly { id, .. } => id.to_string(),
-                _ => "event".into(),
-            };
-            self.0.push(format!("{what} {}", i.id));
+            self.0.push(format!("{} {e:?}", i.id));
         }
         fn session_end(&mut self, i: &SessionInfo, _: &SessionRecord) {
             self.0.push(format!("end {}", i.id));
         }
     }
 
-    fn info(id: ConnId) -> SessionInfo {
+    fn info(id: u64) -> SessionInfo {
         SessionInfo {
             id,
             proto: Proto::Smtp,
-            client: "10.99.0.1:40000".parse().unwrap(),
+            client: "10.99.0.1:4000".parse().unwrap(),
             server: "10.99.0.2:25".parse().unwrap(),
             start: 0,
             partial: false,
@@ -149,72 +335,98 @@ mod tests {
         }
     }
 
-    fn record(id: ConnId, severities: &[&str]) -> SessionRecord {
-        let list: Vec<_> = severities
-            .iter()
-            .map(|s| serde_json::json!({"id": "x", "severity": s, "reason": "r"}))
-            .collect();
-        let mut fields = serde_json::Map::new();
-        fields.insert("findings".into(), list.into());
-        SessionRecord {
-            id,
-            proto: Proto::Smtp,
-            start: 0,
-            end: 0,
-            client: info(id).client,
-            server: info(id).server,
-            partial: false,
-            gaps: 0,
-            close: CloseReason::Fin,
-            commands: 0,
-            replies: 0,
-            bytes: [0, 0],
-            anomalies: vec![],
-            fields,
+    fn cmd(verb: &str, arg: &str) -> Event {
+        Event::Command {
+            ts: 1,
+            verb: verb.into(),
+            arg: arg.into(),
         }
     }
 
     #[test]
-    fn passes_only_sessions_at_or_above_the_severity_in_order() {
-        let mut f = Filter::new(Log::default(), Some(findings_at_least(Severity::Warn)));
-        let ev = Event::TlsStarted { ts: 1 };
-        f.session_start(&info(1));
-        f.session_start(&info(2));
-        f.event(&info(1), &ev);
-        f.event(&info(2), &ev);
-        f.event(&info(2), &ev);
-        f.session_end(&info(2), &record(2, &["info", "alert"]));
-        f.session_end(&info(1), &record(1, &["info"]));
-        f.session_start(&info(3));
-        f.session_end(&info(3), &record(3, &[]));
-        assert_eq!(
-            f.into_inner().0,
-            vec!["start 2", "event 2", "event 2", "end 2"]
-        );
-    }
-
-    #[test]
-    fn holding_is_bounded() {
-        let mut f = Filter::new(Log::default(), Some(|_: &SessionRecord| true));
-        f.session_start(&info(1));
-        for _ in 0..MAX_HELD_EVENTS + 10 {
-            f.event(&info(1), &Event::TlsStarted { ts: 1 });
+    fn from_filter_holds_lines_until_mail_from_matches() {
+        let criteria = Criteria {
+            from: vec!["*@wanted.test".into()],
+            ..Default::default()
+        };
+        let mut f = Filter::new(Rec::default(), criteria);
+        let mut s = Selected {
+            filter: &mut f,
+            frames: &mut NoFrames,
+        };
+        for (id, from) in [(1, "FROM:<x@other.test>"), (2, "FROM:<y@wanted.test>")] {
+            s.session_start(&info(id));
+            s.event(&info(id), &cmd("EHLO", "c"));
+            s.event(&info(id), &cmd("MAIL", from));
+            s.event(&info(id), &cmd("QUIT", ""));
         }
-        assert!(f.held[&1].events.is_empty());
-        f.session_end(&info(1), &record(1, &[]));
         assert_eq!(
-            f.into_inner().0,
-            vec!["start 1", "events-dropped-by-filter 1", "end 1"]
+            f.inner.0,
+            vec![
+                "start 2".to_string(),
+                format!("2 {:?}", cmd("EHLO", "c")),
+                format!("2 {:?}", cmd("MAIL", "FROM:<y@wanted.test>")),
+                format!("2 {:?}", cmd("QUIT", "")),
+            ]
         );
     }
 
     #[test]
-    fn without_a_predicate_everything_streams() {
-        let mut f = Filter::new(Log::default(), None::<fn(&SessionRecord) -> bool>);
-        f.session_start(&info(1));
-        assert!(f.held.is_empty());
-        assert_eq!(f.inner().0, vec!["start 1"]);
-        f.session_end(&info(1), &record(1, &[]));
-        assert_eq!(f.into_inner().0, vec!["start 1", "end 1"]);
+    fn errors_filter_shows_only_failing_sessions() {
+        let criteria = Criteria {
+            errors: true,
+            ..Default::default()
+        };
+        let mut f = Filter::new(Rec::default(), criteria);
+        let mut s = Selected {
+            filter: &mut f,
+            frames: &mut NoFrames,
+        };
+        let reply = |code: &str| Event::Reply {
+            ts: 2,
+            code: code.into(),
+            enhanced: None,
+            text: String::new(),
+            latency_ns: None,
+        };
+        s.session_start(&info(1));
+        s.event(&info(1), &reply("250"));
+        s.session_start(&info(2));
+        s.event(&info(2), &reply("550"));
+        assert_eq!(f.inner.0.len(), 2, "{:?}", f.inner.0);
+        assert_eq!(f.inner.0[0], "start 2");
+        assert_eq!((f.shown, f.hidden), (1, 0));
+    }
+
+    #[test]
+    fn findings_filter_shows_sessions_with_a_finding_at_or_above() {
+        use crate::findings::{Finding, Severity};
+        let criteria = Criteria {
+            findings: Some(Severity::Warn),
+            ..Default::default()
+        };
+        let mut f = Filter::new(Rec::default(), criteria);
+        let mut s = Selected {
+            filter: &mut f,
+            frames: &mut NoFrames,
+        };
+        let found = |sev| Event::Finding {
+            ts: 3,
+            finding: Finding::new("x", sev, "r"),
+        };
+        s.session_start(&info(1));
+        s.event(&info(1), &cmd("EHLO", "c"));
+        s.event(&info(1), &found(Severity::Info));
+        s.session_start(&info(2));
+        s.event(&info(2), &cmd("EHLO", "c"));
+        s.event(&info(2), &found(Severity::Alert));
+        assert_eq!(
+            f.inner.0,
+            vec![
+                "start 2".to_string(),
+                format!("2 {:?}", cmd("EHLO", "c")),
+                format!("2 {:?}", found(Severity::Alert)),
+            ]
+        );
     }
 }

@@ -5,9 +5,10 @@ use std::io::Write;
 
 use serde_json::{json, Value};
 
+use crate::flow::Dir;
 use crate::proto::Event;
 use crate::session::{SessionInfo, SessionRecord, Sink};
-use crate::time::{millis_between, rfc3339_micros};
+use crate::time::{millis_between, rfc3339_micros, Ts};
 
 /// Writes JSON lines to any writer. The first write error (a closed pipe, a full
 /// disk) is kept and every later write is skipped, so the caller can stop cleanly.
@@ -98,6 +99,18 @@ impl<W: Write> Sink for JsonLines<W> {
     fn event(&mut self, info: &SessionInfo, ev: &Event) {
         if self.events {
             self.line(&event_json(info, ev));
+        }
+    }
+
+    fn gap(&mut self, info: &SessionInfo, dir: Dir, len: u64, ts: Ts) {
+        if self.events {
+            let dir = match dir {
+                Dir::ToServer => "c",
+                Dir::ToClient => "s",
+            };
+            self.line(&json!({
+                "type": "gap", "session": info.id, "ts": rfc3339_micros(ts), "dir": dir, "bytes": len,
+            }));
         }
     }
 

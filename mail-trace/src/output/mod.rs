@@ -7,8 +7,10 @@ pub mod tail;
 
 use std::io::Write;
 
+use crate::flow::Dir;
 use crate::proto::Event;
 use crate::session::{SessionInfo, SessionRecord, Sink};
+use crate::time::Ts;
 
 /// The output the operator chose (`--json`, `--summary`, or the tail).
 pub enum Outputs<W: Write> {
@@ -18,6 +20,14 @@ pub enum Outputs<W: Write> {
 }
 
 impl<W: Write> Outputs<W> {
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Outputs::Tail(t) => t.flush(),
+            Outputs::Json(j) => j.flush(),
+            Outputs::Summary(s) => s.flush(),
+        }
+    }
+
     /// The first write error; after one, nothing more is written.
     pub fn error(&self) -> Option<&std::io::Error> {
         match self {
@@ -42,6 +52,14 @@ impl<W: Write> Sink for Outputs<W> {
             Outputs::Tail(t) => t.event(info, ev),
             Outputs::Json(j) => j.event(info, ev),
             Outputs::Summary(s) => s.event(info, ev),
+        }
+    }
+
+    fn gap(&mut self, info: &SessionInfo, dir: Dir, len: u64, ts: Ts) {
+        match self {
+            Outputs::Tail(t) => t.gap(info, dir, len, ts),
+            Outputs::Json(j) => j.gap(info, dir, len, ts),
+            Outputs::Summary(_) => {}
         }
     }
 

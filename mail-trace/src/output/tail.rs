@@ -5,6 +5,7 @@ use std::io::Write;
 
 use serde_json::Value;
 
+use crate::flow::Dir;
 use crate::proto::{Event, Privacy, Proto};
 use crate::session::{SessionInfo, SessionRecord, Sink};
 use crate::time::{millis_between, Ts};
@@ -290,6 +291,18 @@ impl<W: Write> Sink for Tail<W> {
         }
     }
 
+    fn gap(&mut self, info: &SessionInfo, dir: Dir, len: u64, ts: Ts) {
+        let side = match dir {
+            Dir::ToServer => "client",
+            Dir::ToClient => "server",
+        };
+        let body = self.style.paint(
+            "33",
+            &format!("[gap {len} bytes from the {side}: not captured]"),
+        );
+        self.line(ts, info.id, &body);
+    }
+
     fn session_end(&mut self, info: &SessionInfo, record: &SessionRecord) {
         let body = format!("{} {}", self.style.paint("1", "end:"), outcome(record));
         self.line(record.end, info.id, &body);
@@ -309,6 +322,10 @@ impl<W: Write> Summary<W> {
 
     pub fn error(&self) -> Option<&std::io::Error> {
         self.error.as_ref()
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }
 

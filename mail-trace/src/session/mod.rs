@@ -26,6 +26,9 @@ pub trait Sink {
     fn session_start(&mut self, info: &SessionInfo);
     /// A command, reply, TLS start or anomaly within a session.
     fn event(&mut self, info: &SessionInfo, event: &Event);
+    /// `len` bytes of one direction were never seen (lost in capture, cut by
+    /// snaplen, or dropped by a memory bound).
+    fn gap(&mut self, _info: &SessionInfo, _dir: Dir, _len: u64, _ts: Ts) {}
     /// The session ended; `record` is final.
     fn session_end(&mut self, info: &SessionInfo, record: &SessionRecord);
 }
@@ -187,18 +190,19 @@ impl Engine {
         self.sessions.len()
     }
 
-    /// Feeds one captured frame.
-    pub fn frame(&mut self, frame: &Frame, sink: &mut dyn Sink) {
+    /// Feeds one captured frame; returns the connection it belongs to, if any
+    /// (`tail -w` writes the frames of selected sessions only).
+    pub fn frame(&mut self, frame: &Frame, sink: &mut dyn Sink) -> Option<ConnId> {
         self.stats.frames += 1;
         let seg = match crate::wire::decode(frame) {
             Ok(Some(seg)) => seg,
             Ok(None) => {
                 self.stats.not_tcp += 1;
-                return;
+                return None;
             }
             Err(_) => {
                 self.stats.malformed += 1;
-                return;
+                return None;
             }
         };
         let Engine {
@@ -208,9 +212,12 @@ impl Engine {
             stats,
             tls_memory,
         } = self;
+        // Looked up before and after: a FIN or RST removes the connection.
+        let before = flows.conn_id(seg.src, seg.dst);
         flows.segment(&seg, frame.ts, &mut |ev| {
             handle(cfg, sessions, stats, tls_memory, ev, sink);
         });
+        flows.conn_id(seg.src, seg.dst).or(before)
     }
 
     /// Lets time pass: ends sessions idle for longer than the flow idle timeout.
@@ -320,6 +327,9 @@ fn handle(
             };
             s.gaps += len;
             s.last_ts = ts;
+            if let Some(info) = &s.info {
+                sink.gap(info, dir, len, ts);
+            }
             if let Dissect::Sniffing(_) = s.dissect {
                 // A gap before the protocol is known: the session is partial from here.
                 s.dissect = Dissect::Sniffing(Sniffer::default());

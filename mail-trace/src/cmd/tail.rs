@@ -1,0 +1,295 @@
+//! `mail-trace tail`: the live session view. Kernel capture → session engine →
+//! the chosen output, with the filters of [`crate::output::filter`].
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::{interval, Instant, MissedTickBehavior};
+
+use crate::capture::ebpf::EbpfCapture;
+use crate::capture::Frame;
+use crate::cmd::capture::{now_ns, sleep_until};
+use crate::cmd::live::LiveArgs;
+use crate::cmd::output::OutputArgs;
+use crate::flow::Dir;
+use crate::output::filter::{Criteria, Filter, FrameSink, Selected};
+use crate::output::pcapng::{IfaceDesc, IfaceStats, PcapngSink};
+use crate::proto::{Event, Proto};
+use crate::session::{Engine, EngineConfig, PortMap, SessionInfo, SessionRecord, Sink};
+use crate::time::Ts;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Only sessions of this protocol (repeatable).
+    #[arg(long, value_enum, value_name = "PROTO")]
+    pub proto: Vec<ProtoArg>,
+    /// Only sessions with a MAIL FROM matching this glob (`*@example.com`; repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub from: Vec<String>,
+    /// Only sessions with a RCPT TO matching this glob (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub rcpt: Vec<String>,
+    /// Only sessions with a 4xx/5xx (-ERR, NO, BAD) reply, a gap or an anomaly.
+    #[arg(long)]
+    pub errors: bool,
+    /// Write the packets of the sessions shown to this pcapng file.
+    #[arg(short = 'w', long = "write", value_name = "FILE.pcapng")]
+    pub write: Option<PathBuf>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProtoArg {
+    Smtp,
+    Pop3,
+    Imap,
+}
+
+impl From<ProtoArg> for Proto {
+    fn from(p: ProtoArg) -> Proto {
+        match p {
+            ProtoArg::Smtp => Proto::Smtp,
+            ProtoArg::Pop3 => Proto::Pop3,
+            ProtoArg::Imap => Proto::Imap,
+        }
+    }
+}
+
+/// How often the status line is refreshed on a terminal.
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// How often output is flushed and idle sessions are looked for.
+const TICK_EVERY: Duration = Duration::from_millis(200);
+
+/// Counts what the exit summary reports; sits between the filter and the output.
+#[derive(Default)]
+struct Tally {
+    sessions: [u64; 3],
+    messages: u64,
+    replies: [u64; 6],
+    events: u64,
+    gap_bytes: u64,
+}
+
+struct Counted<'a, S: Sink> {
+    inner: &'a mut S,
+    tally: &'a mut Tally,
+}
+
+impl<S: Sink> Sink for Counted<'_, S> {
+    fn session_start(&mut self, info: &SessionInfo) {
+        self.tally.sessions[info.proto as usize] += 1;
+        self.inner.session_start(info);
+    }
+    fn event(&mut self, info: &SessionInfo, ev: &Event) {
+        self.tally.events += 1;
+        if let Event::Reply { code, .. } = ev {
+            let class = match code.as_bytes().first() {
+                Some(d @ b'1'..=b'5') => (d - b'0') as usize,
+                _ if crate::output::filter::is_failure(code) => 5,
+                _ => 0,
+            };
+            self.tally.replies[class] += 1;
+        }
+        self.inner.event(info, ev);
+    }
+    fn gap(&mut self, info: &SessionInfo, dir: Dir, len: u64, ts: Ts) {
+        self.tally.gap_bytes += len;
+        self.inner.gap(info, dir, len, ts);
+    }
+    fn session_end(&mut self, info: &SessionInfo, rec: &SessionRecord) {
+        let txs = rec.field("transactions").and_then(|t| t.as_array());
+        self.tally.messages += txs
+            .into_iter()
+            .flatten()
+            .filter(|t| !t["queue_id"].is_null())
+            .count() as u64;
+        self.inner.session_end(info, rec);
+    }
+}
+
+/// Frames of shown sessions into the pcapng file; the first write error is kept.
+struct PcapFrames<W: Write> {
+    sink: Option<PcapngSink<W>>,
+    written: Vec<u64>,
+    error: Option<String>,
+}
+
+impl<W: Write> FrameSink for PcapFrames<W> {
+    fn frame(&mut self, f: &Frame) {
+        if let (Some(s), None) = (self.sink.as_mut(), &self.error) {
+            match s.write(f) {
+                Ok(()) => self.written[f.iface as usize] += 1,
+                Err(e) => self.error = Some(e.to_string()),
+            }
+        }
+    }
+}
+
+pub async fn run(args: TailArgs) -> anyhow::Result<()> {
+    let cfg = args.live.to_config();
+    let file = match &args.write {
+        Some(p) => Some(BufWriter::new(
+            File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut cap = EbpfCapture::open(&cfg)?;
+    let names: Vec<String> = cap.interfaces().iter().map(|i| i.name.clone()).collect();
+    let mut frames = PcapFrames {
+        sink: match file {
+            Some(f) => {
+                let descs: Vec<IfaceDesc> = cap
+                    .interfaces()
+                    .iter()
+                    .map(|i| IfaceDesc {
+                        name: i.name.clone(),
+                        link: i.link,
+                        snaplen: cfg.snaplen,
+                    })
+                    .collect();
+                Some(PcapngSink::new(f, &descs).context("writing pcapng")?)
+            }
+            None => None,
+        },
+        written: vec![0; names.len()],
+        error: None,
+    };
+
+    // Ports given with --ports that have no protocol of their own are recognised
+    // by their first lines.
+    let mut engine_cfg = EngineConfig {
+        privacy: args.output.privacy(),
+        ports: PortMap::default(),
+        ..Default::default()
+    };
+    engine_cfg.ports.sniff_other_ports = true;
+    let mut engine = Engine::new(engine_cfg);
+    let criteria = Criteria {
+        protos: args.proto.iter().map(|&p| p.into()).collect(),
+        from: args.from.clone(),
+        rcpt: args.rcpt.clone(),
+        errors: args.errors,
+        findings: args.output.findings,
+    };
+    let out = args.output.stdout();
+    let mut filter = Filter::new(out, criteria);
+    let mut tally = Tally::default();
+    let tty = std::io::stderr().is_terminal();
+    eprintln!(
+        "mail-trace: tracing {} on {}{}",
+        cfg.ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        names.join(", "),
+        if args.output.show_headers || args.output.show_secrets {
+            " — headers/secrets are SHOWN"
+        } else {
+            ""
+        }
+    );
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let deadline = args
+        .duration
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    let mut tick = interval(TICK_EVERY);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut status = interval(STATUS_EVERY);
+    status.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_events = 0u64;
+    loop {
+        tokio::select! {
+            f = cap.next_frame() => {
+                let frame = f?;
+                let mut sink = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
+                let id = engine.frame(&frame, &mut sink);
+                filter.frame(id, &frame, &mut frames);
+            }
+            _ = tick.tick() => {
+                let mut sink = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
+                engine.tick(now_ns(), &mut sink);
+                let _ = filter.inner.flush();
+            }
+            _ = status.tick(), if tty => {
+                let lost = cap.counters().map(|c| c.lost_records).unwrap_or(0);
+                let rate = (tally.events - last_events) as f64 / STATUS_EVERY.as_secs_f64();
+                last_events = tally.events;
+                eprintln!(
+                    "-- {} sessions open, {:.0} events/s, {} records lost",
+                    engine.open_sessions(), rate, lost
+                );
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sleep_until(deadline) => break,
+        }
+        if filter.inner.error().is_some() || frames.error.is_some() {
+            break;
+        }
+    }
+    let counters = cap.counters()?;
+    let incomplete = cap.incomplete();
+    drop(cap);
+    {
+        let mut sink = Counted {
+            inner: &mut Selected {
+                filter: &mut filter,
+                frames: &mut frames,
+            },
+            tally: &mut tally,
+        };
+        engine.finish(now_ns(), &mut sink);
+    }
+    if let Some(s) = frames.sink.take() {
+        let stats: Vec<IfaceStats> = frames
+            .written
+            .iter()
+            .enumerate()
+            .map(|(i, &delivered)| IfaceStats {
+                delivered,
+                // Kernel losses are not per interface: reported on the first.
+                dropped: if i == 0 {
+                    counters.lost_records + incomplete
+                } else {
+                    0
+                },
+            })
+            .collect();
+        let mut w = s.finish(now_ns(), &stats).context("writing pcapng")?;
+        w.flush().context("writing pcapng")?;
+    }
+    if let Some(e) = &frames.error {
+        anyhow::bail!("writing pcapng: {e}");
+    }
+    let t = &tally;
+    eprintln!(
+        "mail-trace: {} sessions (smtp {}, pop3 {}, imap {}), {} shown; {} messages queued; replies 2xx {} 3xx {} 4xx {} 5xx {}; {} gap bytes; kernel: {} packets matched, {} records emitted, {} records lost",
+        t.sessions.iter().sum::<u64>(),
+        t.sessions[0],
+        t.sessions[1],
+        t.sessions[2],
+        filter.shown,
+        t.messages,
+        t.replies[2],
+        t.replies[3],
+        t.replies[4],
+        t.replies[5],
+        t.gap_bytes,
+        counters.matched,
+        counters.records,
+        counters.lost_records
+    );
+    crate::cmd::replay::finish_output(filter.inner)
+}
