@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::clients::swaks;
 use common::tshark::Capture;
-use common::{require_root, run_ok, TempDir, Testbed, PASSWORD};
+use common::{require_root, run_ok, TempDir, Testbed};
 use serde_json::Value;
 
 fn replay_json(pcap: &Path) -> Vec<Value> {
