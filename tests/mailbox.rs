@@ -27,7 +27,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The message delivered to alice before any mailbox session, dot-stuffed for SMTP: the
 /// mailbox holds a line that starts with one dot, which POP3 stuffs again.
-const MESSAGE: &[u8] = b"From: sender@client.test\r\nTo: alice@mx.test\r\nSubject: for the mailbox\r\n\r\n\
+const MESSAGE: &[u8] =
+    b"From: sender@client.test\r\nTo: alice@mx.test\r\nSubject: for the mailbox\r\n\r\n\
     First line of the mailbox test.\r\n..A line that starts with a dot.\r\nLast line.\r\n";
 
 /// A line-oriented client for IMAP and POP3 in clear; every read and write bounded.
@@ -42,7 +43,8 @@ impl Raw {
         let s = TcpStream::connect_timeout(&server, IO_TIMEOUT)
             .unwrap_or_else(|e| panic!("connect to {server}: {e}"));
         s.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
-        s.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
+        s.set_write_timeout(Some(IO_TIMEOUT))
+            .expect("write timeout");
         Raw {
             local: s.local_addr().expect("local addr"),
             reader: BufReader::new(s.try_clone().expect("clone socket")),
@@ -233,6 +235,7 @@ fn imap_and_pop3_sessions_live() {
     let pcap = dir.join("mailbox.pcapng");
     let cap = Capture::start(&iface, &pcap);
     let tail = Tail::start(&iface, &["--json", "--events"], dir, "json");
+    let pop3_only = Tail::start(&iface, &["--json", "--proto", "pop3"], dir, "pop3");
     let srv = tb.ns.server_v4();
     let server = |port| SocketAddr::new(srv.into(), port);
     let base_port = 21000 + (std::process::id() % 2000) as u16 * 10;
@@ -248,7 +251,10 @@ fn imap_and_pop3_sessions_live() {
         let (_, done, _) = c.imap("a2", "SELECT INBOX");
         assert!(done.starts_with("a2 OK "), "{done}");
         let (found, done, _) = c.imap("a3", "SEARCH ALL");
-        assert_eq!((found, done.get(..5)), (vec!["* SEARCH 1".to_string()], Some("a3 OK")));
+        assert_eq!(
+            (found, done.get(..5)),
+            (vec!["* SEARCH 1".to_string()], Some("a3 OK"))
+        );
         let (_, done, lits) = c.imap("a4", "FETCH 1 (FLAGS BODY.PEEK[])");
         assert!(done.starts_with("a4 OK "), "{done}");
         assert_eq!(lits.len(), 1, "one literal in the FETCH response");
@@ -258,7 +264,11 @@ fn imap_and_pop3_sessions_live() {
         assert!(done.starts_with("a6 OK "), "{done}");
         let client = c.local;
         c.drain();
-        ran.push(Ran { name: "imap_login_clear", client, verbs: Some("imap.request.command") });
+        ran.push(Ran {
+            name: "imap_login_clear",
+            client,
+            verbs: Some("imap.request.command"),
+        });
         let rec = tail.session(client);
         assert_fields(
             &rec,
@@ -286,7 +296,11 @@ fn imap_and_pop3_sessions_live() {
         assert!(done.starts_with("f2 OK "), "{done}");
         let client = c.local;
         c.drain();
-        ran.push(Ran { name: "imap_login_failed", client, verbs: Some("imap.request.command") });
+        ran.push(Ran {
+            name: "imap_login_failed",
+            client,
+            verbs: Some("imap.request.command"),
+        });
         let rec = tail.session(client);
         assert_fields(
             &rec,
@@ -330,9 +344,18 @@ fn imap_and_pop3_sessions_live() {
 
     failures.check("imaps_993", || {
         let p = base_port + 1;
-        curl(srv.into(), 993, p, &[&[&format!("imaps://{DOMAIN}/INBOX"), "-X", "SEARCH ALL"]]);
+        curl(
+            srv.into(),
+            993,
+            p,
+            &[&[&format!("imaps://{DOMAIN}/INBOX"), "-X", "SEARCH ALL"]],
+        );
         let client = SocketAddr::new(tb.ns.client_v4().into(), p);
-        ran.push(Ran { name: "imaps_993", client, verbs: None });
+        ran.push(Ran {
+            name: "imaps_993",
+            client,
+            verbs: None,
+        });
         let rec = tail.session(client);
         assert_fields(
             &rec,
@@ -345,9 +368,18 @@ fn imap_and_pop3_sessions_live() {
 
     failures.check("pop3_stls_110", || {
         let p = base_port + 2;
-        curl(srv.into(), 110, p, &[&["--ssl-reqd", &format!("pop3://{DOMAIN}/")]]);
+        curl(
+            srv.into(),
+            110,
+            p,
+            &[&["--ssl-reqd", &format!("pop3://{DOMAIN}/")]],
+        );
         let client = SocketAddr::new(tb.ns.client_v4().into(), p);
-        ran.push(Ran { name: "pop3_stls_110", client, verbs: Some("pop.request.command") });
+        ran.push(Ran {
+            name: "pop3_stls_110",
+            client,
+            verbs: Some("pop.request.command"),
+        });
         let rec = tail.session(client);
         assert_fields(
             &rec,
@@ -362,7 +394,11 @@ fn imap_and_pop3_sessions_live() {
         let p = base_port + 3;
         curl(srv.into(), 995, p, &[&[&format!("pop3s://{DOMAIN}/")]]);
         let client = SocketAddr::new(tb.ns.client_v4().into(), p);
-        ran.push(Ran { name: "pop3s_995", client, verbs: None });
+        ran.push(Ran {
+            name: "pop3s_995",
+            client,
+            verbs: None,
+        });
         let rec = tail.session(client);
         assert_fields(
             &rec,
@@ -379,7 +415,10 @@ fn imap_and_pop3_sessions_live() {
         let greeting = c.line();
         assert!(greeting.starts_with("+OK"), "{greeting}");
         assert!(c.pop(&format!("USER {USER}"), false).0.starts_with("+OK"));
-        assert!(c.pop(&format!("PASS {PASSWORD}"), false).0.starts_with("+OK"));
+        assert!(c
+            .pop(&format!("PASS {PASSWORD}"), false)
+            .0
+            .starts_with("+OK"));
         let (stat, _) = c.pop("STAT", false);
         let (list, sizes) = c.pop("LIST", true);
         assert!(list.starts_with("+OK"), "{list}");
@@ -390,15 +429,25 @@ fn imap_and_pop3_sessions_live() {
             .unwrap_or_else(|| panic!("LIST line {:?}", sizes[0]));
         assert_eq!(stat, format!("+OK 1 {size}"));
         let (uidl, uids) = c.pop("UIDL", true);
-        assert!(uidl.starts_with("+OK") && uids.len() == 1, "{uidl} {uids:?}");
+        assert!(
+            uidl.starts_with("+OK") && uids.len() == 1,
+            "{uidl} {uids:?}"
+        );
         let (retr, body) = c.pop("RETR 1", true);
         assert!(retr.starts_with("+OK"), "{retr}");
-        assert!(body.iter().any(|l| l == ".A line that starts with a dot."), "{body:?}");
+        assert!(
+            body.iter().any(|l| l == ".A line that starts with a dot."),
+            "{body:?}"
+        );
         assert!(c.pop("DELE 1", false).0.starts_with("+OK"));
         assert!(c.pop("QUIT", false).0.starts_with("+OK"));
         let client = c.local;
         c.drain();
-        ran.push(Ran { name: "pop3_clear_110", client, verbs: Some("pop.request.command") });
+        ran.push(Ran {
+            name: "pop3_clear_110",
+            client,
+            verbs: Some("pop.request.command"),
+        });
         let rec = tail.session(client);
         assert_fields(
             &rec,
@@ -419,6 +468,7 @@ fn imap_and_pop3_sessions_live() {
     cap.stop();
     std::thread::sleep(Duration::from_millis(300));
     let stopped = tail.stop();
+    let pop3_stopped = pop3_only.stop();
     let lines: Vec<Value> = stopped
         .stdout
         .lines()
@@ -450,14 +500,55 @@ fn imap_and_pop3_sessions_live() {
             ran.len(),
             ran.len()
         );
-        assert!(stopped.stderr.contains(&want), "{:?} lacks {want:?}", stopped.stderr);
+        assert!(
+            stopped.stderr.contains(&want),
+            "{:?} lacks {want:?}",
+            stopped.stderr
+        );
+    });
+
+    failures.check("--proto pop3", || {
+        let shown: Vec<String> = pop3_stopped
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|r| r["client"].as_str().map(String::from))
+            .collect();
+        let want: Vec<String> = ran
+            .iter()
+            .filter(|r| r.name.starts_with("pop3"))
+            .map(|r| r.client.to_string())
+            .collect();
+        assert_eq!(shown, want, "sessions shown by --proto pop3, in order");
+    });
+
+    failures.check("imap_login_failed (reply event)", || {
+        let r = ran
+            .iter()
+            .find(|r| r.name == "imap_login_failed")
+            .expect("failed login ran");
+        let rec = lines
+            .iter()
+            .find(|l| l["type"] == "session" && l["client"] == r.client.to_string())
+            .expect("record");
+        let replies: Vec<(Value, Value)> = lines
+            .iter()
+            .filter(|l| l["type"] == "reply" && l["session"] == rec["id"])
+            .map(|l| (l["code"].clone(), l["enhanced"].clone()))
+            .collect();
+        assert!(
+            replies.contains(&(json!("NO"), json!("AUTHENTICATIONFAILED"))),
+            "no NO [AUTHENTICATIONFAILED] reply: {replies:?}"
+        );
     });
 
     failures.check("secrets", || {
         for secret in [PASSWORD, WRONG_PASSWORD] {
             for form in secret_forms(USER, secret) {
                 assert!(
-                    !stopped.stdout.contains(&form) && !stopped.stderr.contains(&form),
+                    !stopped.stdout.contains(&form)
+                        && !stopped.stderr.contains(&form)
+                        && !pop3_stopped.stdout.contains(&form),
                     "the password leaked as {form:?}"
                 );
             }

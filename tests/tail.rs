@@ -130,7 +130,14 @@ fn sw(args: &[&str]) -> Client {
 
 /// swaks with `args` and AUTH by `mech` as USER with `password`.
 fn sw_auth(args: &[&str], mech: &str, password: &str) -> Client {
-    let auth = ["--auth", mech, "--auth-user", USER, "--auth-password", password];
+    let auth = [
+        "--auth",
+        mech,
+        "--auth-user",
+        USER,
+        "--auth-password",
+        password,
+    ];
     Client::Swaks(args.iter().chain(&auth).map(|s| s.to_string()).collect())
 }
 
@@ -144,7 +151,13 @@ fn scenarios() -> Vec<Scenario> {
             message: plain("plain_25", USER),
             queued: 1,
             fails: false,
-            expect: Box::new(|f| clear(f, json!(null), vec![queued(f, SENDER, json!({}), vec![ok(USER)])])),
+            expect: Box::new(|f| {
+                clear(
+                    f,
+                    json!(null),
+                    vec![queued(f, SENDER, json!({}), vec![ok(USER)])],
+                )
+            }),
         },
         Scenario {
             name: "starttls_25",
@@ -159,7 +172,11 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "submission_starttls_auth_plain",
             port: 587,
-            client: sw_auth(&["--to", "bob@mx.test", "--tls", "--tls-sni", DOMAIN], "PLAIN", PASSWORD),
+            client: sw_auth(
+                &["--to", "bob@mx.test", "--tls", "--tls-sni", DOMAIN],
+                "PLAIN",
+                PASSWORD,
+            ),
             message: plain("submission_starttls_auth_plain", "bob@mx.test"),
             queued: 1,
             fails: false,
@@ -183,7 +200,17 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "smtps_465",
             port: 465,
-            client: sw_auth(&["--to", "bob@mx.test", "--tls-on-connect", "--tls-sni", DOMAIN], "PLAIN", PASSWORD),
+            client: sw_auth(
+                &[
+                    "--to",
+                    "bob@mx.test",
+                    "--tls-on-connect",
+                    "--tls-sni",
+                    DOMAIN,
+                ],
+                "PLAIN",
+                PASSWORD,
+            ),
             message: plain("smtps_465", "bob@mx.test"),
             queued: 1,
             fails: false,
@@ -240,7 +267,12 @@ fn scenarios() -> Vec<Scenario> {
                 clear(
                     f,
                     json!(null),
-                    vec![queued(f, SENDER, json!({}), vec![unknown("nobody@mx.test"), ok(USER)])],
+                    vec![queued(
+                        f,
+                        SENDER,
+                        json!({}),
+                        vec![unknown("nobody@mx.test"), ok(USER)],
+                    )],
                 )
             }),
         },
@@ -271,7 +303,13 @@ fn scenarios() -> Vec<Scenario> {
             message: plain("unknown_rcpt", "nobody@mx.test"),
             queued: 0,
             fails: true,
-            expect: Box::new(|f| clear(f, json!(null), vec![refused(vec![unknown("nobody@mx.test")])])),
+            expect: Box::new(|f| {
+                clear(
+                    f,
+                    json!(null),
+                    vec![refused(vec![unknown("nobody@mx.test")])],
+                )
+            }),
         },
         Scenario {
             name: "mixed_rcpt",
@@ -284,7 +322,12 @@ fn scenarios() -> Vec<Scenario> {
                 clear(
                     f,
                     json!(null),
-                    vec![queued(f, SENDER, json!({}), vec![ok(USER), unknown("nobody@mx.test")])],
+                    vec![queued(
+                        f,
+                        SENDER,
+                        json!({}),
+                        vec![ok(USER), unknown("nobody@mx.test")],
+                    )],
                 )
             }),
         },
@@ -315,7 +358,13 @@ fn scenarios() -> Vec<Scenario> {
             message: message("header_from_differs", "Boss <boss@elsewhere.test>", USER),
             queued: 1,
             fails: false,
-            expect: Box::new(|f| clear(f, json!(null), vec![queued(f, SENDER, json!({}), vec![ok(USER)])])),
+            expect: Box::new(|f| {
+                clear(
+                    f,
+                    json!(null),
+                    vec![queued(f, SENDER, json!({}), vec![ok(USER)])],
+                )
+            }),
         },
         Scenario {
             name: "from_filter",
@@ -329,7 +378,12 @@ fn scenarios() -> Vec<Scenario> {
                 clear(
                     f,
                     json!(null),
-                    vec![queued(f, PICKED_SENDER, json!({}), vec![ok("carol@mx.test")])],
+                    vec![queued(
+                        f,
+                        PICKED_SENDER,
+                        json!({}),
+                        vec![ok("carol@mx.test")],
+                    )],
                 )
             }),
         },
@@ -363,7 +417,12 @@ fn scenarios() -> Vec<Scenario> {
                 clear(
                     f,
                     json!(null),
-                    vec![queued(f, SENDER, json!({"BODY": "8BITMIME"}), vec![ok(USER)])],
+                    vec![queued(
+                        f,
+                        SENDER,
+                        json!({"BODY": "8BITMIME"}),
+                        vec![ok(USER)],
+                    )],
                 )
             }),
         },
@@ -372,7 +431,8 @@ fn scenarios() -> Vec<Scenario> {
     v
 }
 
-const BDAT_PART1: &[u8] = b"From: sender@client.test\r\nTo: alice@mx.test\r\nSubject: chunked\r\n\r\n";
+const BDAT_PART1: &[u8] =
+    b"From: sender@client.test\r\nTo: alice@mx.test\r\nSubject: chunked\r\n\r\n";
 const BDAT_PART2: &[u8] = b"First line of a chunked body.\r\nSecond line.\r\n";
 const EIGHT_BIT_BODY: &str = "From: sender@client.test\r\nTo: alice@mx.test\r\nSubject: 8bit\r\n\
      MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\
@@ -391,7 +451,10 @@ fn run_client(
         Client::Swaks(args) => {
             let data = dir.join(format!("{}.eml", sc.name));
             // swaks ends the message with its own CRLF before the final dot.
-            let text = sc.message.strip_suffix(b"\r\n").expect("message ends with CRLF");
+            let text = sc
+                .message
+                .strip_suffix(b"\r\n")
+                .expect("message ends with CRLF");
             common::write(&data, text);
             let data_arg = format!("@{}", data.display());
             let port = local_port.to_string();
@@ -499,6 +562,15 @@ fn smtp_sessions_live() {
         "from",
     );
     let human = Tail::start(&iface, &["--color", "never"], dir, "human");
+    let carol = Tail::start(&iface, &["--json", "--rcpt", "carol@*"], dir, "rcpt");
+    // The one view allowed to show secrets: proves the secret is on the wire where the tracer
+    // sees it, so its absence from the other views means something.
+    let events = Tail::start(
+        &iface,
+        &["--json", "--events", "--show-secrets"],
+        dir,
+        "secrets-shown",
+    );
 
     let server: IpAddr = tb.ns.server_v4().into();
     let base = 20000 + (std::process::id() % 2000) as u16 * 20;
@@ -550,18 +622,17 @@ fn smtp_sessions_live() {
 
     // Every record is written at session end; let the last ones reach the files before stopping.
     let last = ran.last().map(|r| r.1);
-    for t in [&headers, &errors, &human] {
+    for t in [&headers, &events] {
         if let Some(c) = last {
-            if t.what != "human" {
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.session(c)));
-            }
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.session(c)));
         }
     }
     std::thread::sleep(Duration::from_millis(500));
-    let stopped: Vec<(String, common::tailer::Stopped)> = [main, headers, errors, picked, human]
-        .into_iter()
-        .map(|t| (t.what.clone(), t.stop()))
-        .collect();
+    let stopped: Vec<(String, common::tailer::Stopped)> =
+        [main, headers, errors, picked, human, carol, events]
+            .into_iter()
+            .map(|t| (t.what.clone(), t.stop()))
+            .collect();
     let out = |what: &str| &stopped.iter().find(|s| s.0 == what).expect("tail").1;
     let records = |what: &str| -> Vec<Value> {
         out(what)
@@ -605,13 +676,60 @@ fn smtp_sessions_live() {
         assert_eq!(clients("errors"), want, "sessions shown by --errors");
     });
 
+    failures.check("--rcpt", || {
+        let want: BTreeSet<String> = ran
+            .iter()
+            .filter(|r| ["three_rcpt", "from_filter"].contains(&r.0))
+            .map(|r| r.1.to_string())
+            .collect();
+        assert_eq!(clients("rcpt"), want, "sessions shown by --rcpt carol@*");
+    });
+
+    failures.check("pipelining_two_rcpt (on the wire)", || {
+        // Commands completed by one segment share its time: swaks really pipelined.
+        let (_, client, ..) = ran
+            .iter()
+            .find(|r| r.0 == "pipelining_two_rcpt")
+            .expect("pipelining ran");
+        let lines: Vec<Value> = out("secrets-shown")
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let id = lines
+            .iter()
+            .find(|l| l["type"] == "session" && l["client"] == client.to_string())
+            .map(|l| l["id"].clone())
+            .expect("pipelining record with --events");
+        let cmds: Vec<(String, Value)> = lines
+            .iter()
+            .filter(|l| l["type"] == "command" && l["session"] == id)
+            .map(|l| {
+                (
+                    l["verb"].as_str().unwrap_or("").to_string(),
+                    l["ts"].clone(),
+                )
+            })
+            .collect();
+        let verbs: Vec<&str> = cmds.iter().map(|c| c.0.as_str()).collect();
+        assert_eq!(verbs, ["EHLO", "MAIL", "RCPT", "RCPT", "DATA", "QUIT"]);
+        assert!(
+            cmds[1..5].iter().all(|c| c.1 == cmds[1].1),
+            "MAIL, RCPT, RCPT, DATA not in one segment: {cmds:?}"
+        );
+    });
+
     failures.check("--from and -w", || {
         let (_, client, ..) = ran
             .iter()
             .find(|r| r.0 == "from_filter")
             .expect("from_filter ran");
         let recs = records("from");
-        assert_eq!(recs.len(), 1, "--from {from_glob} shows one session: {recs:?}");
+        assert_eq!(
+            recs.len(),
+            1,
+            "--from {from_glob} shows one session: {recs:?}"
+        );
         assert_eq!(recs[0]["client"], client.to_string());
         assert_eq!(recs[0]["transactions"][0]["mail_from"], PICKED_SENDER);
         let convs = tshark_conversations(&picked_pcap);
@@ -643,7 +761,7 @@ fn smtp_sessions_live() {
         let lines = human_lines(text, id);
         let end = lines.last().cloned().unwrap_or_default();
         let mut want: Vec<String> = [
-            format!("{head}"),
+            head.clone(),
             "S 220 mx.test ESMTP Postfix".into(),
             "C EHLO client.test".into(),
             "S 250 mx.test [PIPELINING SIZE VRFY ETRN STARTTLS ENHANCEDSTATUSCODES 8BITMIME DSN SMTPUTF8 CHUNKING]".into(),
@@ -682,7 +800,13 @@ fn smtp_sessions_live() {
     });
 
     failures.check("secrets", || {
-        for (what, s) in &stopped {
+        let shown = &out("secrets-shown").stdout;
+        assert!(
+            shown.contains(&secret_forms(USER, PASSWORD)[1])
+                && shown.contains(&secret_forms(USER, WRONG_PASSWORD)[2]),
+            "--show-secrets shows neither the LOGIN password nor the wrong PLAIN one"
+        );
+        for (what, s) in stopped.iter().filter(|s| s.0 != "secrets-shown") {
             for (secret, name) in [(PASSWORD, "password"), (WRONG_PASSWORD, "wrong password")] {
                 for form in secret_forms(USER, secret) {
                     assert!(
