@@ -34,6 +34,8 @@ enum Client {
     Bdat,
     /// Raw client: MAIL FROM with BODY=8BITMIME and an 8-bit body.
     EightBitMime,
+    /// Raw client: a plain session over IPv6 (swaks lacks IO::Socket::INET6 here).
+    RawPlainV6,
 }
 
 struct Scenario {
@@ -426,9 +428,52 @@ fn scenarios() -> Vec<Scenario> {
                 )
             }),
         },
+        Scenario {
+            name: "plain_25_ipv6",
+            port: 25,
+            client: Client::RawPlainV6,
+            message: plain("plain_25_ipv6", USER),
+            queued: 1,
+            fails: false,
+            expect: Box::new(|f| {
+                clear(
+                    f,
+                    json!(null),
+                    vec![queued(f, SENDER, json!({}), vec![ok(USER)])],
+                )
+            }),
+        },
+        Scenario {
+            // Over 1 MiB: GSO segments up to 64 KiB and many ring-buffer records.
+            name: "large_message",
+            port: 25,
+            client: sw(&["--to", USER]),
+            message: large_message(),
+            queued: 1,
+            fails: false,
+            expect: Box::new(|f| {
+                clear(
+                    f,
+                    json!(null),
+                    vec![queued(f, SENDER, json!({}), vec![ok(USER)])],
+                )
+            }),
+        },
     ];
     v.shrink_to_fit();
     v
+}
+
+fn large_message() -> Vec<u8> {
+    let mut m = message("large_message", SENDER, USER);
+    let mut n = 0;
+    while m.len() < 1_150_000 {
+        m.extend_from_slice(
+            format!("line {n:06}: the tail must count every one of these bytes.\r\n").as_bytes(),
+        );
+        n += 1;
+    }
+    m
 }
 
 const BDAT_PART1: &[u8] =
@@ -483,6 +528,19 @@ fn run_client(
             c.send(format!("BDAT {} LAST\r\n", BDAT_PART2.len()).as_bytes());
             c.send(BDAT_PART2);
             assert_eq!(c.read_reply().code, 250, "last BDAT chunk");
+            c.quit();
+            local
+        }
+        Client::RawPlainV6 => {
+            let mut c = RawSmtp::connect(to);
+            let local = c.local;
+            c.cmd("EHLO client.test");
+            c.cmd(&format!("MAIL FROM:<{SENDER}>"));
+            c.cmd(&format!("RCPT TO:<{USER}>"));
+            assert_eq!(c.cmd("DATA").code, 354);
+            c.send(&sc.message);
+            c.send(b".\r\n");
+            assert_eq!(c.read_reply().code, 250, "end of data over IPv6");
             c.quit();
             local
         }
@@ -578,7 +636,11 @@ fn smtp_sessions_live() {
     let mut ran: Vec<(&'static str, SocketAddr, bool, Vec<String>)> = Vec::new();
     for (i, sc) in scenarios().iter().enumerate() {
         failures.check(sc.name, || {
-            let client = run_client(sc, (tb.ns.client_v4().into(), server), base + i as u16, dir);
+            let (client_ip, server): (IpAddr, IpAddr) = match sc.client {
+                Client::RawPlainV6 => (tb.ns.client_v6().into(), tb.ns.server_v6().into()),
+                _ => (tb.ns.client_v4().into(), server),
+            };
+            let client = run_client(sc, (client_ip, server), base + i as u16, dir);
             let queue_ids = if sc.queued > 0 {
                 tb.postfix.queue_ids_for(client, sc.queued)
             } else {
@@ -600,6 +662,39 @@ fn smtp_sessions_live() {
             }
         });
     }
+
+    // A session already open when tail starts: picked up mid-stream and marked partial.
+    failures.check("partial (tail started mid-session)", || {
+        let mut c = RawSmtp::connect(SocketAddr::new(server, 25));
+        let client = c.local;
+        c.cmd("EHLO client.test");
+        let late = Tail::start(&iface, &["--json"], dir, "late");
+        c.cmd(&format!("MAIL FROM:<{SENDER}>"));
+        c.cmd(&format!("RCPT TO:<{USER}>"));
+        assert_eq!(c.cmd("DATA").code, 354);
+        let body = message("partial", SENDER, USER);
+        c.send(&body);
+        c.send(b".\r\n");
+        assert_eq!(c.read_reply().code, 250, "end of data");
+        c.quit();
+        let queue_ids = tb.postfix.queue_ids_for(client, 1);
+        ran.push(("partial", client, false, queue_ids.clone()));
+        let rec = late.session(client);
+        let f = Facts {
+            client,
+            server: SocketAddr::new(server, 25),
+            queue_ids,
+            size: body.len(),
+        };
+        let mut want = clear(
+            &f,
+            json!(null),
+            vec![queued(&f, SENDER, json!({}), vec![ok(USER)])],
+        );
+        want["partial"] = json!(true);
+        assert_fields(&rec, &want);
+        late.stop();
+    });
 
     // --show-headers: the header From, not the envelope sender.
     failures.check("header_from_differs (--show-headers)", || {
