@@ -236,6 +236,7 @@ fn imap_and_pop3_sessions_live() {
     let cap = Capture::start(&iface, &pcap);
     let tail = Tail::start(&iface, &["--json", "--events"], dir, "json");
     let pop3_only = Tail::start(&iface, &["--json", "--proto", "pop3"], dir, "pop3");
+    let human = Tail::start(&iface, &["--color", "never"], dir, "human");
     let srv = tb.ns.server_v4();
     let server = |port| SocketAddr::new(srv.into(), port);
     let base_port = 21000 + (std::process::id() % 2000) as u16 * 10;
@@ -469,6 +470,7 @@ fn imap_and_pop3_sessions_live() {
     std::thread::sleep(Duration::from_millis(300));
     let stopped = tail.stop();
     let pop3_stopped = pop3_only.stop();
+    let human_stopped = human.stop();
     let lines: Vec<Value> = stopped
         .stdout
         .lines()
@@ -542,13 +544,64 @@ fn imap_and_pop3_sessions_live() {
         );
     });
 
+    failures.check("human view", || {
+        let text = &human_stopped.stdout;
+        let session_lines = |name: &str| -> Vec<String> {
+            let r = ran.iter().find(|r| r.name == name).expect("scenario ran");
+            let head = text
+                .lines()
+                .find(|l| l.contains(&format!(" {} -> ", r.client)))
+                .unwrap_or_else(|| panic!("no header line for {name} in:\n{text}"));
+            let id = head.split(' ').nth(1).expect("session id").to_string();
+            text.lines()
+                .filter_map(|l| l.split_once(' ').map(|(_, rest)| rest))
+                .filter(|l| l.starts_with(&format!("{id} ")))
+                .map(String::from)
+                .collect()
+        };
+        // The untagged summary of SELECT reads as the JSON says it, not folded like an EHLO.
+        let rec = lines
+            .iter()
+            .find(|l| l["type"] == "session" && l["client"] == ran[0].client.to_string())
+            .expect("imap_login_clear record");
+        let select_summary = lines
+            .iter()
+            .filter(|l| l["type"] == "reply" && l["session"] == rec["id"] && l["code"] == "*")
+            .find_map(|l| l["text"].as_str().filter(|t| t.contains("EXISTS")))
+            .expect("a * reply with EXISTS");
+        let shown = session_lines("imap_login_clear");
+        assert!(
+            shown
+                .iter()
+                .any(|l| l.ends_with(&format!(" S * {select_summary}"))),
+            "no line 'S * {select_summary}' in {shown:#?}"
+        );
+        let failed = session_lines("imap_login_failed");
+        let end = failed.last().cloned().unwrap_or_default();
+        assert!(
+            end.contains(" end: auth alice@mx.test FAILED (NO), no tls,"),
+            "failed login end line: {end}"
+        );
+        let pop = session_lines("pop3_clear_110");
+        assert!(
+            pop.iter().any(|l| l.ends_with(" C PASS <redacted>")),
+            "{pop:#?}"
+        );
+        assert!(
+            pop.last()
+                .is_some_and(|l| l.contains(" end: auth alice@mx.test, no tls,")),
+            "{pop:#?}"
+        );
+    });
+
     failures.check("secrets", || {
         for secret in [PASSWORD, WRONG_PASSWORD] {
             for form in secret_forms(USER, secret) {
                 assert!(
                     !stopped.stdout.contains(&form)
                         && !stopped.stderr.contains(&form)
-                        && !pop3_stopped.stdout.contains(&form),
+                        && !pop3_stopped.stdout.contains(&form)
+                        && !human_stopped.stdout.contains(&form),
                     "the password leaked as {form:?}"
                 );
             }

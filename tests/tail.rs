@@ -591,6 +591,8 @@ fn human_lines(out: &str, id: u64) -> Vec<String> {
             let (_, rest) = l.split_once(' ')?;
             rest.starts_with(&tag).then_some(rest)
         })
+        // `!!` lines are findings, checked by their own tests; this checks the dialogue.
+        .filter(|l| !l[tag.len()..].starts_with("!! "))
         .map(|l| match l.rsplit_once(" (") {
             Some((head, tail)) if tail.ends_with(" ms)") => head.to_string(),
             _ => l.to_string(),
@@ -891,6 +893,29 @@ fn smtp_sessions_live() {
             bytes,
             format!("{}/{} bytes", rec["bytes"]["c"], rec["bytes"]["s"]),
             "end line bytes vs the JSON record"
+        );
+    });
+
+    failures.check("human output of submission_wrong_password", || {
+        let (_, client, ..) = ran
+            .iter()
+            .find(|r| r.0 == "submission_wrong_password")
+            .expect("wrong password ran");
+        let text = &out("human").stdout;
+        let head = text
+            .lines()
+            .find(|l| l.contains(&format!(" SMTP {client} -> ")))
+            .unwrap_or_else(|| panic!("no header line for {client} in:\n{text}"));
+        let id = head.split(' ').nth(1).expect("session id");
+        let end = text
+            .lines()
+            .find(|l| l.contains(&format!(" {id} end: ")))
+            .expect("end line");
+        assert!(
+            end.contains(&format!(
+                " {id} end: 0 queued, rcpt 0 ok / 0 rejected, auth {USER} FAILED (535), no tls, "
+            )),
+            "{end}"
         );
     });
 
