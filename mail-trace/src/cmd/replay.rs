@@ -15,6 +15,8 @@ pub struct ReplayArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub engine: crate::cmd::engine::EngineArgs,
     /// Dissect only connections on the known mail ports; by default connections on
     /// other ports are recognised by their first lines.
     #[arg(long)]
@@ -29,6 +31,7 @@ const TICK_NS: u64 = 1_000_000_000;
 pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
     let mut cfg = EngineConfig {
         privacy: args.output.privacy(),
+        flow: args.engine.flow_config(),
         ..Default::default()
     };
     cfg.ports.sniff_other_ports = !args.no_sniff;

@@ -319,7 +319,7 @@ impl<W: Write> Sink for Tail<W> {
         };
         let body = self.style.paint(
             "33",
-            &format!("[gap {len} bytes from the {side}: not captured]"),
+            &format!("[gap {len} bytes from the {side}: capture lost data]"),
         );
         self.line(ts, info.id, &body);
     }
