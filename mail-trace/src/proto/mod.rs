@@ -10,6 +10,8 @@ pub mod line;
 pub mod pop3;
 pub mod smtp;
 pub mod stream;
+#[cfg(test)]
+mod testutil;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -532,55 +532,19 @@ pub(crate) mod tests {
     use crate::findings::{Finding, Severity};
     use Dir::{ToClient as S, ToServer as C};
 
-    const MS: u64 = 1_000_000;
+    use crate::proto::testutil::{cmd, feed, reply, MS};
 
-    /// Feeds a transcript, each step `chunk` bytes at a time (0: whole), one
-    /// millisecond per step, and returns the events and the record.
     fn run_with(
         privacy: Privacy,
         start: SessionStart,
         steps: &[(Dir, &[u8])],
         chunk: usize,
     ) -> (Vec<Event>, Map<String, Value>) {
-        let mut d = Pop3::new(privacy, start);
-        let mut events = Vec::new();
-        for (i, (dir, bytes)) in steps.iter().enumerate() {
-            let ts = (i as u64 + 1) * MS;
-            let n = if chunk == 0 {
-                bytes.len().max(1)
-            } else {
-                chunk
-            };
-            for c in bytes.chunks(n) {
-                d.data(*dir, c, ts);
-            }
-            while let Some(e) = d.poll_event() {
-                events.push(e);
-            }
-        }
-        (events, d.record())
+        feed(Pop3::new(privacy, start), steps, chunk)
     }
 
     fn run(steps: &[(Dir, &[u8])]) -> (Vec<Event>, Map<String, Value>) {
         run_with(Privacy::default(), SessionStart::default(), steps, 0)
-    }
-
-    fn cmd(ts: u64, verb: &str, arg: &str) -> Event {
-        Event::Command {
-            ts: ts * MS,
-            verb: verb.into(),
-            arg: arg.into(),
-        }
-    }
-
-    fn reply(ts: u64, code: &str, enh: Option<&str>, text: &str, lat: Option<u64>) -> Event {
-        Event::Reply {
-            ts: ts * MS,
-            code: code.into(),
-            enhanced: enh.map(Into::into),
-            text: text.into(),
-            latency_ns: lat.map(|l| l * MS),
-        }
     }
 
     fn found(ts: u64, id: &'static str, reason: &str) -> Event {
