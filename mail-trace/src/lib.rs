@@ -7,10 +7,12 @@
 //! - [`proto`]: sans-I/O protocol state machines (SMTP, POP3, IMAP): bytes in, events out.
 //! - [`session`]: the engine joining flows to dissectors, and the session records.
 //! - [`output`]: the session tail, JSON lines and pcapng.
+//! - [`findings`]: what the operator should notice in a session (id, severity, reason).
 //! - [`explain`]: plain-English meanings of SMTP, enhanced, POP3 and IMAP status codes.
 pub mod capture;
 pub mod cmd;
 pub mod explain;
+pub mod findings;
 pub mod flow;
 pub mod output;
 pub mod proto;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::capture::pcap::PcapSource;
 use crate::cmd::output::OutputArgs;
+use crate::output::filter::{Criteria, Filter, NoFrames, Selected};
 use crate::output::Outputs;
 use crate::session::{Engine, EngineConfig};
 
@@ -14,6 +15,8 @@ pub struct ReplayArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub engine: crate::cmd::engine::EngineArgs,
     /// Dissect only connections on the known mail ports; by default connections on
     /// other ports are recognised by their first lines.
     #[arg(long)]
@@ -28,11 +31,21 @@ const TICK_NS: u64 = 1_000_000_000;
 pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
     let mut cfg = EngineConfig {
         privacy: args.output.privacy(),
+        flow: args.engine.flow_config(),
         ..Default::default()
     };
     cfg.ports.sniff_other_ports = !args.no_sniff;
     let mut engine = Engine::new(cfg);
-    let mut out = args.output.stdout();
+    // Without --findings every session streams through, nothing held back.
+    let criteria = Criteria {
+        findings: args.output.findings,
+        ..Criteria::default()
+    };
+    let mut filter = Filter::new(args.output.stdout(), criteria);
+    let mut out = Selected {
+        filter: &mut filter,
+        frames: &mut NoFrames,
+    };
     let mut status = 0;
     for path in &args.files {
         let mut src = match PcapSource::open(path) {
@@ -60,17 +73,17 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
                     break;
                 }
             }
-            if out.error().is_some() {
+            if out.filter.inner.error().is_some() {
                 break;
             }
         }
         // Sessions still open at the end of a file end with it.
         engine.finish(last_ts, &mut out);
-        if out.error().is_some() {
+        if out.filter.inner.error().is_some() {
             break;
         }
     }
-    finish_output(out)?;
+    finish_output(filter.inner)?;
     Ok(status)
 }
 

@@ -8,11 +8,12 @@
 pub mod record;
 mod sniff;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use crate::capture::procfs::Process;
 use crate::capture::Frame;
+use crate::findings::{Finding, MAX_FINDINGS};
 use crate::flow::{CloseReason, ConnId, Dir, FlowConfig, FlowEvent, FlowTable};
 use crate::proto::{imap::Imap, pop3::Pop3, smtp::Smtp};
 use crate::proto::{Dissector, Event, Privacy, Proto, SessionStart};
@@ -149,6 +150,28 @@ struct Session {
     /// client with libssl too), and each alone gives the whole stream.
     plaintext_origin: u128,
     process_lookups: u8,
+    /// Findings already sent as events (the rest go out when the session ends).
+    live: Vec<Finding>,
+    /// The server offered STARTTLS in an earlier session (see [`TlsMemory`]).
+    tls_offered_before: bool,
+}
+
+/// Servers remembered as having offered STARTTLS/STLS.
+pub const MAX_TLS_MEMORY: usize = 4096;
+
+/// Which servers offered STARTTLS earlier in this run: a later session of the
+/// same server without it may have been stripped. Bounded: when full, it
+/// starts over (a missed stripping alert, never a false one).
+#[derive(Debug, Default)]
+struct TlsMemory(HashSet<SocketAddr>);
+
+impl TlsMemory {
+    fn remember(&mut self, server: SocketAddr) {
+        if self.0.len() >= MAX_TLS_MEMORY && !self.0.contains(&server) {
+            self.0.clear();
+        }
+        self.0.insert(server);
+    }
 }
 
 /// The session engine. See the module docs.
@@ -158,6 +181,7 @@ pub struct Engine {
     sessions: HashMap<ConnId, Session>,
     stats: EngineStats,
     lookup: Option<ProcessLookup>,
+    tls_memory: TlsMemory,
 }
 
 impl Engine {
@@ -169,6 +193,7 @@ impl Engine {
             sessions: HashMap::new(),
             stats: EngineStats::default(),
             lookup: None,
+            tls_memory: TlsMemory::default(),
             cfg,
         }
     }
@@ -207,11 +232,12 @@ impl Engine {
             sessions,
             stats,
             lookup,
+            tls_memory,
         } = self;
         // Looked up before and after: a FIN or RST removes the connection.
         let before = flows.conn_id(seg.src, seg.dst);
         flows.segment(&seg, frame.ts, &mut |ev| {
-            handle(cfg, sessions, stats, lookup, ev, sink);
+            handle(cfg, sessions, stats, lookup, tls_memory, ev, sink);
         });
         flows.conn_id(seg.src, seg.dst).or(before)
     }
@@ -278,9 +304,10 @@ impl Engine {
             sessions,
             stats,
             lookup,
+            tls_memory,
         } = self;
         flows.expire(now, &mut |ev| {
-            handle(cfg, sessions, stats, lookup, ev, sink)
+            handle(cfg, sessions, stats, lookup, tls_memory, ev, sink)
         });
     }
 
@@ -292,9 +319,10 @@ impl Engine {
             sessions,
             stats,
             lookup,
+            tls_memory,
         } = self;
         flows.finish(now, &mut |ev| {
-            handle(cfg, sessions, stats, lookup, ev, sink)
+            handle(cfg, sessions, stats, lookup, tls_memory, ev, sink)
         });
     }
 }
@@ -304,6 +332,7 @@ fn handle(
     sessions: &mut HashMap<ConnId, Session>,
     stats: &mut EngineStats,
     lookup: &mut Option<ProcessLookup>,
+    tls_memory: &mut TlsMemory,
     ev: FlowEvent<'_>,
     sink: &mut dyn Sink,
 ) {
@@ -333,6 +362,8 @@ fn handle(
                 plaintext: false,
                 plaintext_origin: 0,
                 process_lookups: 0,
+                live: Vec::new(),
+                tls_offered_before: tls_memory.0.contains(&server),
             };
             match cfg.ports.get(server.port()) {
                 Some((proto, implicit)) => {
@@ -411,6 +442,18 @@ fn handle(
                 return;
             };
             if let Some(info) = &s.info {
+                if let Dissect::Active(d) = &s.dissect {
+                    if d.tls_offered() {
+                        tls_memory.remember(s.server);
+                    }
+                    // Findings known only now go out as events before the record.
+                    let end = ts.max(s.last_ts);
+                    for finding in d.findings() {
+                        if !s.live.contains(&finding) {
+                            sink.event(info, &Event::Finding { ts: end, finding });
+                        }
+                    }
+                }
                 let rec = build_record(&s, info, ts, reason);
                 sink.session_end(info, &rec);
             }
@@ -436,6 +479,9 @@ fn activate(
         syn_ts: s.syn_ts,
         implicit_tls,
         partial: s.partial,
+        client: Some(s.client),
+        server: Some(s.server),
+        tls_offered_before: s.tls_offered_before,
     };
     let d: Box<dyn Dissector> = match proto {
         Proto::Smtp => Box::new(Smtp::new(cfg.privacy, start)),
@@ -477,6 +523,11 @@ fn feed(s: &mut Session, input: impl FnOnce(&mut dyn Dissector), sink: &mut dyn 
                 }
             }
             Event::TlsStarted { .. } => {}
+            Event::Finding { finding, .. } => {
+                if s.live.len() < MAX_FINDINGS && !s.live.contains(finding) {
+                    s.live.push(finding.clone());
+                }
+            }
         }
         if let Some(info) = &s.info {
             sink.event(info, &ev);
