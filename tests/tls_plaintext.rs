@@ -165,6 +165,7 @@ fn tls_plaintext_gives_the_whole_session_and_its_process() {
         assert!(!t.contains(PASSWORD), "password in output");
     }
     let log = tb.postfix.log();
+    let dovecot_log = tb.dovecot.log();
 
     // STARTTLS on 25: everything after the 220 too.
     let r = by_port(&recs, 25);
@@ -204,15 +205,54 @@ fn tls_plaintext_gives_the_whole_session_and_its_process() {
     assert_eq!(tx["queue_id"].as_str(), Some(queue_ids[2].as_str()));
     assert_eq!(r["process"]["comm"], "postfix/smtpd");
 
-    // Dovecot's login processes (memory BIOs, no fd known to OpenSSL, processes that live
-    // milliseconds): neither the plaintext nor the owning process is found yet
-    // (docs/tls-plaintext.md, "Known gaps"); the record stays the wire's view.
-    for port in [993, 995] {
-        let r = by_port(&recs, port);
-        assert_eq!(r["tls"], true);
-        assert_eq!(r["tls_mode"], "implicit");
+    // Dovecot's login processes use memory BIOs: OpenSSL never touches the socket, and the
+    // kernel ties each SSL object to the login process's last mail socket instead. The
+    // login process lives as long as its one connection and is named as `ps` shows it.
+    let r = by_port(&recs, 993);
+    assert_eq!(r["tls_mode"], "implicit");
+    assert_eq!(r["plaintext_source"], "uprobe", "{r:#}");
+    assert_eq!(r["greeting"]["code"], "OK");
+    assert_eq!(r["user"], USER);
+    assert_eq!(r["auth"]["mechanism"], "LOGIN");
+    assert_eq!(r["auth"]["result"], "OK");
+    assert_eq!(r["mailbox"], serde_json::json!(["INBOX"]));
+    assert_eq!(verbs(r), ["CAPABILITY", "LOGIN", "SELECT", "LOGOUT"]);
+    assert_eq!(r["process"]["comm"], "dovecot/imap-login");
+    let imap_pid = r["process"]["pid"].as_u64().unwrap();
+    let r = by_port(&recs, 995);
+    assert_eq!(r["tls_mode"], "implicit");
+    assert_eq!(r["plaintext_source"], "uprobe", "{r:#}");
+    assert_eq!(r["greeting"]["code"], "+OK");
+    assert_eq!(r["user"], USER);
+    assert_eq!(r["auth"]["mechanism"], "USER");
+    assert_eq!(r["auth"]["result"], "+OK");
+    assert_eq!(verbs(r), ["USER", "PASS", "STAT", "QUIT"]);
+    assert_eq!(r["process"]["comm"], "dovecot/pop3-login");
+    assert_ne!(r["process"]["pid"].as_u64().unwrap(), imap_pid);
+    // Dovecot's own view of the two logins: over TLS, by the login processes named above.
+    for daemon in ["imap-login", "pop3-login"] {
+        let login = format!("{daemon}: Info: Login: user=<{USER}>, method=PLAIN,");
+        let line = dovecot_log.lines().find(|l| l.contains(&login));
+        assert!(line.is_some_and(|l| l.contains(", TLS, ")), "{dovecot_log}");
     }
-    assert!(with_err.contains("TLS plaintext: "), "{with_err}");
+
+    // Every chunk's connection came from the kernel: Postfix and the clients through their
+    // own socket I/O in the call, Dovecot through the thread's last socket; none from /proc.
+    let tally = with_err
+        .lines()
+        .find(|l| l.starts_with("mail-trace: TLS plaintext: "))
+        .unwrap_or_else(|| panic!("no plaintext line: {with_err}"));
+    assert!(
+        tally.contains(" 0 lost, 0 truncated, 0 unreadable;"),
+        "{tally}"
+    );
+    assert!(tally.contains(" 0 from /proc, 0 unknown;"), "{tally}");
+    let count = |label: &str| -> u64 {
+        let before = tally.split(label).next().unwrap();
+        before.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(count(" chunks from the call's socket") > 0, "{tally}");
+    assert!(count(" from the thread's last socket") > 0, "{tally}");
 
     // Without the flag: what the wire shows, nothing after TLS began.
     let r = by_port(&plain, 25);
@@ -226,6 +266,22 @@ fn tls_plaintext_gives_the_whole_session_and_its_process() {
     let r = by_port(&plain, 465);
     assert_eq!(r["greeting"], Value::Null);
     assert_eq!(r["transactions"], Value::Array(vec![]));
-    let r = by_port(&plain, 993);
-    assert_eq!(r["user"], Value::Null);
+    for port in [993, 995] {
+        let r = by_port(&plain, port);
+        assert_eq!(r["tls"], true);
+        assert_eq!(r["user"], Value::Null);
+        assert_eq!(r["greeting"], Value::Null);
+        assert_eq!(r["commands"], Value::Array(vec![]));
+        assert!(r.get("plaintext_source").is_none());
+    }
+}
+
+/// The command verbs of a POP3 or IMAP record, in order.
+fn verbs(r: &Value) -> Vec<&str> {
+    r["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["verb"].as_str().unwrap())
+        .collect()
 }

@@ -9,7 +9,7 @@
 pub mod tls;
 
 /// Bumped whenever a struct below changes layout.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Bytes of packet data one ring-buffer record can carry. A power of two, because
 /// the eBPF side bounds its variable-length copy with `(n - 1) & (CHUNK_LEN - 1)`.

@@ -23,6 +23,54 @@ pub const FLAGS_OFFSET: usize = 20;
 /// the mail daemons never read or write more than that per call.
 pub const MAX_TLS_CALL: usize = 32768;
 
+/// `SockTuple::how`: no connection known for the `SSL *` yet.
+pub const CONN_NONE: u16 = 0;
+/// `SockTuple::how`: the TLS call itself sent or received on this TCP socket
+/// (`SSL_set_fd` designs: Postfix, Python, Perl clients). Exact.
+pub const CONN_IN_CALL: u16 = 1;
+/// `SockTuple::how`: the last mail-port TCP socket the calling thread used
+/// before the call (memory-BIO designs: Dovecot). Exact while a process
+/// serves one client at a time.
+pub const CONN_THREAD: u16 = 2;
+
+/// A TCP connection as the kernel socket sees it (`struct sock_common`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockTuple {
+    /// AF_INET (2) or AF_INET6 (10); 0 when unknown.
+    pub family: u16,
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub remote_port: u16,
+    /// [`CONN_NONE`], [`CONN_IN_CALL`] or [`CONN_THREAD`].
+    pub how: u16,
+    /// Network byte order; IPv4 in the first 4 bytes.
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+}
+
+/// Offsets of the `struct sock_common` fields the socket probe reads, from the
+/// running kernel's BTF (index 0 of `SOCK_OFFSETS`). No CO-RE for Rust eBPF in
+/// aya 0.14: userspace looks them up in /sys/kernel/btf/vmlinux at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// Non-zero once userspace filled in the offsets.
+    pub valid: u16,
+    pub family: u16,
+    /// `skc_daddr` (IPv4 remote).
+    pub daddr: u16,
+    /// `skc_rcv_saddr` (IPv4 local).
+    pub rcv_saddr: u16,
+    /// `skc_dport` (network order).
+    pub dport: u16,
+    /// `skc_num` (host order).
+    pub num: u16,
+    pub v6_daddr: u16,
+    pub v6_rcv_saddr: u16,
+}
+
 /// Header of a plaintext record; `chunk_len` bytes follow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,6 +98,8 @@ pub struct TlsDataHeader {
     pub reserved: u32,
     /// `comm` of the calling thread, NUL-padded.
     pub comm: [u8; 16],
+    /// The TCP connection of the `SSL *`, found in the kernel (see [`SockTuple::how`]).
+    pub conn: SockTuple,
 }
 
 /// Arguments saved at a call's entry for its return (keyed by pid_tgid).
@@ -76,6 +126,13 @@ pub struct TlsCounters {
     pub truncated: u64,
     /// `bpf_probe_read_user` failures (page not resident, bad pointer).
     pub read_errors: u64,
+    /// Calls whose connection was found: in the call, by the thread's last socket.
+    pub conn_in_call: u64,
+    pub conn_thread: u64,
+    /// Calls with no connection known (userspace then tries /proc).
+    pub conn_none: u64,
+    /// Runs of the socket probes on a mail-port socket.
+    pub sock_seen: u64,
 }
 
 impl TlsCounters {
@@ -87,6 +144,10 @@ impl TlsCounters {
         self.lost_records += o.lost_records;
         self.truncated += o.truncated;
         self.read_errors += o.read_errors;
+        self.conn_in_call += o.conn_in_call;
+        self.conn_thread += o.conn_thread;
+        self.conn_none += o.conn_none;
+        self.sock_seen += o.sock_seen;
     }
 }
 
@@ -98,6 +159,17 @@ pub mod names {
     pub const SSL_FDS: &str = "SSL_FDS";
     /// Per-CPU [`super::TlsCounters`] at index 0.
     pub const TLS_COUNTERS: &str = "TLS_COUNTERS";
+    /// `LruHashMap<[u64; 2] (tgid, SSL *), SockTuple>`: the connection of each TLS object.
+    pub const SSL_CONN: &str = "SSL_CONN";
+    /// `LruHashMap<u64 pid_tgid, SockTuple>`: each thread's last mail-port socket.
+    pub const THREAD_SOCK: &str = "THREAD_SOCK";
+    /// `Array<SockOffsets>` with one entry, written by userspace before attaching.
+    pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
+    /// Raw tracepoints sock_send_length and sock_recv_length: learn the sockets of TLS calls.
+    pub const SOCK_SEND: &str = "mt_sock_send";
+    pub const SOCK_RECV: &str = "mt_sock_recv";
+    /// Entry uprobe of SSL_free: forgets the object's connection.
+    pub const FREE: &str = "mt_ssl_free";
     /// Entry uprobe of SSL_read, SSL_write, SSL_read_ex, SSL_write_ex.
     pub const ENTER: &str = "mt_ssl_enter";
     pub const READ_RET: &str = "mt_ssl_read_ret";
@@ -114,6 +186,8 @@ mod user {
     unsafe impl aya::Pod for super::TlsDataHeader {}
     unsafe impl aya::Pod for super::TlsCounters {}
     unsafe impl aya::Pod for super::TlsCallArgs {}
+    unsafe impl aya::Pod for super::SockTuple {}
+    unsafe impl aya::Pod for super::SockOffsets {}
 }
 
 #[cfg(test)]
@@ -123,11 +197,14 @@ mod tests {
 
     #[test]
     fn layouts_are_pinned() {
-        assert_eq!(size_of::<TlsDataHeader>(), 64);
+        assert_eq!(size_of::<TlsDataHeader>(), 104);
+        assert_eq!(size_of::<TlsDataHeader>() % 8, 0);
+        assert_eq!(size_of::<SockTuple>(), 40);
+        assert_eq!(size_of::<SockOffsets>(), 16);
         assert_eq!(offset_of!(TlsDataHeader, flags), FLAGS_OFFSET);
         assert_eq!(offset_of!(crate::PacketHeader, flags), FLAGS_OFFSET);
         assert_eq!(size_of::<TlsCallArgs>(), 24);
-        assert_eq!(size_of::<TlsCounters>(), 6 * 8);
+        assert_eq!(size_of::<TlsCounters>(), 10 * 8);
         assert!(MAX_TLS_CALL.is_power_of_two());
         assert_eq!(crate::FLAG_INGRESS & FLAG_TLS_DATA, 0);
     }

@@ -43,6 +43,7 @@ pub struct Frame {
     pub orig_len: u32,
     pub data: Vec<u8>,
 }
+pub mod btf;
 pub mod ebpf;
 pub mod procfs;
 pub mod uprobe;

@@ -136,8 +136,10 @@ pub fn connection_of(
     Some((first.local, first.remote))
 }
 
-/// The process that owns the connection between `a` and `b`, preferring the
-/// side listening on `server` (the daemon) when both ends are local.
+/// The process that owns the connection between `client` and `server`: the
+/// daemon holding the server end when that end is on this host, else the
+/// client. None while the server end is local but not yet accepted (its row
+/// has no inode): the client is not the answer then, a later try is.
 pub fn owner_of(client: SocketAddr, server: SocketAddr) -> Option<Process> {
     let pids = all_pids();
     // One tcp table read per network namespace.
@@ -147,32 +149,33 @@ pub fn owner_of(client: SocketAddr, server: SocketAddr) -> Option<Process> {
             by_ns.entry(ns).or_default().push(pid);
         }
     }
-    let mut fallback = None;
+    let mut client_side = None;
     for members in by_ns.values() {
         let Some(&first) = members.first() else {
             continue;
         };
         let rows = tcp_rows(first);
-        for (local, remote) in [(server, client), (client, server)] {
-            let Some(row) = rows
+        let end = |local: SocketAddr, remote: SocketAddr| {
+            rows.iter()
+                .find(|r| r.local == local && r.remote == remote)
+                .map(|r| r.inode)
+        };
+        let holder = |inode: u64| {
+            members
                 .iter()
-                .find(|r| r.local == local && r.remote == remote && r.inode != 0)
-            else {
-                continue;
-            };
-            let owner = members
-                .iter()
-                .find(|&&p| socket_fds(p).iter().any(|(_, i)| *i == row.inode));
-            if let Some(&pid) = owner {
-                let p = process(pid)?;
-                if local == server {
-                    return Some(p);
-                }
-                fallback.get_or_insert(p);
-            }
+                .copied()
+                .find(|&p| socket_fds(p).iter().any(|(_, i)| *i == inode))
+        };
+        match end(server, client) {
+            Some(0) => return None,
+            Some(inode) => return holder(inode).and_then(process),
+            None => {}
+        }
+        if let Some(inode) = end(client, server).filter(|&i| i != 0) {
+            client_side = client_side.or_else(|| holder(inode));
         }
     }
-    fallback
+    client_side.and_then(process)
 }
 
 fn all_pids() -> Vec<u32> {
@@ -200,11 +203,26 @@ pub fn process(pid: u32) -> Option<Process> {
     })
 }
 
-/// Postfix daemons log as "postfix/smtpd"; everything else by its comm.
+/// Dovecot's login processes, named as such even when their executable can no
+/// longer be read (they live as long as one connection).
+const DOVECOT_LOGIN: [&str; 4] = [
+    "imap-login",
+    "pop3-login",
+    "submission-login",
+    "managesieve-login",
+];
+
+/// Postfix daemons log as "postfix/smtpd"; Dovecot's processes are
+/// "dovecot/imap-login" as `ps` shows them (their process title); everything
+/// else by its comm.
 pub fn log_name(comm: &str, exe: Option<&Path>) -> String {
-    let postfix = exe.is_some_and(|e| e.components().any(|c| c.as_os_str() == "postfix"));
-    if postfix && comm != "master" {
+    let under = |dir: &str| exe.is_some_and(|e| e.components().any(|c| c.as_os_str() == dir));
+    if under("postfix") && comm != "master" {
         format!("postfix/{comm}")
+    } else if (under("dovecot") && comm != "dovecot")
+        || (exe.is_none() && DOVECOT_LOGIN.contains(&comm))
+    {
+        format!("dovecot/{comm}")
     } else {
         comm.to_string()
     }
@@ -248,7 +266,11 @@ mod tests {
             "master"
         );
         let dc = Path::new("/usr/lib/dovecot/imap-login");
-        assert_eq!(log_name("imap-login", Some(dc)), "imap-login");
+        assert_eq!(log_name("imap-login", Some(dc)), "dovecot/imap-login");
+        assert_eq!(log_name("pop3-login", None), "dovecot/pop3-login");
+        let master = Path::new("/usr/sbin/dovecot");
+        assert_eq!(log_name("dovecot", Some(master)), "dovecot");
+        assert_eq!(log_name("smtpd", None), "smtpd");
         assert_eq!(log_name("swaks", None), "swaks");
     }
 

@@ -9,13 +9,15 @@
 use std::{
     collections::BTreeSet,
     fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     num::NonZeroU32,
     path::{Path, PathBuf},
 };
 
-use aya::programs::{uprobe::UProbeScope, UProbe};
+use aya::programs::{uprobe::UProbeScope, RawTracePoint, UProbe};
 use mail_trace_common::tls::{
-    names, TlsDataHeader, FLAGS_OFFSET, FLAG_TLS_DATA, FLAG_TLS_READ, FLAG_TLS_WRITE,
+    names, SockTuple, TlsDataHeader, CONN_IN_CALL, CONN_THREAD, FLAGS_OFFSET, FLAG_TLS_DATA,
+    FLAG_TLS_READ, FLAG_TLS_WRITE,
 };
 
 use super::ebpf::{chain, os_error, CaptureError, EbpfCapture};
@@ -52,6 +54,58 @@ pub struct TlsConfig {
     pub comms: Vec<String>,
 }
 
+/// Tracepoints whose first argument is the `struct sock *` a thread has just
+/// sent or received on (Linux 6.4+), and their programs.
+const SOCK_TPS: [(&str, &str); 2] = [
+    ("sock_send_length", names::SOCK_SEND),
+    ("sock_recv_length", names::SOCK_RECV),
+];
+
+/// How the kernel found a chunk's TCP connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnHow {
+    /// The TLS call did its own socket I/O on it (SSL_set_fd designs).
+    InCall,
+    /// The thread's last mail-port socket before the call (memory BIOs).
+    Thread,
+}
+
+/// A chunk's TCP connection as its process sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conn {
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    pub how: ConnHow,
+}
+
+/// The connection in a record; v4-mapped IPv6 addresses become IPv4, as the
+/// TC program sees them on the wire.
+fn conn(t: &SockTuple) -> Option<Conn> {
+    let how = match t.how {
+        CONN_IN_CALL => ConnHow::InCall,
+        CONN_THREAD => ConnHow::Thread,
+        _ => return None,
+    };
+    let ip = |b: &[u8; 16]| -> Option<IpAddr> {
+        match t.family {
+            2 => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+            10 => {
+                let v6 = Ipv6Addr::from(*b);
+                Some(match v6.to_ipv4_mapped() {
+                    Some(v4) => IpAddr::V4(v4),
+                    None => IpAddr::V6(v6),
+                })
+            }
+            _ => None,
+        }
+    };
+    Some(Conn {
+        local: SocketAddr::new(ip(&t.local)?, t.local_port),
+        peer: SocketAddr::new(ip(&t.remote)?, t.remote_port),
+        how,
+    })
+}
+
 /// One chunk of plaintext a process read from or wrote to its TLS peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plaintext {
@@ -65,6 +119,8 @@ pub struct Plaintext {
     pub fd: Option<i32>,
     /// True: read from the peer (SSL_read); false: written to it.
     pub from_peer: bool,
+    /// The TCP connection, when the kernel found it.
+    pub conn: Option<Conn>,
     pub data: Vec<u8>,
 }
 
@@ -96,6 +152,7 @@ pub fn decode(rec: &[u8], epoch_offset: i128) -> Option<Plaintext> {
         ssl: h.ssl,
         fd: (h.fd >= 0).then_some(h.fd),
         from_peer,
+        conn: conn(&h.conn),
         data: data.to_vec(),
     })
 }
@@ -151,12 +208,36 @@ impl EbpfCapture {
             Some(p) => UProbeScope::OneProcess(p),
             None => UProbeScope::AllProcesses,
         };
+        let offsets = super::btf::kernel_sock_offsets()
+            .map_err(|e| CaptureError::Load(format!("--tls-plaintext: {e}")))?;
         let ebpf = self.ebpf_mut();
+        // EPERM as root is the verifier refusing a program: keep its message.
         let load_err = |e: aya::programs::ProgramError| match os_error(&e) {
-            Some(libc::EPERM) => CaptureError::Permission,
+            Some(libc::EPERM) if !nix_is_root() => CaptureError::Permission,
             _ => CaptureError::Load(chain(&e)),
         };
-        let mut progs = vec![names::ENTER, names::SET_FD];
+        {
+            let map = ebpf
+                .map_mut(names::SOCK_OFFSETS)
+                .ok_or_else(|| CaptureError::Load("no SOCK_OFFSETS map".into()))?;
+            let mut arr: aya::maps::Array<_, mail_trace_common::tls::SockOffsets> =
+                aya::maps::Array::try_from(map).map_err(|e| CaptureError::Load(chain(&e)))?;
+            arr.set(0, offsets, 0)
+                .map_err(|e| CaptureError::Load(chain(&e)))?;
+        }
+        for (tp, prog) in SOCK_TPS {
+            let p: &mut RawTracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| CaptureError::Load(format!("no program {prog}")))?
+                .try_into()
+                .map_err(load_err)?;
+            p.load().map_err(load_err)?;
+            p.attach(tp).map_err(|e| CaptureError::Attach {
+                iface: format!("tracepoint {tp} (Linux 6.4 or later)"),
+                reason: chain(&e),
+            })?;
+        }
+        let mut progs = vec![names::ENTER, names::SET_FD, names::FREE];
         progs.extend(CALLS.iter().map(|(_, p)| *p));
         for name in &progs {
             let p: &mut UProbe = ebpf
@@ -180,6 +261,7 @@ impl EbpfCapture {
                 p.attach(sym, lib, scope).map(drop).map_err(fail)
             };
             attach(names::SET_FD, "SSL_set_fd")?;
+            attach(names::FREE, "SSL_free")?;
             for (sym, ret) in CALLS {
                 attach(names::ENTER, sym)?;
                 attach(ret, sym)?;
@@ -199,6 +281,11 @@ impl EbpfCapture {
         }
         Some(sum)
     }
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Connections cached at most; the cache starts over when full.
@@ -234,14 +321,16 @@ impl ConnResolver {
         }
     }
 
-    /// (local, peer) of the chunk's connection; None when filtered out or unknown.
+    /// Whether `--comm` lets the chunk's process through.
+    pub fn wanted(&self, p: &Plaintext) -> bool {
+        self.comms.is_empty() || self.comms.contains(&p.comm)
+    }
+
+    /// (local, peer) of the chunk's connection from /proc; None when unknown.
     pub fn resolve(
         &mut self,
         p: &Plaintext,
     ) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
-        if !self.comms.is_empty() && !self.comms.contains(&p.comm) {
-            return None;
-        }
         let key = (p.pid, p.ssl, p.fd);
         let tries = match self.known.get(&key) {
             Some(Resolved::Conn(l, r)) => return Some((*l, *r)),
@@ -281,6 +370,10 @@ mod tests {
     use super::*;
 
     fn record(flags: u32, comm: &[u8], data: &[u8]) -> Vec<u8> {
+        record_with(flags, comm, data, SockTuple::default())
+    }
+
+    fn record_with(flags: u32, comm: &[u8], data: &[u8], conn: SockTuple) -> Vec<u8> {
         let mut c = [0u8; 16];
         c[..comm.len()].copy_from_slice(comm);
         let h = TlsDataHeader {
@@ -295,9 +388,10 @@ mod tests {
             chunk_len: data.len() as u32,
             reserved: 0,
             comm: c,
+            conn,
         };
-        let mut v = vec![0u8; 64];
-        // SAFETY: 64 bytes, unaligned write of a POD.
+        let mut v = vec![0u8; std::mem::size_of::<TlsDataHeader>()];
+        // SAFETY: room for the header, unaligned write of a POD.
         unsafe { std::ptr::write_unaligned(v.as_mut_ptr().cast(), h) };
         v.extend_from_slice(data);
         v.extend_from_slice(&[0xaa; 8]); // record padding beyond chunk_len
@@ -319,15 +413,80 @@ mod tests {
                 ssl: 0xdead_beef,
                 fd: Some(7),
                 from_peer: false,
+                conn: None,
                 data: b"250 ok\r\n".to_vec(),
             }
         );
     }
 
     #[test]
+    fn decodes_the_kernel_found_connection() {
+        let mut local = [0u8; 16];
+        local[..4].copy_from_slice(&[10, 99, 0, 2]);
+        let mut remote = [0u8; 16];
+        remote[..4].copy_from_slice(&[10, 99, 0, 1]);
+        let v4 = SockTuple {
+            family: 2,
+            local_port: 993,
+            remote_port: 40000,
+            how: CONN_THREAD,
+            local,
+            remote,
+        };
+        let p = decode(
+            &record_with(FLAG_TLS_DATA | FLAG_TLS_READ, b"imap-login", b"a\r\n", v4),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            p.conn,
+            Some(Conn {
+                local: "10.99.0.2:993".parse().unwrap(),
+                peer: "10.99.0.1:40000".parse().unwrap(),
+                how: ConnHow::Thread,
+            })
+        );
+        // A dual-stack socket with a v4 client: the wire (and the session) is IPv4.
+        let mapped = |a: [u8; 4]| {
+            let mut b = [0u8; 16];
+            b[10] = 0xff;
+            b[11] = 0xff;
+            b[12..].copy_from_slice(&a);
+            b
+        };
+        let v6 = SockTuple {
+            family: 10,
+            how: CONN_IN_CALL,
+            local: mapped([10, 99, 0, 2]),
+            remote: "fd99::1".parse::<Ipv6Addr>().unwrap().octets(),
+            local_port: 25,
+            remote_port: 50000,
+        };
+        let p = decode(
+            &record_with(FLAG_TLS_DATA | FLAG_TLS_WRITE, b"smtpd", b"x", v6),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            p.conn,
+            Some(Conn {
+                local: "10.99.0.2:25".parse().unwrap(),
+                peer: "[fd99::1]:50000".parse().unwrap(),
+                how: ConnHow::InCall,
+            })
+        );
+        let unknown_family = SockTuple { family: 1, ..v4 };
+        let p = decode(
+            &record_with(FLAG_TLS_DATA | FLAG_TLS_READ, b"x", b"y", unknown_family),
+            0,
+        );
+        assert_eq!(p.unwrap().conn, None);
+    }
+
+    #[test]
     fn rejects_short_and_directionless_records() {
         let r = record(FLAG_TLS_DATA | FLAG_TLS_READ, b"imap-login", b"a LOGIN\r\n");
-        assert!(decode(&r[..70], 0).is_none());
+        assert!(decode(&r[..110], 0).is_none());
         assert!(decode(&r[..10], 0).is_none());
         let both = record(FLAG_TLS_DATA | FLAG_TLS_READ | FLAG_TLS_WRITE, b"x", b"y");
         assert!(decode(&both, 0).is_none());

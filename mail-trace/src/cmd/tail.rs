@@ -11,7 +11,7 @@ use tokio::time::{interval, Instant, MissedTickBehavior};
 
 use crate::capture::ebpf::{Captured, EbpfCapture};
 use crate::capture::procfs;
-use crate::capture::uprobe::{ConnResolver, Plaintext, TlsConfig};
+use crate::capture::uprobe::{ConnHow, ConnResolver, Plaintext, TlsConfig};
 use crate::capture::Frame;
 use crate::cmd::capture::{now_ns, sleep_until};
 use crate::cmd::live::LiveArgs;
@@ -81,18 +81,64 @@ impl From<ProtoArg> for Proto {
     }
 }
 
-/// Hands a plaintext chunk to the session of its connection.
-fn plaintext(engine: &mut Engine, r: &mut ConnResolver, p: &Plaintext, sink: &mut dyn Sink) {
-    let Some((local, peer)) = r.resolve(p) else {
+/// Where plaintext chunks went (the exit line).
+#[derive(Debug, Default)]
+struct PlaintextTally {
+    /// Connection from the kernel: the call's own socket I/O / the thread's last socket.
+    in_call: u64,
+    thread: u64,
+    /// Connection from /proc (sockets opened before mail-trace started).
+    procfs: u64,
+    /// Handed to a session.
+    placed: u64,
+}
+
+/// Hands a plaintext chunk to the session of its connection: the one the
+/// kernel found, or else (no socket I/O seen for this `SSL *` since
+/// mail-trace started) the one /proc names.
+fn plaintext(
+    engine: &mut Engine,
+    r: &mut ConnResolver,
+    t: &mut PlaintextTally,
+    p: &Plaintext,
+    sink: &mut dyn Sink,
+) {
+    if !r.wanted(p) {
         return;
-    };
+    }
     let origin = (u128::from(p.pid) << 64) | u128::from(p.ssl);
-    if !engine.plaintext(origin, local, peer, p.from_peer, &p.data, p.ts, sink) {
-        // Maybe a stale cache entry (SSL * reused for a new connection): once more, fresh.
-        r.forget(p);
-        if let Some((local, peer)) = r.resolve(p) {
-            engine.plaintext(origin, local, peer, p.from_peer, &p.data, p.ts, sink);
+    let placed = if let Some(c) = p.conn {
+        match c.how {
+            ConnHow::InCall => t.in_call += 1,
+            ConnHow::Thread => t.thread += 1,
         }
+        let ok = engine.plaintext(origin, c.local, c.peer, p.from_peer, &p.data, p.ts, sink);
+        if ok {
+            let named = || {
+                procfs::process(p.pid).unwrap_or_else(|| procfs::Process {
+                    pid: p.pid,
+                    comm: procfs::log_name(&p.comm, None),
+                })
+            };
+            engine.process_seen(c.local, c.peer, named, sink);
+        }
+        ok
+    } else if let Some((local, peer)) = r.resolve(p) {
+        t.procfs += 1;
+        if engine.plaintext(origin, local, peer, p.from_peer, &p.data, p.ts, sink) {
+            true
+        } else {
+            // Maybe a stale cache entry (SSL * reused for a new connection): once more, fresh.
+            r.forget(p);
+            r.resolve(p).is_some_and(|(local, peer)| {
+                engine.plaintext(origin, local, peer, p.from_peer, &p.data, p.ts, sink)
+            })
+        }
+    } else {
+        false
+    };
+    if placed {
+        t.placed += 1;
     }
 }
 
@@ -176,6 +222,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     };
     let mut cap = EbpfCapture::open(&cfg)?;
     let mut resolver = None;
+    let mut pt_tally = PlaintextTally::default();
     if args.tls_plaintext {
         let libs = cap.attach_tls(&TlsConfig {
             libssl: args.libssl.clone(),
@@ -267,7 +314,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
                     }
                     Captured::Plaintext(p) => {
                         if let Some(r) = resolver.as_mut() {
-                            plaintext(&mut engine, r, &p, &mut sink);
+                            plaintext(&mut engine, r, &mut pt_tally, &p, &mut sink);
                         }
                     }
                 }
@@ -298,8 +345,10 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let incomplete = cap.incomplete();
     if let (Some(r), Some(t)) = (&resolver, cap.tls_counters()) {
         eprintln!(
-            "mail-trace: TLS plaintext: {} calls, {} records, {} lost, {} truncated, {} unreadable; {} chunks of unknown connections",
-            t.calls, t.records, t.lost_records, t.truncated, t.read_errors, r.unresolved
+            "mail-trace: TLS plaintext: {} calls, {} records, {} lost, {} truncated, {} unreadable; \
+             connection of {} chunks from the call's socket, {} from the thread's last socket, {} from /proc, {} unknown; {} chunks in sessions",
+            t.calls, t.records, t.lost_records, t.truncated, t.read_errors,
+            pt_tally.in_call, pt_tally.thread, pt_tally.procfs, r.unresolved, pt_tally.placed
         );
     }
     drop(cap);

@@ -296,6 +296,35 @@ impl Engine {
         true
     }
 
+    /// `process` owns the `local` end of the connection between `local` and
+    /// `peer` (the kernel saw it use the socket, e.g. in a TLS call). Names the
+    /// session's process when `local` is the server and none is known yet: a
+    /// /proc lookup can miss a process that was forked for the connection and
+    /// gone by the time the records were read (Dovecot's login processes).
+    /// `process` is called only then (it may read /proc).
+    pub fn process_seen(
+        &mut self,
+        local: SocketAddr,
+        peer: SocketAddr,
+        process: impl FnOnce() -> Process,
+        sink: &mut dyn Sink,
+    ) {
+        let Some(id) = self.flows.conn_id(local, peer) else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if local != s.server {
+            return;
+        }
+        let Some(info) = s.info.as_mut() else { return };
+        if info.process.is_none() {
+            info.process = Some(process());
+            sink.process_found(info);
+        }
+    }
+
     /// Lets time pass: ends sessions idle for longer than the flow idle timeout.
     pub fn tick(&mut self, now: Ts, sink: &mut dyn Sink) {
         let Engine {
