@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::clients::swaks;
@@ -143,9 +144,18 @@ fn sessions(tb: &Testbed) -> Vec<String> {
     queue_ids
 }
 
+/// The tests of this file one at a time: each attaches uprobes to every process using the
+/// libssl, and the cost test counts the runs of the probes it loaded.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn tls_plaintext_gives_the_whole_session_and_its_process() {
     require_root("tls_plaintext");
+    let _one = serial();
     let tb = Testbed::start();
     let dir = tb.dir.path().to_path_buf();
     let with = Tail::start(&tb.ns.host_if, &dir, "with", &["--tls-plaintext"]);
@@ -283,5 +293,82 @@ fn verbs(r: &Value) -> Vec<&str> {
         .unwrap()
         .iter()
         .map(|c| c["verb"].as_str().unwrap())
+        .collect()
+}
+
+/// SMTP sessions (587, STARTTLS + AUTH) and IMAPS logins in the cost run.
+const COST_SMTP: usize = 20;
+const COST_IMAPS: usize = 5;
+
+/// The probes' cost per run under a bounded swaks loop, from the kernel's BPF run-time
+/// statistics (BPF_ENABLE_STATS: counted only while our fd is open, and without touching
+/// the `kernel.bpf_stats_enabled` sysctl others may use). Prints the figures that go into
+/// docs/tls-plaintext.md; asserts that every probe ran, that every probed call was seen
+/// entering and returning, and that every session got its plaintext.
+#[test]
+fn probe_cost_per_call() {
+    require_root("tls_plaintext");
+    let _one = serial();
+    let tb = Testbed::start();
+    let dir = tb.dir.path().to_path_buf();
+    let before: Vec<u32> = mt_programs().iter().map(|p| p.0).collect();
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
+    let tail = Tail::start(&tb.ns.host_if, &dir, "cost", &["--tls-plaintext"]);
+    let server = IpAddr::V4(tb.ns.server_v4());
+    for _ in 0..COST_SMTP {
+        let run = swaks(
+            server,
+            587,
+            &[
+                "--to", "bob@mx.test", "--auth", "PLAIN", "--auth-user", USER,
+                "--auth-password", PASSWORD, "--tls", "--tls-sni", "mx.test",
+            ],
+        );
+        assert_eq!(run.code, 0, "{}", run.transcript);
+    }
+    for _ in 0..COST_IMAPS {
+        python_login(server, true);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let ours: BTreeMap<String, (u64, u64)> = mt_programs()
+        .into_iter()
+        .filter(|p| !before.contains(&p.0))
+        .map(|(_, name, cnt, ns)| (name, (cnt, ns)))
+        .collect();
+    drop(stats);
+    let (recs, _, err) = tail.stop();
+    let placed = recs
+        .values()
+        .filter(|r| r["plaintext_source"] == "uprobe")
+        .count();
+    assert_eq!(placed, COST_SMTP + COST_IMAPS, "{err}");
+
+    eprintln!("probe cost: {COST_SMTP} swaks 587 STARTTLS+AUTH sessions, {COST_IMAPS} IMAPS logins");
+    eprintln!("probe cost: {:<16} {:>8} {:>12} {:>8}", "program", "runs", "run_time_ns", "ns/run");
+    for (name, (cnt, ns)) in &ours {
+        eprintln!("probe cost: {name:<16} {cnt:>8} {ns:>12} {:>8}", ns.checked_div(*cnt).unwrap_or(0));
+    }
+    // Kernel names are cut to 15 bytes.
+    let runs = |name: &str| ours.get(&name[..name.len().min(15)]).map_or(0, |p| p.0);
+    for p in ["mt_ssl_enter", "mt_ssl_set_fd", "mt_ssl_free", "mt_sock_send", "mt_sock_recv"] {
+        assert!(runs(p) > 0, "{p} never ran: {ours:?}");
+    }
+    let returns: u64 = ["mt_ssl_read_ret", "mt_ssl_write_ret", "mt_ssl_read_ex_ret", "mt_ssl_write_ex_ret"]
+        .iter()
+        .map(|p| runs(p))
+        .sum();
+    assert_eq!(runs("mt_ssl_enter"), returns, "{ours:?}");
+}
+
+/// (id, name, run count, run time in ns) of the loaded programs named mt_*.
+fn mt_programs() -> Vec<(u32, String, u64, u64)> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| {
+            let name = p.name_as_str()?.to_string();
+            name.starts_with("mt_").then(|| {
+                (p.id(), name, p.run_count(), p.run_time().as_nanos() as u64)
+            })
+        })
         .collect()
 }
