@@ -1,6 +1,8 @@
 //! The subcommands: each `run` is what `main` calls.
 pub mod capture;
 pub mod live;
+pub mod maillog;
 pub mod output;
 pub mod replay;
 pub mod tail;
+pub mod why;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::capture::pcap::PcapSource;
 use crate::cmd::output::OutputArgs;
+use crate::maillog::join::Joined;
 use crate::output::Outputs;
 use crate::session::{Engine, EngineConfig};
 
@@ -18,6 +19,8 @@ pub struct ReplayArgs {
     /// other ports are recognised by their first lines.
     #[arg(long)]
     pub no_sniff: bool,
+    #[command(flatten)]
+    pub logs: crate::cmd::maillog::LogArgs,
 }
 
 /// How often (in capture time) idle sessions are looked for.
@@ -32,6 +35,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
     };
     cfg.ports.sniff_other_ports = !args.no_sniff;
     let mut engine = Engine::new(cfg);
+    let mut logs = crate::cmd::maillog::ReplayLogs::open(&args.logs, args.output.privacy())?;
     let mut out = args.output.stdout();
     let mut status = 0;
     for path in &args.files {
@@ -47,10 +51,17 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
         while let Some(frame) = src.next_frame() {
             match frame {
                 Ok(frame) => {
-                    engine.frame(&frame, &mut out);
+                    if let Some(l) = logs.as_mut() {
+                        l.feed_until(frame.ts, &mut out);
+                    }
+                    let mut sink = Joined {
+                        joiner: logs.as_mut().map(|l| &mut l.joiner),
+                        inner: &mut out,
+                    };
+                    engine.frame(&frame, &mut sink);
                     last_ts = last_ts.max(frame.ts);
                     if last_ts >= last_tick + TICK_NS {
-                        engine.tick(last_ts, &mut out);
+                        engine.tick(last_ts, &mut sink);
                         last_tick = last_ts;
                     }
                 }
@@ -65,10 +76,17 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
             }
         }
         // Sessions still open at the end of a file end with it.
-        engine.finish(last_ts, &mut out);
+        let mut sink = Joined {
+            joiner: logs.as_mut().map(|l| &mut l.joiner),
+            inner: &mut out,
+        };
+        engine.finish(last_ts, &mut sink);
         if out.error().is_some() {
             break;
         }
+    }
+    if let Some(l) = logs.as_mut() {
+        l.finish(&mut out);
     }
     finish_output(out)?;
     Ok(status)

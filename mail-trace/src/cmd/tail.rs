@@ -15,6 +15,7 @@ use crate::cmd::capture::{now_ns, sleep_until};
 use crate::cmd::live::LiveArgs;
 use crate::cmd::output::OutputArgs;
 use crate::flow::Dir;
+use crate::maillog::join::{JoinConfig, Joined, Joiner};
 use crate::output::filter::{Criteria, Filter, FrameSink, Selected};
 use crate::output::pcapng::{IfaceDesc, IfaceStats, PcapngSink};
 use crate::proto::{Event, Proto};
@@ -45,6 +46,8 @@ pub struct TailArgs {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<u64>,
+    #[command(flatten)]
+    pub logs: crate::cmd::maillog::LogArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -105,6 +108,9 @@ impl<S: Sink> Sink for Counted<'_, S> {
         self.tally.gap_bytes += len;
         self.inner.gap(info, dir, len, ts);
     }
+    fn log(&mut self, session: crate::flow::ConnId, line: &crate::maillog::LogLine, late: bool) {
+        self.inner.log(session, line, late);
+    }
     fn session_end(&mut self, info: &SessionInfo, rec: &SessionRecord) {
         let txs = rec.field("transactions").and_then(|t| t.as_array());
         self.tally.messages += txs
@@ -131,6 +137,14 @@ impl<W: Write> FrameSink for PcapFrames<W> {
                 Err(e) => self.error = Some(e.to_string()),
             }
         }
+    }
+}
+
+/// The next line from the log readers; never, without `--maillog`/`--journal`.
+async fn next_log(logs: &mut Option<crate::cmd::maillog::LiveLogs>) -> Option<String> {
+    match logs {
+        Some(l) => l.rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -173,6 +187,10 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     };
     engine_cfg.ports.sniff_other_ports = true;
     let mut engine = Engine::new(engine_cfg);
+    let mut logs = crate::cmd::maillog::start_live(&args.logs)?;
+    let mut joiner = logs
+        .is_some()
+        .then(|| Joiner::new(JoinConfig::default(), args.output.privacy()));
     let criteria = Criteria {
         protos: args.proto.iter().map(|&p| p.into()).collect(),
         from: args.from.clone(),
@@ -212,13 +230,23 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         tokio::select! {
             f = cap.next_frame() => {
                 let frame = f?;
-                let mut sink = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
+                let mut counted = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
+                let mut sink = Joined { joiner: joiner.as_mut(), inner: &mut counted };
                 let id = engine.frame(&frame, &mut sink);
                 filter.frame(id, &frame, &mut frames);
             }
+            Some(line) = next_log(&mut logs) => {
+                let mut counted = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
+                if let Some(j) = joiner.as_mut() {
+                    crate::cmd::maillog::live_line(j, &line, now_ns(), &mut counted);
+                }
+            }
             _ = tick.tick() => {
-                let mut sink = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
-                engine.tick(now_ns(), &mut sink);
+                let mut counted = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
+                engine.tick(now_ns(), &mut Joined { joiner: joiner.as_mut(), inner: &mut counted });
+                if let Some(j) = joiner.as_mut() {
+                    j.tick(now_ns(), &mut counted);
+                }
                 let _ = filter.inner.flush();
             }
             _ = status.tick(), if tty => {
@@ -242,14 +270,23 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let incomplete = cap.incomplete();
     drop(cap);
     {
-        let mut sink = Counted {
+        let mut counted = Counted {
             inner: &mut Selected {
                 filter: &mut filter,
                 frames: &mut frames,
             },
             tally: &mut tally,
         };
-        engine.finish(now_ns(), &mut sink);
+        engine.finish(
+            now_ns(),
+            &mut Joined {
+                joiner: joiner.as_mut(),
+                inner: &mut counted,
+            },
+        );
+        if let Some(j) = joiner.as_mut() {
+            j.finish(&mut counted);
+        }
     }
     if let Some(s) = frames.sink.take() {
         let stats: Vec<IfaceStats> = frames

@@ -30,6 +30,9 @@ pub trait Sink {
     fn gap(&mut self, _info: &SessionInfo, _dir: Dir, _len: u64, _ts: Ts) {}
     /// The session ended; `record` is final.
     fn session_end(&mut self, info: &SessionInfo, record: &SessionRecord);
+    /// A mail-log line about session `session` (see [`crate::maillog::join`]); `late`
+    /// when the session's record was already written.
+    fn log(&mut self, _session: ConnId, _line: &crate::maillog::LogLine, _late: bool) {}
 }
 
 /// The facts about a session known from its first packet on.
