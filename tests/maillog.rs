@@ -55,7 +55,11 @@ impl Tail {
         common::signal(child.id(), libc::SIGINT);
         let status = wait_child(&mut child, Duration::from_secs(20))
             .unwrap_or_else(|| panic!("mail-trace ignored SIGINT: {}", self.err()));
-        assert!(status.success(), "mail-trace exited {status}: {}", self.err());
+        assert!(
+            status.success(),
+            "mail-trace exited {status}: {}",
+            self.err()
+        );
         self.err()
     }
 }
@@ -79,7 +83,8 @@ fn imap_wrong_login(server: SocketAddr) -> SocketAddr {
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
     assert!(line.starts_with("* OK"), "{line}");
-    w.write_all(b"a1 LOGIN alice@mx.test Wr0ng-Pa55\r\n").unwrap();
+    w.write_all(b"a1 LOGIN alice@mx.test Wr0ng-Pa55\r\n")
+        .unwrap();
     let tagged = |r: &mut BufReader<TcpStream>, tag: &str| loop {
         let mut l = String::new();
         assert!(r.read_line(&mut l).unwrap() > 0, "imap closed");
@@ -119,7 +124,9 @@ fn session_and_log(out: &[Value], client: SocketAddr) -> (Value, Vec<Value>) {
 /// Postfix lines with this queue id in its log file.
 fn postfix_lines(log: &str, queue_id: &str) -> usize {
     log.lines()
-        .filter(|l| l.contains(&format!(": {queue_id}: ")) || l.ends_with(&format!(": {queue_id}: removed")))
+        .filter(|l| {
+            l.contains(&format!(": {queue_id}: ")) || l.ends_with(&format!(": {queue_id}: removed"))
+        })
         .count()
 }
 
@@ -138,8 +145,14 @@ fn check(out: &[Value], seen: &Seen, postfix_log: &str, dovecot_log: &str) {
         .iter()
         .filter(|e| e["queue_id"] == seen.queue_id.as_str())
         .collect();
-    assert_eq!(mine.len(), postfix_lines(postfix_log, &seen.queue_id), "{log:#?}\n{postfix_log}");
-    assert!(log.iter().all(|e| e["queue_id"].is_null() || e["queue_id"] == seen.queue_id.as_str()));
+    assert_eq!(
+        mine.len(),
+        postfix_lines(postfix_log, &seen.queue_id),
+        "{log:#?}\n{postfix_log}"
+    );
+    assert!(log
+        .iter()
+        .all(|e| e["queue_id"].is_null() || e["queue_id"] == seen.queue_id.as_str()));
     let events: Vec<&str> = mine.iter().map(|e| e["event"].as_str().unwrap()).collect();
     for ev in ["client", "message-id", "queued", "delivery", "removed"] {
         assert!(events.contains(&ev), "{ev} missing: {events:?}");
@@ -160,7 +173,10 @@ fn check(out: &[Value], seen: &Seen, postfix_log: &str, dovecot_log: &str) {
     // The rejected recipient: its 550 and Postfix's NOQUEUE line, on the same RCPT.
     let (s, log) = session_and_log(out, seen.rejected_client);
     let rcpt = &s["transactions"][0]["rcpt"][0];
-    assert_eq!((rcpt["addr"].as_str(), rcpt["code"].as_u64()), (Some("nobody@mx.test"), Some(550)));
+    assert_eq!(
+        (rcpt["addr"].as_str(), rcpt["code"].as_u64()),
+        (Some("nobody@mx.test"), Some(550))
+    );
     let rejects: Vec<&Value> = log.iter().filter(|e| e["event"] == "reject").collect();
     assert_eq!(rejects.len(), 1, "{log:#?}");
     let r = rejects[0];
@@ -171,25 +187,48 @@ fn check(out: &[Value], seen: &Seen, postfix_log: &str, dovecot_log: &str) {
     assert_eq!(r["fields"]["to"], "nobody@mx.test");
     assert_eq!(r["fields"]["client_port"], seen.rejected_client.port());
     assert_eq!(
-        format!("{} {}", r["fields"]["dsn"].as_str().unwrap(), r["fields"]["reason"].as_str().unwrap()),
-        format!("{} {}", rcpt["enhanced"].as_str().unwrap(), rcpt["text"].as_str().unwrap())
+        format!(
+            "{} {}",
+            r["fields"]["dsn"].as_str().unwrap(),
+            r["fields"]["reason"].as_str().unwrap()
+        ),
+        format!(
+            "{} {}",
+            rcpt["enhanced"].as_str().unwrap(),
+            rcpt["text"].as_str().unwrap()
+        )
     );
-    if s["log"].as_array().is_some_and(|l| l.iter().any(|e| e["event"] == "reject")) {
-        assert_eq!((r["transaction"].as_u64(), r["rcpt"].as_u64()), (Some(0), Some(0)));
+    if s["log"]
+        .as_array()
+        .is_some_and(|l| l.iter().any(|e| e["event"] == "reject"))
+    {
+        assert_eq!(
+            (r["transaction"].as_u64(), r["rcpt"].as_u64()),
+            (Some(0), Some(0))
+        );
     }
 
     // The IMAP login failure and Dovecot's auth failed line.
     let (s, log) = session_and_log(out, seen.imap_client);
     assert_eq!(s["proto"], "imap");
     assert_eq!(s["auth"]["result"], "NO");
-    let failed: Vec<&Value> = log.iter().filter(|e| e["event"] == "login-failed").collect();
+    let failed: Vec<&Value> = log
+        .iter()
+        .filter(|e| e["event"] == "login-failed")
+        .collect();
     assert_eq!(failed.len(), 1, "{log:#?}\n{dovecot_log}");
     assert_eq!(failed[0]["program"], "imap-login");
     assert_eq!(failed[0]["fields"]["user"], "alice@mx.test");
-    assert_eq!(failed[0]["fields"]["rip"], seen.imap_client.ip().to_string().as_str());
+    assert_eq!(
+        failed[0]["fields"]["rip"],
+        seen.imap_client.ip().to_string().as_str()
+    );
     assert_eq!(failed[0]["fields"]["attempts"], 1);
     assert_eq!(
-        dovecot_log.lines().filter(|l| l.contains("auth failed")).count(),
+        dovecot_log
+            .lines()
+            .filter(|l| l.contains("auth failed"))
+            .count(),
         1,
         "{dovecot_log}"
     );
@@ -233,11 +272,15 @@ fn tail_and_replay_join_postfix_and_dovecot_lines() {
             format!("{ip}:{}", port.split(' ').next()?).parse().ok()
         })
         .collect();
-    wait_for(Duration::from_secs(20), "delivery and auth failed in the logs", || {
-        (tb.postfix.log().contains(&format!("{queue_id}: removed"))
-            && tb.dovecot.log().contains("auth failed"))
-        .then_some(())
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "delivery and auth failed in the logs",
+        || {
+            (tb.postfix.log().contains(&format!("{queue_id}: removed"))
+                && tb.dovecot.log().contains("auth failed"))
+            .then_some(())
+        },
+    );
     // Let the follower read the last lines and the linger pass.
     std::thread::sleep(Duration::from_secs(3));
     tail.interrupt();
@@ -246,12 +289,24 @@ fn tail_and_replay_join_postfix_and_dovecot_lines() {
     let seen = Seen {
         queued_client: *clients
             .iter()
-            .find(|c| postfix_log.contains(&format!("{queue_id}: client=unknown[{}]:{}", c.ip(), c.port())))
+            .find(|c| {
+                postfix_log.contains(&format!(
+                    "{queue_id}: client=unknown[{}]:{}",
+                    c.ip(),
+                    c.port()
+                ))
+            })
             .expect("client of the queued message"),
         queue_id,
         rejected_client: *clients
             .iter()
-            .find(|c| postfix_log.contains(&format!("NOQUEUE: reject: RCPT from unknown[{}]:{}:", c.ip(), c.port())))
+            .find(|c| {
+                postfix_log.contains(&format!(
+                    "NOQUEUE: reject: RCPT from unknown[{}]:{}:",
+                    c.ip(),
+                    c.port()
+                ))
+            })
             .expect("client of the reject"),
         imap_client,
     };
@@ -281,11 +336,20 @@ fn tail_and_replay_join_postfix_and_dovecot_lines() {
     );
     let first = why.stdout.lines().next().unwrap_or("");
     assert_eq!(first, format!("Message {}", seen.queue_id));
-    assert!(why.stdout.contains(&format!(
-        "Received in session #{} smtp {} -> ",
-        session_and_log(&live, seen.queued_client).0["id"],
-        seen.queued_client
-    )), "{}", why.stdout);
-    assert!(why.stdout.contains("delivery: to=alice@mx.test relay=virtual"), "{}", why.stdout);
+    assert!(
+        why.stdout.contains(&format!(
+            "Received in session #{} smtp {} -> ",
+            session_and_log(&live, seen.queued_client).0["id"],
+            seen.queued_client
+        )),
+        "{}",
+        why.stdout
+    );
+    assert!(
+        why.stdout
+            .contains("delivery: to=alice@mx.test relay=virtual"),
+        "{}",
+        why.stdout
+    );
     assert!(why.stdout.contains("status=sent"), "{}", why.stdout);
 }

@@ -86,6 +86,9 @@ pub fn live_line(joiner: &mut Joiner, line: &str, now: Ts, sink: &mut dyn Sink) 
     }
 }
 
+/// Timestamps of BSD and `maillog_file` lines are whole seconds.
+const LOG_RESOLUTION: Ts = 1_000_000_000;
+
 /// Replay's logs: every file merged by time, fed to the joiner as capture time passes.
 pub struct ReplayLogs {
     merged: Merged,
@@ -107,9 +110,15 @@ impl ReplayLogs {
         }))
     }
 
-    /// Feeds the lines up to capture time `ts` and lets the joiner's clock reach it.
+    /// Feeds the lines written before capture time `ts` and lets the joiner's clock reach it.
+    /// A line stamped second S was written during [S, S+1): it is fed once the capture has
+    /// passed S+1, so it follows the packets it is about (the linger keeps it in the record).
     pub fn feed_until(&mut self, ts: Ts, sink: &mut dyn Sink) {
-        while self.merged.peek_ts().is_some_and(|t| t <= ts) {
+        while self
+            .merged
+            .peek_ts()
+            .is_some_and(|t| t.saturating_add(LOG_RESOLUTION) <= ts)
+        {
             if let Some(l) = self.merged.next_line() {
                 self.joiner.tick(l.ts, sink);
                 self.joiner.line(l, sink);

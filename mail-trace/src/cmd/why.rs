@@ -220,11 +220,17 @@ fn session(out: &mut String, what: &str, s: &Value, ids: &[String]) {
         out.push_str(&format!("  {}\n", facts.join(", ")));
     }
     for t in s["transactions"].as_array().into_iter().flatten() {
-        let mine = ids.is_empty() || t["queue_id"].as_str().is_some_and(|q| ids.iter().any(|x| x == q));
+        let mine = ids.is_empty()
+            || t["queue_id"]
+                .as_str()
+                .is_some_and(|q| ids.iter().any(|x| x == q));
         if !mine {
             continue;
         }
-        out.push_str(&format!("  MAIL FROM:<{}>\n", t["mail_from"].as_str().unwrap_or("")));
+        out.push_str(&format!(
+            "  MAIL FROM:<{}>\n",
+            t["mail_from"].as_str().unwrap_or("")
+        ));
         for r in t["rcpt"].as_array().into_iter().flatten() {
             out.push_str(&format!(
                 "  RCPT TO:<{}> -> {}\n",
@@ -291,9 +297,10 @@ pub fn run(args: WhyArgs) -> anyhow::Result<u8> {
         let reader: Box<dyn BufRead> = if p.as_os_str() == "-" {
             Box::new(BufReader::new(std::io::stdin()))
         } else {
-            Box::new(BufReader::new(std::fs::File::open(p).map_err(|e| {
-                anyhow::anyhow!("--json {}: {e}", p.display())
-            })?))
+            Box::new(BufReader::new(
+                std::fs::File::open(p)
+                    .map_err(|e| anyhow::anyhow!("--json {}: {e}", p.display()))?,
+            ))
         };
         for line in reader.lines() {
             let line = line.map_err(|e| anyhow::anyhow!("--json {}: {e}", p.display()))?;
@@ -344,25 +351,58 @@ mod tests {
             json!({"type":"session","id":5,"proto":"smtp","client":"10.99.1.9:5000","server":"10.99.1.2:25",
                 "start":"2026-11-27T23:39:58.000000Z","end":"2026-11-27T23:39:59.000000Z","close":"fin","transactions":[{"queue_id":"CCCCCC3"}]}),
             {
-                let mut v = entry("2026-11-27T23:40:00.000000Z","postfix/smtp","AAAAAA1","delivery",
-                    json!({"to":"x@example.org","relay":"mx.example.org[192.0.2.7]:25","delays":"0/0/0.5/1","status":"bounced","dsn":"5.1.1"}));
+                let mut v = entry(
+                    "2026-11-27T23:40:00.000000Z",
+                    "postfix/smtp",
+                    "AAAAAA1",
+                    "delivery",
+                    json!({"to":"x@example.org","relay":"mx.example.org[192.0.2.7]:25","delays":"0/0/0.5/1","status":"bounced","dsn":"5.1.1"}),
+                );
                 v["type"] = "log".into();
                 v["session"] = 3.into();
                 v
             },
         ];
         let log = vec![
-            entry("2026-11-27T23:39:56.000000Z","postfix/smtpd","AAAAAA1","client",json!({"client":"unknown[10.99.1.1]:4000"})),
-            entry("2026-11-27T23:40:00.000000Z","postfix/bounce","AAAAAA1","bounce",json!({"notification":"sender non-delivery","new_queue_id":"BBBBBB2"})),
-            entry("2026-11-27T23:40:01.000000Z","postfix/virtual","BBBBBB2","delivery",json!({"to":"a@client.test","status":"sent"})),
-            entry("2026-11-27T23:40:01.000000Z","postfix/virtual","CCCCCC3","delivery",json!({"to":"z@z","status":"sent"})),
+            entry(
+                "2026-11-27T23:39:56.000000Z",
+                "postfix/smtpd",
+                "AAAAAA1",
+                "client",
+                json!({"client":"unknown[10.99.1.1]:4000"}),
+            ),
+            entry(
+                "2026-11-27T23:40:00.000000Z",
+                "postfix/bounce",
+                "AAAAAA1",
+                "bounce",
+                json!({"notification":"sender non-delivery","new_queue_id":"BBBBBB2"}),
+            ),
+            entry(
+                "2026-11-27T23:40:01.000000Z",
+                "postfix/virtual",
+                "BBBBBB2",
+                "delivery",
+                json!({"to":"a@client.test","status":"sent"}),
+            ),
+            entry(
+                "2026-11-27T23:40:01.000000Z",
+                "postfix/virtual",
+                "CCCCCC3",
+                "delivery",
+                json!({"to":"z@z","status":"sent"}),
+            ),
         ];
         let st = story("AAAAAA1", &records, &log);
         assert_eq!(st.ids, vec!["AAAAAA1", "BBBBBB2"]);
         assert_eq!(st.incoming.len(), 1);
         assert_eq!(st.incoming[0]["id"], 3);
         // The client line appears once although it is both in the record and the file.
-        let events: Vec<&str> = st.lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+        let events: Vec<&str> = st
+            .lines
+            .iter()
+            .map(|l| l["event"].as_str().unwrap())
+            .collect();
         assert_eq!(events, vec!["client", "delivery", "bounce", "delivery"]);
         assert_eq!(st.outgoing.len(), 1);
         assert_eq!(st.outgoing[0]["id"], 4);
@@ -370,13 +410,19 @@ mod tests {
         assert!(text.starts_with("Message AAAAAA1 (bounce: BBBBBB2)\nReceived in session #3 smtp 10.99.1.1:4000 -> 10.99.1.2:25"), "{text}");
         assert!(text.contains("  RCPT TO:<x@example.org> -> 250 2.1.5 Ok\n  end of data -> 250 2.0.0 Ok: queued as AAAAAA1\n"), "{text}");
         assert!(text.contains("postfix/smtp[1] AAAAAA1 delivery: to=x@example.org relay=mx.example.org[192.0.2.7]:25 delays=0/0/0.5/1 status=bounced dsn=5.1.1  [#3]\n"), "{text}");
-        assert!(text.contains("Sent on in session #4 smtp 10.99.1.2:5000 -> 192.0.2.7:25"), "{text}");
+        assert!(
+            text.contains("Sent on in session #4 smtp 10.99.1.2:5000 -> 192.0.2.7:25"),
+            "{text}"
+        );
         assert!(!text.contains("CCCCCC3"));
     }
 
     #[test]
     fn unknown_id_says_so() {
         let st = story("ZZZZZZ9", &[], &[]);
-        assert_eq!(render(&st), "Message ZZZZZZ9\n  nothing known about it in the input\n");
+        assert_eq!(
+            render(&st),
+            "Message ZZZZZZ9\n  nothing known about it in the input\n"
+        );
     }
 }

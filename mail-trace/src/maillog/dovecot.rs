@@ -19,7 +19,14 @@ pub struct Parsed {
     pub fields: Map<String, Value>,
 }
 
-const LEVELS: [&str; 6] = ["Info: ", "Warning: ", "Error: ", "Fatal: ", "Panic: ", "Debug: "];
+const LEVELS: [&str; 6] = [
+    "Info: ",
+    "Warning: ",
+    "Error: ",
+    "Fatal: ",
+    "Panic: ",
+    "Debug: ",
+];
 
 /// `program` as split off the line (`imap-login`, `imap(alice)<14430><uLc8…>`, or `dovecot`
 /// with the real program at the start of the message, as syslog has it).
@@ -71,7 +78,9 @@ pub fn parse(program: &str, message: &str) -> Option<Parsed> {
         f.insert("reason".into(), reason.into());
         for kv in stats.split([',', ' ']).filter(|s| !s.is_empty()) {
             if let Some((k, v)) = kv.split_once('=') {
-                let v = v.parse::<u64>().map_or_else(|_| Value::from(v), Value::from);
+                let v = v
+                    .parse::<u64>()
+                    .map_or_else(|_| Value::from(v), Value::from);
                 f.insert(k.into(), v);
             }
         }
@@ -142,7 +151,9 @@ fn login(program: &str, message: &str) -> Parsed {
             None => r.split_once(", ").unwrap_or((r, "")),
         };
         let v = match item {
-            "mpid" | "rport" | "lport" => value.parse::<u64>().map_or_else(|_| value.into(), Value::from),
+            "mpid" | "rport" | "lport" => value
+                .parse::<u64>()
+                .map_or_else(|_| value.into(), Value::from),
             _ => value.into(),
         };
         f.insert(item.into(), v);
@@ -191,7 +202,10 @@ mod tests {
             ("imap-login".into(), None, Kind::LoginFailed, json!({"message":"Disconnected: Aborted login by logging out (auth failed, 1 attempts in 1 secs)","attempts":1,"user":"alice@mx.test","method":"PLAIN","rip":"10.99.152.1","lip":"10.99.152.2","session":"MHM+lEphvsoKY5gB"}))
         );
         let x = parse("dovecot", "pop3-login: Disconnected (auth failed, 3 attempts in 14 secs): user=<bob@mx.test>, method=PLAIN, rip=fd99::5:1, lip=fd99::5:2, TLS: Disconnected, session=<abc>").unwrap();
-        assert_eq!((x.program.as_str(), x.kind), ("pop3-login", Kind::LoginFailed));
+        assert_eq!(
+            (x.program.as_str(), x.kind),
+            ("pop3-login", Kind::LoginFailed)
+        );
         assert_eq!(x.fields["attempts"], 3);
         assert_eq!(x.fields["rip"], "fd99::5:1");
         assert_eq!(x.fields["flag"], "TLS: Disconnected");
@@ -203,7 +217,10 @@ mod tests {
         let (_, _, kind, f) = p("imap-login", "Info: Disconnected: Connection closed (no auth attempts in 0 secs): user=<>, rip=10.99.152.1, lip=10.99.152.2, session=<FivEk0phcpgKY5gB>");
         assert_eq!(kind, Kind::Disconnect);
         assert_eq!(f["user"], "");
-        assert_eq!(f["message"], "Disconnected: Connection closed (no auth attempts in 0 secs)");
+        assert_eq!(
+            f["message"],
+            "Disconnected: Connection closed (no auth attempts in 0 secs)"
+        );
     }
 
     #[test]
@@ -212,7 +229,10 @@ mod tests {
             p("imap(alice@mx.test)<14430><uLc8lEphtMoKY5gB>", "Info: Disconnected: Logged out in=103 out=1454 deleted=0 expunged=0 trashed=0 hdr_count=0 hdr_bytes=0 body_count=1 body_bytes=407"),
             ("imap".into(), Some(14430), Kind::Logout, json!({"user":"alice@mx.test","session":"uLc8lEphtMoKY5gB","reason":"Logged out","in":103,"out":1454,"deleted":0,"expunged":0,"trashed":0,"hdr_count":0,"hdr_bytes":0,"body_count":1,"body_bytes":407}))
         );
-        let (_, pid, _, f) = p("pop3(alice@mx.test)<14511><vqxTlEph3rEKY5gB>", "Info: Disconnected: Logged out top=0/0, retr=1/424, del=1/1, size=407");
+        let (_, pid, _, f) = p(
+            "pop3(alice@mx.test)<14511><vqxTlEph3rEKY5gB>",
+            "Info: Disconnected: Logged out top=0/0, retr=1/424, del=1/1, size=407",
+        );
         assert_eq!(pid, Some(14511));
         assert_eq!(f["retr"], "1/424");
         assert_eq!(f["size"], 407);

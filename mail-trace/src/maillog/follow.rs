@@ -24,10 +24,7 @@ pub const DEFAULT_PATHS: [&str; 2] = ["/var/log/mail.log", "/var/log/maillog"];
 
 /// The first default log that exists.
 pub fn default_path() -> Option<PathBuf> {
-    DEFAULT_PATHS
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    DEFAULT_PATHS.iter().map(PathBuf::from).find(|p| p.exists())
 }
 
 /// Bytes in, complete lines out; a line longer than [`MAX_LINE`] is cut and the rest of it
@@ -73,7 +70,10 @@ impl LineSplitter {
 /// Follows `path` from its current end until the receiver goes away. Rotation (the path
 /// now names another inode) reopens from the start of the new file after the old one is
 /// drained; truncation (size below our offset) starts over at 0.
-pub fn follow_file(path: PathBuf, tx: Sender<String>) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn follow_file(
+    path: PathBuf,
+    tx: Sender<String>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     let mut file = File::open(&path)?;
     let mut pos = file.seek(SeekFrom::End(0))?;
     let mut ino = file.metadata()?.ino();
@@ -93,11 +93,9 @@ pub fn follow_file(path: PathBuf, tx: Sender<String>) -> std::io::Result<std::th
                                 continue;
                             }
                         }
-                        Ok(m) if m.len() < pos => {
-                            if file.seek(SeekFrom::Start(0)).is_ok() {
-                                pos = 0;
-                                continue;
-                            }
+                        Ok(m) if m.len() < pos && file.seek(SeekFrom::Start(0)).is_ok() => {
+                            pos = 0;
+                            continue;
                         }
                         _ => {}
                     }
@@ -135,11 +133,15 @@ impl Journal {
             .spawn()
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => {
-                    "--journal: journalctl not found (no systemd journal here?); use --maillog PATH".to_string()
+                    "--journal: journalctl not found (no systemd journal here?); use --maillog PATH"
+                        .to_string()
                 }
                 _ => format!("--journal: cannot run journalctl: {e}"),
             })?;
-        let out = child.stdout.take().ok_or("--journal: no journalctl output")?;
+        let out = child
+            .stdout
+            .take()
+            .ok_or("--journal: no journalctl output")?;
         std::thread::spawn(move || {
             let mut r = BufReader::new(out);
             let mut line = String::new();
@@ -179,7 +181,10 @@ pub fn journal_line(json: &str) -> Option<String> {
     // MESSAGE is an array of bytes when it is not UTF-8: skipped.
     let msg = v.get("MESSAGE")?.as_str()?;
     let micros: u64 = v.get("__REALTIME_TIMESTAMP")?.as_str()?.parse().ok()?;
-    let host = v.get("_HOSTNAME").and_then(Value::as_str).unwrap_or("localhost");
+    let host = v
+        .get("_HOSTNAME")
+        .and_then(Value::as_str)
+        .unwrap_or("localhost");
     let pid = v
         .get("SYSLOG_PID")
         .or_else(|| v.get("_PID"))
@@ -254,7 +259,9 @@ impl Merged {
         let mut files = Vec::new();
         for p in paths {
             let mut f = LogFile::open(p).map_err(|e| format!("--maillog {}: {e}", p.display()))?;
-            let head = f.next_line().map_err(|e| format!("--maillog {}: {e}", p.display()))?;
+            let head = f
+                .next_line()
+                .map_err(|e| format!("--maillog {}: {e}", p.display()))?;
             files.push((f, head));
         }
         Ok(Merged { files })
@@ -262,7 +269,10 @@ impl Merged {
 
     /// Timestamp of the next line, if any.
     pub fn peek_ts(&self) -> Option<Ts> {
-        self.files.iter().filter_map(|(_, h)| h.as_ref().map(|l| l.ts)).min()
+        self.files
+            .iter()
+            .filter_map(|(_, h)| h.as_ref().map(|l| l.ts))
+            .min()
     }
 
     pub fn next_line(&mut self) -> Option<LogLine> {
@@ -295,7 +305,10 @@ mod tests {
 
     #[test]
     fn lines_across_chunks_and_cut_at_the_bound() {
-        assert_eq!(split_all(&[b"ab", b"c\nde", b"f\n\n"]).0, vec!["abc", "def", ""]);
+        assert_eq!(
+            split_all(&[b"ab", b"c\nde", b"f\n\n"]).0,
+            vec!["abc", "def", ""]
+        );
         let long = vec![b'x'; MAX_LINE + 10];
         let (out, cut) = split_all(&[&long, b"yy\nok\n"]);
         assert_eq!(out.len(), 2);
@@ -311,8 +324,18 @@ mod tests {
         assert_eq!(line, "2026-11-27T23:39:56.118183+00:00 mx postfix/smtpd[14344]: connect from unknown[10.99.152.1]:46226");
         let l = parse(&line, &Clock::utc(0)).unwrap();
         assert_eq!(l.kind, super::super::Kind::Connect);
-        assert_eq!(journal_line(r#"{"SYSLOG_IDENTIFIER":"sshd","MESSAGE":"x","__REALTIME_TIMESTAMP":"1"}"#), None);
-        assert_eq!(journal_line(r#"{"SYSLOG_IDENTIFIER":"postfix/qmgr","MESSAGE":[1,2],"__REALTIME_TIMESTAMP":"1"}"#), None);
+        assert_eq!(
+            journal_line(
+                r#"{"SYSLOG_IDENTIFIER":"sshd","MESSAGE":"x","__REALTIME_TIMESTAMP":"1"}"#
+            ),
+            None
+        );
+        assert_eq!(
+            journal_line(
+                r#"{"SYSLOG_IDENTIFIER":"postfix/qmgr","MESSAGE":[1,2],"__REALTIME_TIMESTAMP":"1"}"#
+            ),
+            None
+        );
         assert_eq!(journal_line("not json"), None);
     }
 
@@ -336,7 +359,10 @@ mod tests {
         };
         let append = |s: &str| {
             use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
             f.write_all(s.as_bytes()).unwrap();
         };
         append("one\n");

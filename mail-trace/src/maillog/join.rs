@@ -107,9 +107,14 @@ impl<V: Copy> Bounded<V> {
 enum State {
     Open,
     /// Ended; the record waits until `until` for the last lines.
-    Lingering { record: Box<SessionRecord>, until: Ts },
+    Lingering {
+        record: Box<SessionRecord>,
+        until: Ts,
+    },
     /// Record written; kept until `until` for late address matches.
-    Closed { until: Ts },
+    Closed {
+        until: Ts,
+    },
 }
 
 struct Tracked {
@@ -257,17 +262,14 @@ impl Joiner {
             return;
         };
         let until = now.saturating_add(self.cfg.recent);
-        let State::Lingering { record, .. } = std::mem::replace(&mut t.state, State::Closed { until })
+        let State::Lingering { record, .. } =
+            std::mem::replace(&mut t.state, State::Closed { until })
         else {
             return;
         };
         let mut record = *record;
         if !t.lines.is_empty() {
-            let entries: Vec<Value> = t
-                .lines
-                .iter()
-                .map(|l| entry_for(l, &record))
-                .collect();
+            let entries: Vec<Value> = t.lines.iter().map(|l| entry_for(l, &record)).collect();
             record.fields.insert("log".into(), Value::Array(entries));
         }
         t.lines = Vec::new();
@@ -289,7 +291,11 @@ impl Joiner {
         let id = if l.program.starts_with("postfix") {
             // Only smtpd names the client: other daemons' client= is someone else's.
             let ip: IpAddr = l.get("client_ip")?.parse().ok()?;
-            let port = l.fields.get("client_port").and_then(Value::as_u64).map(|p| p as u16);
+            let port = l
+                .fields
+                .get("client_port")
+                .and_then(Value::as_u64)
+                .map(|p| p as u16);
             self.by_addr(l, ip, port, None, |p| p == Proto::Smtp)?
         } else {
             let want = match l.program.as_str() {
@@ -299,7 +305,11 @@ impl Joiner {
             };
             let ip: IpAddr = l.get("rip")?.parse().ok()?;
             let lip: Option<IpAddr> = l.get("lip").and_then(|s| s.parse().ok());
-            let port = l.fields.get("rport").and_then(Value::as_u64).map(|p| p as u16);
+            let port = l
+                .fields
+                .get("rport")
+                .and_then(Value::as_u64)
+                .map(|p| p as u16);
             self.by_addr(l, ip, port, lip, |p| p == want)?
         };
         if let Some(q) = &l.queue_id {
@@ -340,7 +350,13 @@ impl Joiner {
                     && !(dovecot_login && t.dovecot_login)
             })
             // Without a port several sessions may fit: the one started last before the line.
-            .max_by_key(|(id, t)| (t.info.start <= l.ts.saturating_add(1_000_000_000), t.info.start, *id))
+            .max_by_key(|(id, t)| {
+                (
+                    t.info.start <= l.ts.saturating_add(1_000_000_000),
+                    t.info.start,
+                    *id,
+                )
+            })
             .map(|(id, _)| id)
     }
 
@@ -511,7 +527,11 @@ impl Sink for Joined<'_> {
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter_map(|t| t.get("queue_id").and_then(Value::as_str).map(str::to_string))
+            .filter_map(|t| {
+                t.get("queue_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
             .collect();
         for q in ids {
             j.learn_queue_id(&q, info.id, self.inner);
@@ -618,17 +638,39 @@ mod tests {
         let i = info(7, Proto::Smtp, "10.99.152.1:46240", "10.99.152.2:25", T0);
         // The client= line is read before the capture shows the session: it waits.
         j.line(line("Nov 27 23:39:56 mx postfix/smtpd[14344]: A74CF98E292: client=unknown[10.99.152.1]:46240"), &mut out);
-        Joined { joiner: Some(&mut j), inner: &mut out }.session_start(&i);
+        Joined {
+            joiner: Some(&mut j),
+            inner: &mut out,
+        }
+        .session_start(&i);
         j.line(line("Nov 27 23:39:56 mx postfix/qmgr[14342]: A74CF98E292: from=<sender@client.test>, size=313, nrcpt=1 (queue active)"), &mut out);
-        Joined { joiner: Some(&mut j), inner: &mut out }.event(&i, &reply("Ok: queued as A74CF98E292"));
-        let rec = record(&i, T0 + S / 10, json!({"transactions":[{"queue_id":"A74CF98E292","rcpt":[]}]}));
-        Joined { joiner: Some(&mut j), inner: &mut out }.session_end(&i, &rec);
-        j.line(line("Nov 27 23:39:56 mx postfix/cleanup[14352]: A74CF98E292: message-id=<x@y>"), &mut out);
+        Joined {
+            joiner: Some(&mut j),
+            inner: &mut out,
+        }
+        .event(&i, &reply("Ok: queued as A74CF98E292"));
+        let rec = record(
+            &i,
+            T0 + S / 10,
+            json!({"transactions":[{"queue_id":"A74CF98E292","rcpt":[]}]}),
+        );
+        Joined {
+            joiner: Some(&mut j),
+            inner: &mut out,
+        }
+        .session_end(&i, &rec);
+        j.line(
+            line("Nov 27 23:39:56 mx postfix/cleanup[14352]: A74CF98E292: message-id=<x@y>"),
+            &mut out,
+        );
         j.tick(T0 + S, &mut out);
         assert!(out.records.is_empty(), "held while lingering");
         j.tick(T0 + 2 * S, &mut out);
         j.line(line("Nov 27 23:39:58 mx postfix/virtual[14354]: A74CF98E292: to=<alice@mx.test>, relay=virtual, delay=0.1, delays=0.09/0.01/0/0.01, dsn=2.0.0, status=sent (delivered to maildir)"), &mut out);
-        j.line(line("Nov 27 23:39:58 mx postfix/qmgr[14342]: A74CF98E292: removed"), &mut out);
+        j.line(
+            line("Nov 27 23:39:58 mx postfix/qmgr[14342]: A74CF98E292: removed"),
+            &mut out,
+        );
         assert_eq!(
             out.out,
             vec![
@@ -642,12 +684,25 @@ mod tests {
             ]
         );
         let log = out.records[0].field("log").unwrap();
-        let events: Vec<&str> = log.as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+        let events: Vec<&str> = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
         assert_eq!(events, vec!["client", "queued", "message-id"]);
         // Privacy: neither the raw line nor the Message-ID by default.
         assert_eq!(log[2]["fields"], json!({}));
         assert!(log[0].get("line").is_none());
-        assert_eq!(j.stats(), JoinStats { lines: 5, matched: 5, unmatched: 0, dropped: 0 });
+        assert_eq!(
+            j.stats(),
+            JoinStats {
+                lines: 5,
+                matched: 5,
+                unmatched: 0,
+                dropped: 0
+            }
+        );
     }
 
     #[test]
@@ -656,18 +711,40 @@ mod tests {
         let mut out = Rec::default();
         let i = info(3, Proto::Smtp, "10.99.152.1:46268", "10.99.152.2:25", T0);
         let other = info(4, Proto::Smtp, "10.99.152.1:46270", "10.99.152.2:25", T0);
-        Joined { joiner: Some(&mut j), inner: &mut out }.session_start(&i);
-        Joined { joiner: Some(&mut j), inner: &mut out }.session_start(&other);
-        let rec = record(&i, T0 + S / 2, json!({"transactions":[{"queue_id":null,"rcpt":[{"addr":"nobody@mx.test","code":550}]}]}));
-        Joined { joiner: Some(&mut j), inner: &mut out }.session_end(&i, &rec);
+        Joined {
+            joiner: Some(&mut j),
+            inner: &mut out,
+        }
+        .session_start(&i);
+        Joined {
+            joiner: Some(&mut j),
+            inner: &mut out,
+        }
+        .session_start(&other);
+        let rec = record(
+            &i,
+            T0 + S / 2,
+            json!({"transactions":[{"queue_id":null,"rcpt":[{"addr":"nobody@mx.test","code":550}]}]}),
+        );
+        Joined {
+            joiner: Some(&mut j),
+            inner: &mut out,
+        }
+        .session_end(&i, &rec);
         // Read after the session ended, within the linger.
         j.line(line("Nov 27 23:39:56 mx postfix/smtpd[14344]: NOQUEUE: reject: RCPT from unknown[10.99.152.1]:46268: 550 5.1.1 <nobody@mx.test>: Recipient address rejected: User unknown in virtual mailbox table; from=<sender@client.test> to=<nobody@mx.test> proto=ESMTP helo=<client.test>"), &mut out);
         // A line for a client never seen waits, then expires.
-        j.line(line("Nov 27 23:39:56 mx postfix/smtpd[1]: connect from unknown[10.99.9.9]:1"), &mut out);
+        j.line(
+            line("Nov 27 23:39:56 mx postfix/smtpd[1]: connect from unknown[10.99.9.9]:1"),
+            &mut out,
+        );
         j.tick(T0 + 60 * S, &mut out);
         let log = out.records[0].field("log").unwrap();
         assert_eq!(log[0]["event"], "reject");
-        assert_eq!((log[0]["transaction"].clone(), log[0]["rcpt"].clone()), (json!(0), json!(0)));
+        assert_eq!(
+            (log[0]["transaction"].clone(), log[0]["rcpt"].clone()),
+            (json!(0), json!(0))
+        );
         assert_eq!(log[0]["fields"]["code"], 550);
         assert_eq!(j.stats().unmatched, 1);
         assert!(!out.out.contains(&"log #4 reject false".to_string()));
@@ -681,14 +758,29 @@ mod tests {
         let imap = info(2, Proto::Imap, "10.99.152.1:40002", "10.99.152.2:143", T0);
         let wrong_server = info(3, Proto::Imap, "10.99.152.1:40004", "10.99.152.9:143", T0);
         for s in [&smtp, &imap, &wrong_server] {
-            Joined { joiner: Some(&mut j), inner: &mut out }.session_start(s);
+            Joined {
+                joiner: Some(&mut j),
+                inner: &mut out,
+            }
+            .session_start(s);
         }
         let rec = record(&imap, T0 + S, json!({}));
-        Joined { joiner: Some(&mut j), inner: &mut out }.session_end(&imap, &rec);
+        Joined {
+            joiner: Some(&mut j),
+            inner: &mut out,
+        }
+        .session_end(&imap, &rec);
         j.line(line("Nov 27 23:39:57 imap-login: Info: Disconnected: Aborted login by logging out (auth failed, 1 attempts in 1 secs): user=<alice@mx.test>, method=PLAIN, rip=10.99.152.1, lip=10.99.152.2, session=<MHM+lEphvsoKY5gB>"), &mut out);
         j.finish(&mut out);
-        assert!(out.out.contains(&"log #2 login-failed false".to_string()), "{:?}", out.out);
-        assert_eq!(out.records[0].field("log").unwrap()[0]["fields"]["attempts"], 1);
+        assert!(
+            out.out.contains(&"log #2 login-failed false".to_string()),
+            "{:?}",
+            out.out
+        );
+        assert_eq!(
+            out.records[0].field("log").unwrap()[0]["fields"]["attempts"],
+            1
+        );
     }
 
     #[test]
@@ -697,16 +789,25 @@ mod tests {
         b.insert("a", 1u64);
         b.insert("b", 2);
         b.insert("c", 3);
-        assert_eq!((b.get("a"), b.get("b"), b.get("c")), (None, Some(2), Some(3)));
+        assert_eq!(
+            (b.get("a"), b.get("b"), b.get("c")),
+            (None, Some(2), Some(3))
+        );
         b.insert("b", 4);
         b.insert("d", 5);
-        assert_eq!((b.get("b"), b.get("c"), b.get("d")), (Some(4), None, Some(5)));
+        assert_eq!(
+            (b.get("b"), b.get("c"), b.get("d")),
+            (Some(4), None, Some(5))
+        );
     }
 
     #[test]
     fn queued_as_reply_text() {
         assert_eq!(queued_as("Ok: queued as A74CF98E292"), Some("A74CF98E292"));
-        assert_eq!(queued_as("2.0.0 Ok: queued as 4XyzAbC12kz9Q"), Some("4XyzAbC12kz9Q"));
+        assert_eq!(
+            queued_as("2.0.0 Ok: queued as 4XyzAbC12kz9Q"),
+            Some("4XyzAbC12kz9Q")
+        );
         assert_eq!(queued_as("Ok"), None);
         assert_eq!(queued_as("Ok: queued as <script>"), None);
     }

@@ -191,8 +191,21 @@ impl LogLine {
         s.push(':');
         // The outcome first: what the operator scans for.
         let order = [
-            "status", "code", "dsn", "relay", "delay", "to", "from", "user", "method", "reason",
-            "new_queue_id", "client", "size", "nrcpt", "message",
+            "status",
+            "code",
+            "dsn",
+            "relay",
+            "delay",
+            "to",
+            "from",
+            "user",
+            "method",
+            "reason",
+            "new_queue_id",
+            "client",
+            "size",
+            "nrcpt",
+            "message",
         ];
         for k in order {
             if let Some(v) = self.fields.get(k) {
@@ -236,7 +249,10 @@ mod tests {
             open.to_json()["line"],
             "Nov 27 23:39:56 mx postfix/cleanup[14352]: A74CF98E292: message-id=<20261127@client.test>"
         );
-        assert_eq!(open.to_json()["fields"]["message_id"], "20261127@client.test");
+        assert_eq!(
+            open.to_json()["fields"]["message_id"],
+            "20261127@client.test"
+        );
     }
 
     #[test]
@@ -247,15 +263,33 @@ mod tests {
             "postfix/virtual[14354] A74CF98E292 delivery: status=sent dsn=2.0.0 relay=virtual delay=0.1 to=alice@mx.test reason=(delivered to maildir)"
         );
         let l = parse("Nov 27 23:40:03 imap-login: Info: Disconnected: Aborted login by logging out (auth failed, 1 attempts in 1 secs): user=<alice@mx.test>, method=PLAIN, rip=10.99.152.1, lip=10.99.152.2, session=<MHM+lEphvsoKY5gB>", &Clock::utc(NOW)).unwrap();
-        assert_eq!((l.program.as_str(), l.kind, l.pid), ("imap-login", Kind::LoginFailed, None));
+        assert_eq!(
+            (l.program.as_str(), l.kind, l.pid),
+            ("imap-login", Kind::LoginFailed, None)
+        );
         assert_eq!(l.get("rip"), Some("10.99.152.1"));
     }
 
     #[test]
     fn other_programs_and_long_lines() {
-        assert_eq!(parse("Nov 27 23:39:52 master: Info: Dovecot v2.3.19.1 starting up", &Clock::utc(NOW)), None);
-        assert_eq!(parse("Nov 27 23:39:52 mx sshd[1]: Accepted publickey", &Clock::utc(NOW)), None);
-        let long = format!("Nov 27 23:39:56 mx postfix/smtpd[1]: warning: {}", "é".repeat(10_000));
+        assert_eq!(
+            parse(
+                "Nov 27 23:39:52 master: Info: Dovecot v2.3.19.1 starting up",
+                &Clock::utc(NOW)
+            ),
+            None
+        );
+        assert_eq!(
+            parse(
+                "Nov 27 23:39:52 mx sshd[1]: Accepted publickey",
+                &Clock::utc(NOW)
+            ),
+            None
+        );
+        let long = format!(
+            "Nov 27 23:39:56 mx postfix/smtpd[1]: warning: {}",
+            "é".repeat(10_000)
+        );
         let l = parse(&long, &Clock::utc(NOW)).unwrap();
         assert!(l.raw.len() <= MAX_LINE && l.raw.len() > MAX_LINE - 2);
     }

@@ -102,15 +102,19 @@ pub fn is_queue_id(s: &str) -> bool {
         return false;
     }
     let has = |f: fn(&u8) -> bool| s.as_bytes().iter().any(f);
-    let short = s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b));
-    let long = has(u8::is_ascii_lowercase) && has(u8::is_ascii_uppercase) && has(u8::is_ascii_digit);
+    let short = s
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b));
+    let long =
+        has(u8::is_ascii_lowercase) && has(u8::is_ascii_uppercase) && has(u8::is_ascii_digit);
     short || long
 }
 
 /// `sender non-delivery notification: NEWID` and the delay/success variants: the new id.
 fn notification(rest: &str) -> Option<&str> {
     let (what, id) = rest.rsplit_once(": ")?;
-    (what.starts_with("sender ") && what.ends_with(" notification") && is_queue_id(id)).then_some(id)
+    (what.starts_with("sender ") && what.ends_with(" notification") && is_queue_id(id))
+        .then_some(id)
 }
 
 /// Lines without a known shape keep their text, and the client when one is named.
@@ -140,7 +144,10 @@ fn reject_fields(f: &mut Map<String, Value>, r: &str) {
     };
     let (code, text) = reply.split_once(' ').unwrap_or((reply, ""));
     if code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()) {
-        f.insert("code".into(), code.parse::<u16>().map(Value::from).unwrap_or(Value::Null));
+        f.insert(
+            "code".into(),
+            code.parse::<u16>().map(Value::from).unwrap_or(Value::Null),
+        );
         let (dsn, reason) = match text.split_once(' ') {
             Some((d, rest)) if is_dsn(d) => (Some(d), rest),
             _ => (None, text),
@@ -157,7 +164,10 @@ fn reject_fields(f: &mut Map<String, Value>, r: &str) {
 
 fn is_dsn(s: &str) -> bool {
     let parts: Vec<&str> = s.split('.').collect();
-    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `unknown[10.99.1.1]:4000` → client, client_ip, client_port (the port only with
@@ -190,7 +200,11 @@ pub fn kv_into(f: &mut Map<String, Value>, s: &str) {
         }
         if let Some(note) = rest.strip_prefix('(') {
             let note = note.strip_suffix(')').unwrap_or(note);
-            let key = if f.contains_key("status") { "reason" } else { "note" };
+            let key = if f.contains_key("status") {
+                "reason"
+            } else {
+                "note"
+            };
             f.insert(key.into(), note.into());
             return;
         }
@@ -198,14 +212,18 @@ pub fn kv_into(f: &mut Map<String, Value>, s: &str) {
             f.insert("text".into(), rest.into());
             return;
         };
-        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        if key.is_empty()
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
             f.insert("text".into(), rest.into());
             return;
         }
-        let (value, r) = if r.starts_with('<') {
-            match r.find('>') {
-                Some(i) => (&r[1..i], &r[i + 1..]),
-                None => (&r[1..], ""),
+        let (value, r) = if let Some(inner) = r.strip_prefix('<') {
+            match inner.find('>') {
+                Some(i) => (&inner[..i], &inner[i + 1..]),
+                None => (inner, ""),
             }
         } else {
             let end = r.find([',', ' ']).unwrap_or(r.len());
@@ -219,7 +237,9 @@ pub fn kv_into(f: &mut Map<String, Value>, s: &str) {
 /// Counts and delays as numbers (so `jq 'select(.delay > 5)'` works), the rest as text.
 fn typed(key: &str, v: &str) -> Value {
     match key {
-        "size" | "nrcpt" | "uid" | "conn_use" => v.parse::<u64>().map_or_else(|_| v.into(), Value::from),
+        "size" | "nrcpt" | "uid" | "conn_use" => {
+            v.parse::<u64>().map_or_else(|_| v.into(), Value::from)
+        }
         "delay" => v.parse::<f64>().map_or_else(|_| v.into(), Value::from),
         _ => v.into(),
     }
@@ -240,7 +260,11 @@ mod tests {
     fn connect_and_disconnect() {
         assert_eq!(
             fields("connect from unknown[10.99.152.1]:46226"),
-            (None, Kind::Connect, json!({"client":"unknown[10.99.152.1]:46226","client_ip":"10.99.152.1","client_port":46226}))
+            (
+                None,
+                Kind::Connect,
+                json!({"client":"unknown[10.99.152.1]:46226","client_ip":"10.99.152.1","client_port":46226})
+            )
         );
         assert_eq!(
             fields("disconnect from unknown[10.99.152.1]:46240 ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5"),
@@ -253,7 +277,11 @@ mod tests {
         let id = Some("A74CF98E292".to_string());
         assert_eq!(
             fields("A74CF98E292: client=unknown[10.99.152.1]:46240"),
-            (id.clone(), Kind::Client, json!({"client":"unknown[10.99.152.1]:46240","client_ip":"10.99.152.1","client_port":46240}))
+            (
+                id.clone(),
+                Kind::Client,
+                json!({"client":"unknown[10.99.152.1]:46240","client_ip":"10.99.152.1","client_port":46240})
+            )
         );
         assert_eq!(
             fields("A74CF98E292: message-id=<>"),
@@ -261,13 +289,20 @@ mod tests {
         );
         assert_eq!(
             fields("A74CF98E292: from=<sender@client.test>, size=313, nrcpt=1 (queue active)"),
-            (id.clone(), Kind::Queued, json!({"from":"sender@client.test","size":313,"nrcpt":1,"note":"queue active"}))
+            (
+                id.clone(),
+                Kind::Queued,
+                json!({"from":"sender@client.test","size":313,"nrcpt":1,"note":"queue active"})
+            )
         );
         assert_eq!(
             fields("A74CF98E292: to=<alice@mx.test>, relay=virtual, delay=0.1, delays=0.09/0.01/0/0.01, dsn=2.0.0, status=sent (delivered to maildir)"),
             (id.clone(), Kind::Delivery, json!({"to":"alice@mx.test","relay":"virtual","delay":0.1,"delays":"0.09/0.01/0/0.01","dsn":"2.0.0","status":"sent","reason":"delivered to maildir"}))
         );
-        assert_eq!(fields("A74CF98E292: removed"), (id, Kind::Removed, json!({})));
+        assert_eq!(
+            fields("A74CF98E292: removed"),
+            (id, Kind::Removed, json!({}))
+        );
     }
 
     #[test]
@@ -285,7 +320,11 @@ mod tests {
     fn bounce_error_and_deferred() {
         assert_eq!(
             fields("3F2A198E2A0: sender non-delivery notification: 4B1C298E2A5"),
-            (Some("3F2A198E2A0".into()), Kind::Bounce, json!({"notification":"sender non-delivery","new_queue_id":"4B1C298E2A5"}))
+            (
+                Some("3F2A198E2A0".into()),
+                Kind::Bounce,
+                json!({"notification":"sender non-delivery","new_queue_id":"4B1C298E2A5"})
+            )
         );
         assert_eq!(
             fields("3F2A198E2A0: to=<someone@example.org>, relay=none, delay=0.02, delays=0.01/0/0/0.01, dsn=5.0.0, status=bounced (outbound mail disabled in the test bed)").2["status"],
@@ -316,7 +355,14 @@ mod tests {
         for id in ["A74CF98E292", "4XyzAbC12kz9Q", "3F2A198E2A0"] {
             assert!(is_queue_id(id), "{id}");
         }
-        for id in ["NOQUEUE", "warning", "reject", "A7", "a74cf98e292", "A74C-F98"] {
+        for id in [
+            "NOQUEUE",
+            "warning",
+            "reject",
+            "A7",
+            "a74cf98e292",
+            "A74C-F98",
+        ] {
             assert!(!is_queue_id(id), "{id}");
         }
     }

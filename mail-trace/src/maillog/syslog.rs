@@ -101,7 +101,9 @@ fn bsd<'a>(line: &'a str, clock: &Clock) -> Option<(Ts, &'a str)> {
     let day: u8 = day.parse().ok()?;
     let (hms, rest) = rest.split_once(' ')?;
     let (h, m, s) = hms_of(hms)?;
-    let reference = ::time::OffsetDateTime::from_unix_timestamp((clock.reference / 1_000_000_000) as i64).ok()?;
+    let reference =
+        ::time::OffsetDateTime::from_unix_timestamp((clock.reference / 1_000_000_000) as i64)
+            .ok()?;
     let mut year = reference.year();
     // A line dated more than a day after the reference belongs to last year
     // (a December log read in January).
@@ -185,7 +187,10 @@ mod tests {
             &Clock::utc(NOW),
         )
         .unwrap();
-        assert_eq!(crate::time::rfc3339_micros(p.ts), "2026-11-27T23:39:56.000000Z");
+        assert_eq!(
+            crate::time::rfc3339_micros(p.ts),
+            "2026-11-27T23:39:56.000000Z"
+        );
         assert_eq!(p.host, Some("mx"));
         assert_eq!(p.program, "postfix/smtpd");
         assert_eq!(p.pid, Some(14344));
@@ -216,10 +221,16 @@ mod tests {
             reference: NOW,
         };
         let p = split("Nov  7 01:00:00 mx postfix/qmgr[1]: x", &clock).unwrap();
-        assert_eq!(crate::time::rfc3339_micros(p.ts), "2026-11-07T00:00:00.000000Z");
+        assert_eq!(
+            crate::time::rfc3339_micros(p.ts),
+            "2026-11-07T00:00:00.000000Z"
+        );
         // December seen from late November is last December.
         let p = split("Dec 31 23:00:00 mx postfix/qmgr[1]: x", &Clock::utc(NOW)).unwrap();
-        assert_eq!(crate::time::rfc3339_micros(p.ts), "2025-12-31T23:00:00.000000Z");
+        assert_eq!(
+            crate::time::rfc3339_micros(p.ts),
+            "2025-12-31T23:00:00.000000Z"
+        );
     }
 
     #[test]
@@ -229,10 +240,23 @@ mod tests {
             &Clock::utc(0),
         )
         .unwrap();
-        assert_eq!(crate::time::rfc3339_micros(p.ts), "2026-11-27T23:15:02.118183Z");
-        assert_eq!((p.host, p.program, p.pid, p.message), (Some("mx"), "postfix/smtpd", Some(123), "hello"));
-        let p = split("2026-11-28T00:15:02+0100 mx dovecot: imap-login: x", &Clock::utc(0)).unwrap();
-        assert_eq!(crate::time::rfc3339_micros(p.ts), "2026-11-27T23:15:02.000000Z");
+        assert_eq!(
+            crate::time::rfc3339_micros(p.ts),
+            "2026-11-27T23:15:02.118183Z"
+        );
+        assert_eq!(
+            (p.host, p.program, p.pid, p.message),
+            (Some("mx"), "postfix/smtpd", Some(123), "hello")
+        );
+        let p = split(
+            "2026-11-28T00:15:02+0100 mx dovecot: imap-login: x",
+            &Clock::utc(0),
+        )
+        .unwrap();
+        assert_eq!(
+            crate::time::rfc3339_micros(p.ts),
+            "2026-11-27T23:15:02.000000Z"
+        );
         assert_eq!(p.program, "dovecot");
     }
 
