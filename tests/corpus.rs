@@ -436,3 +436,26 @@ fn every_pop3_and_imap_capture_agrees_with_tshark() {
     );
     assert!(compared >= 5, "only {compared} POP3/IMAP sessions compared");
 }
+
+#[test]
+fn memory_bounds_are_flags_and_evictions_are_reported() {
+    // Two concurrent IMAPS sessions; room for one: the idlest is evicted, and says so.
+    let file = corpus().join("ndpi/pcap/imaps.pcap");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mail-trace"))
+        .args(["replay", "--json", "--max-sessions", "1"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let closes: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["close"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(closes, ["evicted", "end_of_capture"]);
+}

@@ -1,5 +1,6 @@
 //! The subcommands: each `run` is what `main` calls.
 pub mod capture;
+pub mod engine;
 pub mod live;
 pub mod maillog;
 pub mod output;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crate::capture::pcap::PcapSource;
 use crate::cmd::output::OutputArgs;
 use crate::maillog::join::Joined;
+use crate::output::filter::{Criteria, Filter, NoFrames, Selected};
 use crate::output::Outputs;
 use crate::session::{Engine, EngineConfig};
 
@@ -15,6 +16,8 @@ pub struct ReplayArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub engine: crate::cmd::engine::EngineArgs,
     /// Dissect only connections on the known mail ports; by default connections on
     /// other ports are recognised by their first lines.
     #[arg(long)]
@@ -31,12 +34,22 @@ const TICK_NS: u64 = 1_000_000_000;
 pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
     let mut cfg = EngineConfig {
         privacy: args.output.privacy(),
+        flow: args.engine.flow_config(),
         ..Default::default()
     };
     cfg.ports.sniff_other_ports = !args.no_sniff;
     let mut engine = Engine::new(cfg);
     let mut logs = crate::cmd::maillog::ReplayLogs::open(&args.logs, args.output.privacy())?;
-    let mut out = args.output.stdout();
+    // Without --findings every session streams through, nothing held back.
+    let criteria = Criteria {
+        findings: args.output.findings,
+        ..Criteria::default()
+    };
+    let mut filter = Filter::new(args.output.stdout(), criteria);
+    let mut out = Selected {
+        filter: &mut filter,
+        frames: &mut NoFrames,
+    };
     let mut status = 0;
     for path in &args.files {
         let mut src = match PcapSource::open(path) {
@@ -71,7 +84,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
                     break;
                 }
             }
-            if out.error().is_some() {
+            if out.filter.inner.error().is_some() {
                 break;
             }
         }
@@ -81,14 +94,14 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
             inner: &mut out,
         };
         engine.finish(last_ts, &mut sink);
-        if out.error().is_some() {
+        if out.filter.inner.error().is_some() {
             break;
         }
     }
     if let Some(l) = logs.as_mut() {
         l.finish(&mut out);
     }
-    finish_output(out)?;
+    finish_output(filter.inner)?;
     Ok(status)
 }
 

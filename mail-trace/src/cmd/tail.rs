@@ -28,6 +28,8 @@ pub struct TailArgs {
     pub live: LiveArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub engine: crate::cmd::engine::EngineArgs,
     /// Only sessions of this protocol (repeatable).
     #[arg(long, value_enum, value_name = "PROTO")]
     pub proto: Vec<ProtoArg>,
@@ -183,7 +185,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let mut engine_cfg = EngineConfig {
         privacy: args.output.privacy(),
         ports: PortMap::default(),
-        ..Default::default()
+        flow: args.engine.flow_config(),
     };
     engine_cfg.ports.sniff_other_ports = true;
     let mut engine = Engine::new(engine_cfg);
@@ -196,6 +198,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         from: args.from.clone(),
         rcpt: args.rcpt.clone(),
         errors: args.errors,
+        findings: args.output.findings,
     };
     let out = args.output.stdout();
     let mut filter = Filter::new(out, criteria);
