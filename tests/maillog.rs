@@ -326,6 +326,27 @@ fn tail_and_replay_join_postfix_and_dovecot_lines() {
     let replayed = json_lines(&out.stdout);
     check(&replayed, &seen, &postfix_log, &dovecot_log);
 
+    // Without the linger every line comes after its session's record: as `log` records.
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_mail-trace"))
+            .args(["replay", "--json", "--maillog-linger-ms", "0"])
+            .arg(&pcap)
+            .arg(format!("--maillog={}", plog.display()))
+            .arg(format!("--maillog={}", dlog.display())),
+        Duration::from_secs(60),
+        "mail-trace replay --maillog without linger",
+    );
+    let late = json_lines(&out.stdout);
+    check(&late, &seen, &postfix_log, &dovecot_log);
+    let (s, log) = session_and_log(&late, seen.queued_client);
+    assert!(s.get("log").is_none(), "{s}");
+    assert!(log
+        .iter()
+        .all(|e| e["type"] == "log" && e["session"] == s["id"]));
+    assert!(log
+        .iter()
+        .any(|e| e["event"] == "delivery" && e["fields"]["status"] == "sent"));
+
     // And `why` tells the story from the saved stream.
     let why = run_ok(
         Command::new(env!("CARGO_BIN_EXE_mail-trace"))

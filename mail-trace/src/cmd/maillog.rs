@@ -22,9 +22,19 @@ pub struct LogArgs {
     /// (`journalctl -f`).
     #[arg(long)]
     pub journal: bool,
+    /// How long a finished session's record waits for its last log lines (ms).
+    #[arg(long, hide = true, value_name = "MS", default_value_t = 1500)]
+    pub maillog_linger_ms: u64,
 }
 
 impl LogArgs {
+    pub fn join_config(&self) -> JoinConfig {
+        JoinConfig {
+            linger: self.maillog_linger_ms.saturating_mul(1_000_000),
+            ..JoinConfig::default()
+        }
+    }
+
     pub fn enabled(&self) -> bool {
         !self.maillog.is_empty() || self.journal
     }
@@ -106,7 +116,7 @@ impl ReplayLogs {
         let merged = Merged::open(&args.paths()?).map_err(|e| anyhow::anyhow!(e))?;
         Ok(Some(ReplayLogs {
             merged,
-            joiner: Joiner::new(JoinConfig::default(), privacy),
+            joiner: Joiner::new(args.join_config(), privacy),
         }))
     }
 

@@ -15,7 +15,7 @@ use crate::cmd::capture::{now_ns, sleep_until};
 use crate::cmd::live::LiveArgs;
 use crate::cmd::output::OutputArgs;
 use crate::flow::Dir;
-use crate::maillog::join::{JoinConfig, Joined, Joiner};
+use crate::maillog::join::{Joined, Joiner};
 use crate::output::filter::{Criteria, Filter, FrameSink, Selected};
 use crate::output::pcapng::{IfaceDesc, IfaceStats, PcapngSink};
 use crate::proto::{Event, Proto};
@@ -192,7 +192,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let mut logs = crate::cmd::maillog::start_live(&args.logs)?;
     let mut joiner = logs
         .is_some()
-        .then(|| Joiner::new(JoinConfig::default(), args.output.privacy()));
+        .then(|| Joiner::new(args.logs.join_config(), args.output.privacy()));
     let criteria = Criteria {
         protos: args.proto.iter().map(|&p| p.into()).collect(),
         from: args.from.clone(),

@@ -784,6 +784,50 @@ mod tests {
     }
 
     #[test]
+    fn without_port_logging_the_ip_and_time_choose_the_session() {
+        let mut j = Joiner::new(JoinConfig::default(), Privacy::default());
+        let mut out = Rec::default();
+        let old = info(
+            1,
+            Proto::Smtp,
+            "10.99.152.1:40000",
+            "10.99.152.2:25",
+            T0 - 60 * S,
+        );
+        let now = info(2, Proto::Smtp, "10.99.152.1:40002", "10.99.152.2:25", T0);
+        for s in [&old, &now] {
+            Joined {
+                joiner: Some(&mut j),
+                inner: &mut out,
+            }
+            .session_start(s);
+        }
+        let rec = record(&old, T0 - 50 * S, json!({}));
+        Joined {
+            joiner: Some(&mut j),
+            inner: &mut out,
+        }
+        .session_end(&old, &rec);
+        j.line(line("Nov 27 23:39:56 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[10.99.152.1]: 554 5.7.1 <a@example.org>: Relay access denied; from=<s@c> to=<a@example.org> proto=ESMTP helo=<c>"), &mut out);
+        j.line(
+            line("Nov 27 23:39:56 mx postfix/smtpd[1]: B2C3D4E5F6: client=unknown[10.99.152.1]"),
+            &mut out,
+        );
+        j.line(
+            line("Nov 27 23:39:57 mx postfix/qmgr[2]: B2C3D4E5F6: removed"),
+            &mut out,
+        );
+        assert_eq!(
+            out.out[2..],
+            [
+                "log #2 reject false",
+                "log #2 client false",
+                "log #2 removed false"
+            ]
+        );
+    }
+
+    #[test]
     fn bounded_map_forgets_the_oldest() {
         let mut b = Bounded::new(2);
         b.insert("a", 1u64);
@@ -810,5 +854,39 @@ mod tests {
         );
         assert_eq!(queued_as("Ok"), None);
         assert_eq!(queued_as("Ok: queued as <script>"), None);
+    }
+}
+
+#[cfg(test)]
+mod output_tests {
+    use super::*;
+    use crate::maillog::{parse, Clock};
+    use crate::output::{jsonl::JsonLines, tail};
+
+    #[test]
+    fn late_lines_in_the_tail_and_as_json_records() {
+        let l = parse("Nov 27 23:39:58 mx postfix/virtual[14354]: A74CF98E292: to=<alice@mx.test>, relay=virtual, delay=0.1, delays=0.09/0.01/0/0.01, dsn=2.0.0, status=sent (delivered to maildir)", &Clock::utc(1_795_823_100_000_000_000)).unwrap();
+        let mut t = tail::Tail::new(
+            Vec::new(),
+            tail::Style {
+                color: false,
+                explain: true,
+            },
+            Privacy::default(),
+        );
+        t.log(7, &l, true);
+        assert_eq!(
+            String::from_utf8(t.into_inner()).unwrap(),
+            "23:39:58.000000 #7 log: postfix/virtual[14354] A74CF98E292 delivery: status=sent dsn=2.0.0 relay=virtual delay=0.1 to=alice@mx.test reason=(delivered to maildir)\n"
+        );
+        let l = l.redacted(Privacy::default());
+        let mut j = JsonLines::new(Vec::new(), false);
+        // Not late: it goes into the record, not a line of its own.
+        j.log(7, &l, false);
+        j.log(7, &l, true);
+        assert_eq!(
+            String::from_utf8(j.into_inner()).unwrap(),
+            "{\"type\":\"log\",\"session\":7,\"ts\":\"2026-11-27T23:39:58.000000Z\",\"program\":\"postfix/virtual\",\"pid\":14354,\"queue_id\":\"A74CF98E292\",\"event\":\"delivery\",\"fields\":{\"to\":\"alice@mx.test\",\"relay\":\"virtual\",\"delay\":0.1,\"delays\":\"0.09/0.01/0/0.01\",\"dsn\":\"2.0.0\",\"status\":\"sent\",\"reason\":\"delivered to maildir\"}}\n"
+        );
     }
 }

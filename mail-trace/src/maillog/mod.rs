@@ -293,4 +293,21 @@ mod tests {
         let l = parse(&long, &Clock::utc(NOW)).unwrap();
         assert!(l.raw.len() <= MAX_LINE && l.raw.len() > MAX_LINE - 2);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_any_line(s in "\\PC{0,200}") {
+            let _ = parse(&s, &Clock::utc(NOW));
+        }
+
+        #[test]
+        fn never_panics_on_lines_shaped_like_ours(
+            stamp in "(Nov 27 23:39:56|2026-11-27T23:15:02(\\.[0-9é]{0,12})?([+-][0-9:é]{0,6}|Z)?)",
+            tag in "(mx postfix/smtpd\\[1\\]|imap-login|mx dovecot|imap\\([a-z@]{0,5}\\)<[0-9]{0,3}><[a-z]{0,3}>)",
+            id in "(NOQUEUE|A74CF98E292|warning|)",
+            rest in "[ -~é<>\\[\\]:;,=()]{0,120}",
+        ) {
+            let _ = parse(&format!("{stamp} {tag}: {id}: {rest}"), &Clock::utc(NOW));
+        }
+    }
 }

@@ -161,7 +161,7 @@ pub fn rfc3339(stamp: &str) -> Option<Ts> {
                 _ => return None,
             };
             let digits: String = zone[1..].chars().filter(|c| *c != ':').collect();
-            if digits.len() != 4 {
+            if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
             let hh: i32 = digits[..2].parse().ok()?;
@@ -271,6 +271,7 @@ mod tests {
             "2026-13-01T00:00:00Z mx a: b",
             "2026-11-27T00:00:00.5+1 mx a: b",
             "Nov 27 23:00:00",
+            "2026-11-27T00:00:00+1é1 mx a: b",
         ] {
             assert_eq!(split(l, &Clock::utc(NOW)), None, "{l:?}");
         }
