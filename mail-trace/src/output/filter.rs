@@ -205,7 +205,9 @@ impl<S: Sink> Filter<S> {
 }
 
 fn decided(c: &Criteria, p: &Pending) -> bool {
-    (c.from.is_empty() || p.from_ok) && (c.rcpt.is_empty() || p.rcpt_ok) && (!c.errors || p.error_ok)
+    (c.from.is_empty() || p.from_ok)
+        && (c.rcpt.is_empty() || p.rcpt_ok)
+        && (!c.errors || p.error_ok)
 }
 
 /// A failure reply of any protocol.

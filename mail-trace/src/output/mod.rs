@@ -9,8 +9,8 @@ use std::io::Write;
 
 use crate::flow::Dir;
 use crate::proto::Event;
-use crate::time::Ts;
 use crate::session::{SessionInfo, SessionRecord, Sink};
+use crate::time::Ts;
 
 /// The output the operator chose (`--json`, `--summary`, or the tail).
 pub enum Outputs<W: Write> {
