@@ -222,6 +222,7 @@ mod tests {
             },
             payload: b"EHLO x\r\n",
             missing: 2,
+            suppressed: false,
         };
         assert_eq!(
             tcp_summary(&seg),
@@ -238,6 +239,7 @@ mod tests {
             },
             payload: b"",
             missing: 0,
+            suppressed: false,
         };
         assert_eq!(
             tcp_summary(&syn),
@@ -263,6 +265,7 @@ mod tests {
             truncated: 0,
             unparseable: 2,
             fragments: 3,
+            ..Default::default()
         };
         assert_eq!(
             summary(&c, 3),
@@ -280,6 +283,7 @@ mod tests {
             link: LinkType::Ethernet,
             orig_len: 42,
             data: vec![0; 42],
+            suppressed: false,
         };
         // An all-zero Ethernet frame has EtherType 0: not IP, so not TCP.
         assert_eq!(

@@ -30,6 +30,10 @@ pub struct LiveArgs {
     /// Attach with netlink clsact filters even on kernels with TCX (for testing).
     #[arg(long, hide = true)]
     pub tc_netlink: bool,
+    /// Copy the payload of encrypted (STARTTLS or implicit-TLS) sessions too. By default
+    /// the kernel sends their packets header-only after the TLS handshake.
+    #[arg(long)]
+    pub full_payload: bool,
 }
 
 impl LiveArgs {
@@ -50,6 +54,7 @@ impl LiveArgs {
             ring_size: self.ring_size,
             xdp: self.xdp,
             force_netlink: self.tc_netlink,
+            full_payload: self.full_payload,
         }
     }
 }

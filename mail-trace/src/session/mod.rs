@@ -340,6 +340,12 @@ fn handle(
             }
             feed(s, |x| x.gap(dir, len, ts), sink);
         }
+        // Encrypted bytes the kernel did not copy: nothing for the dissector, and not a gap.
+        FlowEvent::Skipped { id, ts, .. } => {
+            if let Some(s) = sessions.get_mut(&id) {
+                s.last_ts = ts;
+            }
+        }
         FlowEvent::Anomaly { id, kind, ts } => {
             if let Some(s) = sessions.get_mut(&id) {
                 s.last_ts = ts;
