@@ -9,6 +9,8 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod fuzz;
+
 /// bpf-linker 0.10.0 emits BTF the kernel rejects; 0.11+ need a system LLVM Debian lacks.
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
@@ -53,8 +55,12 @@ enum Task {
     Test,
     /// Replay throughput against tshark (not yet implemented).
     Bench,
-    /// Fuzz the parsers (not yet implemented).
-    Fuzz,
+    /// Fuzz every parser for N seconds each (cargo-fuzz, nightly), or only the TARGETs named.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        targets: Vec<String>,
+    },
 }
 
 fn main() {
@@ -64,7 +70,7 @@ fn main() {
         Task::Run { args } => run(args),
         Task::Test => test(),
         Task::Bench => not_yet("bench"),
-        Task::Fuzz => not_yet("fuzz"),
+        Task::Fuzz { secs, targets } => fuzz::fuzz(secs, &targets),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");

@@ -1,5 +1,6 @@
 //! The subcommands: each `run` is what `main` calls.
 pub mod capture;
+pub mod guard;
 pub mod live;
 pub mod output;
 pub mod replay;

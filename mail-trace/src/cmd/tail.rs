@@ -135,6 +135,16 @@ impl<W: Write> FrameSink for PcapFrames<W> {
 }
 
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
+    let file = args.write.clone();
+    let r = tail(args).await;
+    if let (Err(_), Some(p)) = (&r, &file) {
+        // A full disk leaves half a block: cut back to what a reader can use.
+        let _ = crate::cmd::guard::keep_whole_blocks(p);
+    }
+    r
+}
+
+async fn tail(args: TailArgs) -> anyhow::Result<()> {
     let cfg = args.live.to_config();
     let file = match &args.write {
         Some(p) => Some(BufWriter::new(
@@ -208,6 +218,13 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let mut status = interval(STATUS_EVERY);
     status.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_events = 0u64;
+    let gone = crate::cmd::guard::interface_gone(
+        cap.interfaces()
+            .iter()
+            .map(|i| (i.name.clone(), i.ifindex))
+            .collect(),
+    );
+    tokio::pin!(gone);
     loop {
         tokio::select! {
             f = cap.next_frame() => {
@@ -233,6 +250,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sleep_until(deadline) => break,
+            why = &mut gone => anyhow::bail!(why),
         }
         if filter.inner.error().is_some() || frames.error.is_some() {
             break;
