@@ -219,3 +219,58 @@ fn replay_into_a_closed_pipe_exits_quietly() {
     assert_eq!(lines[1], "status=0", "mail-trace's own exit code");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no message, no panic");
 }
+
+/// The `Name:\tvalue` line of /proc/PID/status.
+fn status_field(pid: u32, name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_owned()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn tail_runs_without_capabilities_and_as_the_user_given() {
+    common::require_root("tail_runs_without_capabilities_and_as_the_user_given");
+    let tmp = TempDir::new("caps");
+    for (user, uid) in [(None, "0"), (Some("nobody"), "65534")] {
+        let ns = NetNs::new();
+        let mut args = vec!["tail", "-i", ns.host_if.as_str()];
+        if let Some(u) = user {
+            args.extend(["--user", u]);
+        }
+        let mut mt = MailTrace::start(&args, tmp.path(), uid);
+        mt.wait_attached(&ns.host_if);
+        let pid = mt.child.as_ref().map(Child::id).expect("running");
+        let zero = "0000000000000000";
+        wait_for(Duration::from_secs(10), "capabilities dropped", || {
+            (status_field(pid, "CapEff") == zero).then_some(())
+        });
+        assert_eq!(status_field(pid, "CapPrm"), zero);
+        assert_eq!(status_field(pid, "CapInh"), zero);
+        assert_eq!(status_field(pid, "CapBnd"), zero);
+        assert_eq!(status_field(pid, "CapAmb"), zero);
+        assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+        assert_eq!(
+            status_field(pid, "Uid"),
+            [uid; 4].join("\t"),
+            "real, effective, saved, fs uid"
+        );
+        // Still capturing and still reading the kernel counters without any capability.
+        let addr = std::net::SocketAddr::from((ns.server_v4(), 25));
+        for _ in 0..3 {
+            let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+        }
+        common::signal(pid, libc::SIGINT);
+        let (code, stderr) = mt.wait_exit(Duration::from_secs(20));
+        assert_eq!(code, Some(0), "{stderr}");
+        let matched: u64 = stderr
+            .split("kernel: ")
+            .nth(1)
+            .and_then(|k| k.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no kernel counters in {stderr}"));
+        assert!(matched >= 6, "3 SYNs and 3 RSTs on port 25, got {matched}: {stderr}");
+        assert_eq!(tcx_programs(&ns.host_if), 0, "detached at exit without caps");
+    }
+}

@@ -61,6 +61,7 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut cap = EbpfCapture::open(&cfg)?;
+    args.live.drop_privileges()?;
     let names: Vec<String> = cap.interfaces().iter().map(|i| i.name.clone()).collect();
     let mut sink = match file.take() {
         Some(f) => {

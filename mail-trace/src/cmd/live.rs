@@ -30,6 +30,20 @@ pub struct LiveArgs {
     /// Attach with netlink clsact filters even on kernels with TCX (for testing).
     #[arg(long, hide = true)]
     pub tc_netlink: bool,
+    /// After attaching, run as this user (every capability is dropped either way).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+}
+
+impl LiveArgs {
+    /// What the live commands do once the capture is open: give up root.
+    pub fn drop_privileges(&self) -> anyhow::Result<()> {
+        super::privilege::drop_privileges(
+            super::privilege::needs_net_admin_at_exit(self.tc_netlink),
+            self.user.as_deref(),
+        )
+        .map_err(|e| e.context("dropping privileges"))
+    }
 }
 
 impl LiveArgs {

@@ -3,5 +3,6 @@ pub mod capture;
 pub mod guard;
 pub mod live;
 pub mod output;
+pub mod privilege;
 pub mod replay;
 pub mod tail;

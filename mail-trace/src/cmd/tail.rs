@@ -153,6 +153,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut cap = EbpfCapture::open(&cfg)?;
+    args.live.drop_privileges()?;
     let names: Vec<String> = cap.interfaces().iter().map(|i| i.name.clone()).collect();
     let mut frames = PcapFrames {
         sink: match file {
