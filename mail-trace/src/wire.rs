@@ -134,7 +134,7 @@ fn segment_of<'a>(
     let (src, dst, announced_ip_len, ip_start, payload, first_fragment) = match &net {
         LaxNetSlice::Ipv4(v4) => {
             let h = v4.header();
-            let offset_zero = h.fragments_offset().value() == 0;
+            let offset_zero = Some(h.fragments_offset().value() == 0);
             (
                 IpAddr::V4(h.source_addr()),
                 IpAddr::V4(h.destination_addr()),
@@ -146,10 +146,8 @@ fn segment_of<'a>(
         }
         LaxNetSlice::Ipv6(v6) => {
             let h = v6.header();
-            let offset_zero = v6.extensions().clone().into_iter().all(|ext| match ext {
-                Ipv6ExtensionSlice::Fragment(f) => f.fragment_offset().value() == 0,
-                _ => true,
-            });
+            // The extension chain is walked below, once it is known to end at TCP.
+            let offset_zero = None;
             let payload_len = usize::from(h.payload_length());
             (
                 IpAddr::V6(h.source_addr()),
@@ -173,6 +171,15 @@ fn segment_of<'a>(
             None => Ok(None),
         };
     }
+    // Only now: etherparse 0.16's extension iterator trusts the chain and reads past the packet
+    // when the lax parse stopped inside it (found by fuzzing: wire_decode crash-4c4f7fd2).
+    let first_fragment = first_fragment.unwrap_or_else(|| match &net {
+        LaxNetSlice::Ipv6(v6) => v6.extensions().clone().into_iter().all(|ext| match ext {
+            Ipv6ExtensionSlice::Fragment(f) => f.fragment_offset().value() == 0,
+            _ => true,
+        }),
+        LaxNetSlice::Ipv4(_) => true,
+    });
     if !first_fragment {
         return Ok(None);
     }
@@ -299,6 +306,30 @@ mod tests {
         );
         assert_eq!(seg.payload, payload);
         assert_eq!(seg.missing, 0);
+    }
+
+    #[test]
+    fn ipv6_chain_stopping_at_a_second_hop_by_hop_is_malformed_without_reading_past_it() {
+        // Fuzz regression (tests/fixtures/fuzz-regressions/wire_decode/crash-4c4f7fd2…): a
+        // hop-by-hop header naming another hop-by-hop header; walking the chain read past the
+        // frame (AddressSanitizer: heap-buffer-overflow in etherparse).
+        let data = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/fuzz-regressions/wire_decode/crash-4c4f7fd219d093837cbac333d615234cd3d11007"
+        ))
+        .unwrap();
+        assert_eq!(data[0], 0, "link selector: Ethernet");
+        let f = frame(LinkType::Ethernet, data[1..].to_vec());
+        assert_eq!(
+            decode(&f),
+            Err(DecodeError::Malformed {
+                layer: "ip extension",
+                reason:
+                    "IPv6 Extension Header Error: Encountered an IPv6 hop-by-hop header not \
+                         directly after the IPv6 header. This is not allowed according to RFC 8200."
+                        .into()
+            })
+        );
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod fuzz;
+
 /// bpf-linker 0.10.0 emits BTF the kernel rejects; 0.11+ need a system LLVM Debian lacks.
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
@@ -57,8 +59,12 @@ enum Task {
         #[arg(value_name = "SECTIONS")]
         sections: Vec<String>,
     },
-    /// Fuzz the parsers (not yet implemented).
-    Fuzz,
+    /// Fuzz every parser for N seconds each (cargo-fuzz, nightly), or only the TARGETs named.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        targets: Vec<String>,
+    },
 }
 
 fn main() {
@@ -68,16 +74,12 @@ fn main() {
         Task::Run { args } => run(args),
         Task::Test => test(),
         Task::Bench { sections } => bench(sections),
-        Task::Fuzz => not_yet("fuzz"),
+        Task::Fuzz { secs, targets } => fuzz::fuzz(secs, &targets),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
         std::process::exit(1);
     }
-}
-
-fn not_yet(task: &str) -> Result<()> {
-    bail!("`cargo xtask {task}` is not implemented yet")
 }
 
 fn root_dir() -> PathBuf {

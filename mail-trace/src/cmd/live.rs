@@ -34,6 +34,20 @@ pub struct LiveArgs {
     /// the kernel sends their packets header-only after the TLS handshake.
     #[arg(long)]
     pub full_payload: bool,
+    /// After attaching, run as this user (every capability is dropped either way).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+}
+
+impl LiveArgs {
+    /// What the live commands do once the capture is open: give up root.
+    pub fn drop_privileges(&self) -> anyhow::Result<()> {
+        super::privilege::drop_privileges(
+            super::privilege::needs_net_admin_at_exit(self.tc_netlink),
+            self.user.as_deref(),
+        )
+        .map_err(|e| e.context("dropping privileges"))
+    }
 }
 
 impl LiveArgs {

@@ -29,8 +29,10 @@ pub struct ReplayArgs {
 /// How often (in capture time) idle sessions are looked for.
 const TICK_NS: u64 = 1_000_000_000;
 
-/// Runs the replay; returns the process exit code (1 when a file was unreadable
-/// or broken — the sessions read before the error are still printed).
+/// Runs the replay; returns the process exit code: 2 when a file could not be opened as a
+/// capture (missing, unreadable, a directory, not pcap) — a bad argument —, else 1 when a file
+/// broke off midway (the sessions read before the error are still printed). The other files
+/// are read either way.
 pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
     let mut cfg = EngineConfig {
         privacy: args.output.privacy(),
@@ -56,7 +58,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("mail-trace: {e}");
-                status = 1;
+                status = 2;
                 continue;
             }
         };
@@ -80,7 +82,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
                 }
                 Err(e) => {
                     eprintln!("mail-trace: {e}");
-                    status = 1;
+                    status = status.max(1);
                     break;
                 }
             }

@@ -151,6 +151,16 @@ async fn next_log(logs: &mut Option<crate::cmd::maillog::LiveLogs>) -> Option<St
 }
 
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
+    let file = args.write.clone();
+    let r = tail(args).await;
+    if let (Err(_), Some(p)) = (&r, &file) {
+        // A full disk leaves half a block: cut back to what a reader can use.
+        let _ = crate::cmd::guard::keep_whole_blocks(p);
+    }
+    r
+}
+
+async fn tail(args: TailArgs) -> anyhow::Result<()> {
     let cfg = args.live.to_config();
     let file = match &args.write {
         Some(p) => Some(BufWriter::new(
@@ -159,6 +169,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut cap = EbpfCapture::open(&cfg)?;
+    args.live.drop_privileges()?;
     let names: Vec<String> = cap.interfaces().iter().map(|i| i.name.clone()).collect();
     let mut frames = PcapFrames {
         sink: match file {
@@ -229,6 +240,13 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let mut status = interval(STATUS_EVERY);
     status.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_events = 0u64;
+    let gone = crate::cmd::guard::interface_gone(
+        cap.interfaces()
+            .iter()
+            .map(|i| (i.name.clone(), i.ifindex))
+            .collect(),
+    );
+    tokio::pin!(gone);
     loop {
         tokio::select! {
             f = cap.next_frame() => {
@@ -264,6 +282,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sleep_until(deadline) => break,
+            why = &mut gone => anyhow::bail!(why),
         }
         if filter.inner.error().is_some() || frames.error.is_some() {
             break;

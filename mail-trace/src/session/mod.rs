@@ -341,9 +341,11 @@ fn handle(
             feed(s, |x| x.gap(dir, len, ts), sink);
         }
         // Encrypted bytes the kernel did not copy: nothing for the dissector, and not a gap.
-        FlowEvent::Skipped { id, ts, .. } => {
+        FlowEvent::Skipped { id, dir, len, ts } => {
+            // Encrypted bytes the kernel did not copy: seen on the wire, so counted.
             if let Some(s) = sessions.get_mut(&id) {
                 s.last_ts = ts;
+                s.bytes[dir as usize] += len;
             }
         }
         FlowEvent::Anomaly { id, kind, ts } => {
