@@ -249,6 +249,7 @@ mod conv {
                 link: LinkType::RawIp,
                 orig_len: data.len() as u32,
                 data,
+                suppressed: false,
             });
         }
 

@@ -50,6 +50,16 @@ pub struct SockTuple {
     pub remote: [u8; 16],
 }
 
+/// Who last sent or received on a mail-port socket (value of `SOCK_OWNER`,
+/// keyed by the socket's [`SockTuple`] with `how` = [`CONN_NONE`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOwner {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: [u8; 16],
+}
+
 /// Offsets of the `struct sock_common` fields the socket probe reads, from the
 /// running kernel's BTF (index 0 of `SOCK_OFFSETS`). No CO-RE for Rust eBPF in
 /// aya 0.14: userspace looks them up in /sys/kernel/btf/vmlinux at load time.
@@ -163,6 +173,8 @@ pub mod names {
     pub const SSL_CONN: &str = "SSL_CONN";
     /// `LruHashMap<u64 pid_tgid, SockTuple>`: each thread's last mail-port socket.
     pub const THREAD_SOCK: &str = "THREAD_SOCK";
+    /// `LruHashMap<SockTuple, SockOwner>`: the process using each mail-port socket.
+    pub const SOCK_OWNER: &str = "SOCK_OWNER";
     /// `Array<SockOffsets>` with one entry, written by userspace before attaching.
     pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
     /// Raw tracepoints sock_send_length and sock_recv_length: learn the sockets of TLS calls.
@@ -188,6 +200,7 @@ mod user {
     unsafe impl aya::Pod for super::TlsCallArgs {}
     unsafe impl aya::Pod for super::SockTuple {}
     unsafe impl aya::Pod for super::SockOffsets {}
+    unsafe impl aya::Pod for super::SockOwner {}
 }
 
 #[cfg(test)]
@@ -201,6 +214,8 @@ mod tests {
         assert_eq!(size_of::<TlsDataHeader>() % 8, 0);
         assert_eq!(size_of::<SockTuple>(), 40);
         assert_eq!(size_of::<SockOffsets>(), 16);
+        assert_eq!(size_of::<SockOwner>(), 24);
+        assert_eq!(crate::FLAG_SUPPRESSED & FLAG_TLS_DATA, 0);
         assert_eq!(offset_of!(TlsDataHeader, flags), FLAGS_OFFSET);
         assert_eq!(offset_of!(crate::PacketHeader, flags), FLAGS_OFFSET);
         assert_eq!(size_of::<TlsCallArgs>(), 24);

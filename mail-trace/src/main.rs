@@ -1,5 +1,6 @@
 //! The `mail-trace` binary: parse the command line, run the subcommand, turn an
-//! error into one line on stderr and exit code 1 (clap exits 2 on usage errors).
+//! error into one line on stderr: exit code 2 for usage errors, 1 for the rest.
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,8 @@ enum Command {
     Tail(cmd::tail::TailArgs),
     /// Dissect mail sessions from pcap or pcapng files.
     Replay(cmd::replay::ReplayArgs),
+    /// The story of one message: its session, replies and log lines (from saved --json).
+    Why(cmd::why::WhyArgs),
 }
 
 /// `mail-trace` alone, or with options only, means `mail-trace tail …`.
@@ -45,18 +48,70 @@ fn live(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::R
     rt.block_on(fut).map(|()| 0)
 }
 
+/// Exit code of a usage error (bad flag or value, unusable file argument).
+const USAGE: u8 = 2;
+
+/// clap's usage errors span several lines (tip, usage); an operator at 3 a.m. needs the one
+/// that says what is wrong. Help and version keep clap's output.
+fn parse() -> Result<Cli, ExitCode> {
+    use clap::error::ErrorKind;
+    match Cli::try_parse_from(args()) {
+        Ok(cli) => Ok(cli),
+        Err(e) => match e.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                // A closed stdout (`--help | head -1`) is not worth a message.
+                let _ = e.print();
+                Err(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(USAGE)))
+            }
+            _ => {
+                let line = first_paragraph(&e.render().to_string());
+                let _ = writeln!(std::io::stderr(), "mail-trace: {line}");
+                Err(ExitCode::from(USAGE))
+            }
+        },
+    }
+}
+
+/// The first paragraph of a clap error on one line, `error: ` prefix kept: "the following
+/// required arguments were not provided:" is followed by the arguments on the next lines.
+fn first_paragraph(rendered: &str) -> String {
+    let line = rendered
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if line.is_empty() {
+        "error: bad command line".to_owned()
+    } else {
+        line
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(args());
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let result = match cli.command {
         // Replay is synchronous: no runtime needed.
         Command::Replay(args) => cmd::replay::run(args),
+        Command::Why(args) => cmd::why::run(args),
         Command::Capture(args) => live(cmd::capture::run(args)),
         Command::Tail(args) => live(cmd::tail::run(args)),
     };
     match result {
         Ok(code) => ExitCode::from(code),
+        // `| head` closed the pipe: nothing worth saying.
+        Err(e) if cmd::guard::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mail-trace: {e:#}");
+            // `{:#}` joins the context chain on one line; a newline inside a cause would not be.
+            let msg = format!("{e:#}").replace('\n', " ");
+            // eprintln! would panic on a closed stderr (`2>&1 | head`).
+            let _ = writeln!(std::io::stderr(), "mail-trace: {msg}");
             ExitCode::FAILURE
         }
     }

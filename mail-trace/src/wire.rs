@@ -35,6 +35,8 @@ pub struct Segment<'a> {
     pub payload: &'a [u8],
     /// Payload bytes the IP header announces beyond `payload` (snaplen cut).
     pub missing: u32,
+    /// The `missing` bytes were seen but not copied on purpose ([`Frame::suppressed`]).
+    pub suppressed: bool,
 }
 
 /// Why a frame could not be decoded to a TCP segment.
@@ -132,7 +134,7 @@ fn segment_of<'a>(
     let (src, dst, announced_ip_len, ip_start, payload, first_fragment) = match &net {
         LaxNetSlice::Ipv4(v4) => {
             let h = v4.header();
-            let offset_zero = h.fragments_offset().value() == 0;
+            let offset_zero = Some(h.fragments_offset().value() == 0);
             (
                 IpAddr::V4(h.source_addr()),
                 IpAddr::V4(h.destination_addr()),
@@ -144,10 +146,8 @@ fn segment_of<'a>(
         }
         LaxNetSlice::Ipv6(v6) => {
             let h = v6.header();
-            let offset_zero = v6.extensions().clone().into_iter().all(|ext| match ext {
-                Ipv6ExtensionSlice::Fragment(f) => f.fragment_offset().value() == 0,
-                _ => true,
-            });
+            // The extension chain is walked below, once it is known to end at TCP.
+            let offset_zero = None;
             let payload_len = usize::from(h.payload_length());
             (
                 IpAddr::V6(h.source_addr()),
@@ -171,6 +171,15 @@ fn segment_of<'a>(
             None => Ok(None),
         };
     }
+    // Only now: etherparse 0.16's extension iterator trusts the chain and reads past the packet
+    // when the lax parse stopped inside it (found by fuzzing: wire_decode crash-4c4f7fd2).
+    let first_fragment = first_fragment.unwrap_or_else(|| match &net {
+        LaxNetSlice::Ipv6(v6) => v6.extensions().clone().into_iter().all(|ext| match ext {
+            Ipv6ExtensionSlice::Fragment(f) => f.fragment_offset().value() == 0,
+            _ => true,
+        }),
+        LaxNetSlice::Ipv4(_) => true,
+    });
     if !first_fragment {
         return Ok(None);
     }
@@ -206,6 +215,7 @@ fn segment_of<'a>(
         },
         payload: tcp.payload(),
         missing: u32::try_from(missing).unwrap_or(u32::MAX),
+        suppressed: frame.suppressed && missing > 0,
     }))
 }
 
@@ -237,6 +247,7 @@ mod tests {
             link,
             orig_len: data.len() as u32,
             data,
+            suppressed: false,
         }
     }
 
@@ -295,6 +306,30 @@ mod tests {
         );
         assert_eq!(seg.payload, payload);
         assert_eq!(seg.missing, 0);
+    }
+
+    #[test]
+    fn ipv6_chain_stopping_at_a_second_hop_by_hop_is_malformed_without_reading_past_it() {
+        // Fuzz regression (tests/fixtures/fuzz-regressions/wire_decode/crash-4c4f7fd2…): a
+        // hop-by-hop header naming another hop-by-hop header; walking the chain read past the
+        // frame (AddressSanitizer: heap-buffer-overflow in etherparse).
+        let data = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/fuzz-regressions/wire_decode/crash-4c4f7fd219d093837cbac333d615234cd3d11007"
+        ))
+        .unwrap();
+        assert_eq!(data[0], 0, "link selector: Ethernet");
+        let f = frame(LinkType::Ethernet, data[1..].to_vec());
+        assert_eq!(
+            decode(&f),
+            Err(DecodeError::Malformed {
+                layer: "ip extension",
+                reason:
+                    "IPv6 Extension Header Error: Encountered an IPv6 hop-by-hop header not \
+                         directly after the IPv6 header. This is not allowed according to RFC 8200."
+                        .into()
+            })
+        );
     }
 
     #[test]
@@ -421,6 +456,23 @@ mod tests {
         assert_eq!(seg.payload, b"* OK");
         assert_eq!(seg.src.port(), 143);
         assert_eq!(seg.seq, 9);
+    }
+
+    #[test]
+    fn suppressed_frame_marks_its_missing_bytes() {
+        let full = eth(0x0800, &v4_tcp(&[b'a'; 100]));
+        let mut f = frame(LinkType::Ethernet, full[..full.len() - 100].to_vec());
+        (f.orig_len, f.suppressed) = (full.len() as u32, true);
+        let seg = dec(f.clone()).unwrap().unwrap();
+        assert_eq!(
+            (seg.payload, seg.missing, seg.suppressed),
+            (&b""[..], 100, true)
+        );
+        // Nothing missing: nothing suppressed, whatever the flag says.
+        let mut f = frame(LinkType::Ethernet, full.clone());
+        f.suppressed = true;
+        let seg = dec(f).unwrap().unwrap();
+        assert_eq!((seg.missing, seg.suppressed), (0, false));
     }
 
     #[test]

@@ -217,8 +217,11 @@ pub fn kernel_sock_offsets() -> Result<SockOffsets, String> {
 mod tests {
     use super::*;
 
+    /// (name, type, bit offset) of a struct or union member.
+    type Member<'a> = (&'a str, u32, u32);
+
     /// A BTF blob from (kind, name, target, members) entries.
-    fn blob(types: &[(u32, &str, u32, &[(&str, u32, u32)])]) -> Vec<u8> {
+    fn blob(types: &[(u32, &str, u32, &[Member])]) -> Vec<u8> {
         let mut strings = vec![0u8];
         let mut name = |s: &str| -> u32 {
             if s.is_empty() {

@@ -195,12 +195,39 @@ fn netns(pid: u32) -> Option<u64> {
 /// pid and log name of a process.
 pub fn process(pid: u32) -> Option<Process> {
     let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    let comm = comm.trim_end().to_string();
-    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok();
-    Some(Process {
+    Some(process_named(pid, comm.trim_end()))
+}
+
+/// The log name of `pid`, whose comm the kernel reported. Its executable
+/// (/proc/PID/exe) tells Postfix and Dovecot daemons apart; once privileges
+/// are dropped that link is unreadable for other users' processes, and the
+/// parent's comm (world-readable) tells it instead: Postfix's daemons are
+/// children of `master`, Dovecot's of `dovecot`.
+pub fn process_named(pid: u32, comm: &str) -> Process {
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok().or_else(|| {
+        let parent = match parent_comm(pid)?.as_str() {
+            "master" => "/postfix/",
+            "dovecot" => "/dovecot/",
+            _ => return None,
+        };
+        Some(std::path::PathBuf::from(parent))
+    });
+    Process {
         pid,
-        comm: log_name(&comm, exe.as_deref()),
-    })
+        comm: log_name(comm, exe.as_deref()),
+    }
+}
+
+fn parent_comm(pid: u32) -> Option<String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let ppid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse::<u32>()
+        .ok()?;
+    let comm = fs::read_to_string(format!("/proc/{ppid}/comm")).ok()?;
+    Some(comm.trim_end().to_string())
 }
 
 /// Dovecot's login processes, named as such even when their executable can no

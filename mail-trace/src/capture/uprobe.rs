@@ -192,30 +192,12 @@ fn libssl_in_maps(maps: &str) -> BTreeSet<PathBuf> {
 }
 
 impl EbpfCapture {
-    /// Loads and attaches the TLS uprobes; returns the libraries probed.
-    pub fn attach_tls(&mut self, cfg: &TlsConfig) -> Result<Vec<PathBuf>, CaptureError> {
-        let libs = if cfg.libssl.is_empty() {
-            daemon_libssl()
-        } else {
-            cfg.libssl.clone()
-        };
-        if libs.is_empty() {
-            return Err(CaptureError::Load(
-                "--tls-plaintext: no running mail daemon maps a libssl.so; name it with --libssl PATH".into(),
-            ));
-        }
-        let scope = match cfg.pid.and_then(NonZeroU32::new) {
-            Some(p) => UProbeScope::OneProcess(p),
-            None => UProbeScope::AllProcesses,
-        };
-        let offsets = super::btf::kernel_sock_offsets()
-            .map_err(|e| CaptureError::Load(format!("--tls-plaintext: {e}")))?;
+    /// Loads and attaches the socket probes (raw tracepoints after every socket
+    /// send and receive): they note the process using each mail-port socket,
+    /// and the socket of each TLS call once the uprobes are attached too.
+    pub fn attach_sock_probes(&mut self) -> Result<SockOwners, CaptureError> {
+        let offsets = super::btf::kernel_sock_offsets().map_err(CaptureError::Load)?;
         let ebpf = self.ebpf_mut();
-        // EPERM as root is the verifier refusing a program: keep its message.
-        let load_err = |e: aya::programs::ProgramError| match os_error(&e) {
-            Some(libc::EPERM) if !nix_is_root() => CaptureError::Permission,
-            _ => CaptureError::Load(chain(&e)),
-        };
         {
             let map = ebpf
                 .map_mut(names::SOCK_OFFSETS)
@@ -237,6 +219,32 @@ impl EbpfCapture {
                 reason: chain(&e),
             })?;
         }
+        let map = ebpf
+            .take_map(names::SOCK_OWNER)
+            .ok_or_else(|| CaptureError::Load("no SOCK_OWNER map".into()))?;
+        let map = aya::maps::HashMap::try_from(map).map_err(|e| CaptureError::Load(chain(&e)))?;
+        Ok(SockOwners { map })
+    }
+
+    /// Loads and attaches the TLS uprobes; returns the libraries probed. The
+    /// socket probes ([`Self::attach_sock_probes`]) must be attached first:
+    /// they find each chunk's connection.
+    pub fn attach_tls(&mut self, cfg: &TlsConfig) -> Result<Vec<PathBuf>, CaptureError> {
+        let libs = if cfg.libssl.is_empty() {
+            daemon_libssl()
+        } else {
+            cfg.libssl.clone()
+        };
+        if libs.is_empty() {
+            return Err(CaptureError::Load(
+                "--tls-plaintext: no running mail daemon maps a libssl.so; name it with --libssl PATH".into(),
+            ));
+        }
+        let scope = match cfg.pid.and_then(NonZeroU32::new) {
+            Some(p) => UProbeScope::OneProcess(p),
+            None => UProbeScope::AllProcesses,
+        };
+        let ebpf = self.ebpf_mut();
         let mut progs = vec![names::ENTER, names::SET_FD, names::FREE];
         progs.extend(CALLS.iter().map(|(_, p)| *p));
         for name in &progs {
@@ -283,9 +291,69 @@ impl EbpfCapture {
     }
 }
 
+/// A program load error; EPERM as root is the verifier refusing a program, so
+/// its message is kept.
+fn load_err(e: aya::programs::ProgramError) -> CaptureError {
+    match os_error(&e) {
+        Some(libc::EPERM) if !nix_is_root() => CaptureError::Permission,
+        _ => CaptureError::Load(chain(&e)),
+    }
+}
+
 fn nix_is_root() -> bool {
     // SAFETY: no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// The process that last sent or received on each mail-port socket, noted by
+/// the kernel's socket probes: it outlives the process, so a daemon forked for
+/// one connection and gone before its session was read is still named, and
+/// reading it needs no privilege (the map's fd is open).
+pub struct SockOwners {
+    map: aya::maps::HashMap<aya::maps::MapData, SockTuple, mail_trace_common::tls::SockOwner>,
+}
+
+impl std::fmt::Debug for SockOwners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SockOwners")
+    }
+}
+
+impl SockOwners {
+    /// (pid, comm) of the process holding the `local` end of the connection to `remote`.
+    pub fn owner(&self, local: SocketAddr, remote: SocketAddr) -> Option<(u32, String)> {
+        sock_keys(local, remote).into_iter().find_map(|k| {
+            let o = self.map.get(&k, 0).ok()?;
+            let end = o.comm.iter().position(|&b| b == 0).unwrap_or(o.comm.len());
+            Some((o.pid, String::from_utf8_lossy(&o.comm[..end]).into_owned()))
+        })
+    }
+}
+
+/// The keys a socket with these ends can have: an IPv4 connection is also an
+/// IPv6 socket's with v4-mapped addresses (dual-stack listeners).
+fn sock_keys(local: SocketAddr, remote: SocketAddr) -> Vec<SockTuple> {
+    let key = |family: u16, l: [u8; 16], r: [u8; 16]| SockTuple {
+        family,
+        local_port: local.port(),
+        remote_port: remote.port(),
+        how: 0,
+        local: l,
+        remote: r,
+    };
+    let v4 = |a: Ipv4Addr| {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&a.octets());
+        b
+    };
+    match (local.ip(), remote.ip()) {
+        (IpAddr::V4(l), IpAddr::V4(r)) => vec![
+            key(2, v4(l), v4(r)),
+            key(10, l.to_ipv6_mapped().octets(), r.to_ipv6_mapped().octets()),
+        ],
+        (IpAddr::V6(l), IpAddr::V6(r)) => vec![key(10, l.octets(), r.octets())],
+        _ => Vec::new(),
+    }
 }
 
 /// Connections cached at most; the cache starts over when full.
@@ -492,6 +560,36 @@ mod tests {
         assert!(decode(&both, 0).is_none());
         assert!(!is_plaintext(&[0u8; 40]));
         assert!(!is_plaintext(&[0u8; 3]));
+    }
+
+    #[test]
+    fn socket_keys_cover_dual_stack_sockets() {
+        let k = sock_keys(
+            "10.99.0.2:25".parse().unwrap(),
+            "10.99.0.1:40000".parse().unwrap(),
+        );
+        assert_eq!(k.len(), 2);
+        assert_eq!(
+            (k[0].family, k[0].local_port, k[0].remote_port),
+            (2, 25, 40000)
+        );
+        assert_eq!(&k[0].local[..4], &[10, 99, 0, 2]);
+        assert_eq!(&k[0].local[4..], &[0u8; 12]);
+        assert_eq!(&k[0].remote[..4], &[10, 99, 0, 1]);
+        assert_eq!(k[1].family, 10);
+        assert_eq!(&k[1].local[10..], &[0xff, 0xff, 10, 99, 0, 2]);
+        assert_eq!(&k[1].local[..10], &[0u8; 10]);
+        let k = sock_keys(
+            "[fd99::2]:993".parse().unwrap(),
+            "[fd99::1]:5000".parse().unwrap(),
+        );
+        assert_eq!(k.len(), 1);
+        assert_eq!(k[0].local, "fd99::2".parse::<Ipv6Addr>().unwrap().octets());
+        assert!(sock_keys(
+            "[fd99::2]:1".parse().unwrap(),
+            "10.0.0.1:2".parse().unwrap()
+        )
+        .is_empty());
     }
 
     #[test]

@@ -37,6 +37,22 @@ pub struct CaptureArgs {
 }
 
 pub async fn run(args: CaptureArgs) -> anyhow::Result<()> {
+    let file = args.write.clone();
+    match capture(args).await {
+        // The reader of stdout went away (`| head`): stop as if interrupted.
+        Err(e) if super::guard::is_broken_pipe(&e) => Ok(()),
+        Err(e) => {
+            // A full disk leaves half a block: cut back to what a reader can use.
+            if let Some(p) = &file {
+                let _ = super::guard::keep_whole_blocks(p);
+            }
+            Err(e)
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
+async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
     let cfg = args.live.to_config();
     let mut file = match &args.write {
         Some(p) => Some(BufWriter::new(
@@ -45,6 +61,7 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut cap = EbpfCapture::open(&cfg)?;
+    args.live.drop_privileges()?;
     let names: Vec<String> = cap.interfaces().iter().map(|i| i.name.clone()).collect();
     let mut sink = match file.take() {
         Some(f) => {
@@ -69,6 +86,13 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<()> {
     let deadline = args
         .duration
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let gone = super::guard::interface_gone(
+        cap.interfaces()
+            .iter()
+            .map(|i| (i.name.clone(), i.ifindex))
+            .collect(),
+    );
+    tokio::pin!(gone);
     let mut seen = 0u64;
     let mut handle = |f: Frame| -> anyhow::Result<()> {
         if let Some(s) = sink.as_mut() {
@@ -86,6 +110,7 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sleep_until(deadline) => break,
+            why = &mut gone => anyhow::bail!(why),
         };
         seen += 1;
         handle(frame)?;
@@ -222,6 +247,7 @@ mod tests {
             },
             payload: b"EHLO x\r\n",
             missing: 2,
+            suppressed: false,
         };
         assert_eq!(
             tcp_summary(&seg),
@@ -238,6 +264,7 @@ mod tests {
             },
             payload: b"",
             missing: 0,
+            suppressed: false,
         };
         assert_eq!(
             tcp_summary(&syn),
@@ -263,6 +290,7 @@ mod tests {
             truncated: 0,
             unparseable: 2,
             fragments: 3,
+            ..Default::default()
         };
         assert_eq!(
             summary(&c, 3),
@@ -280,6 +308,7 @@ mod tests {
             link: LinkType::Ethernet,
             orig_len: 42,
             data: vec![0; 42],
+            suppressed: false,
         };
         // An all-zero Ethernet frame has EtherType 0: not IP, so not TCP.
         assert_eq!(

@@ -30,6 +30,24 @@ pub struct LiveArgs {
     /// Attach with netlink clsact filters even on kernels with TCX (for testing).
     #[arg(long, hide = true)]
     pub tc_netlink: bool,
+    /// Copy the payload of encrypted (STARTTLS or implicit-TLS) sessions too. By default
+    /// the kernel sends their packets header-only after the TLS handshake.
+    #[arg(long)]
+    pub full_payload: bool,
+    /// After attaching, run as this user (every capability is dropped either way).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+}
+
+impl LiveArgs {
+    /// What the live commands do once the capture is open: give up root.
+    pub fn drop_privileges(&self) -> anyhow::Result<()> {
+        super::privilege::drop_privileges(
+            super::privilege::needs_net_admin_at_exit(self.tc_netlink),
+            self.user.as_deref(),
+        )
+        .map_err(|e| e.context("dropping privileges"))
+    }
 }
 
 impl LiveArgs {
@@ -50,6 +68,7 @@ impl LiveArgs {
             ring_size: self.ring_size,
             xdp: self.xdp,
             force_netlink: self.tc_netlink,
+            full_payload: self.full_payload,
         }
     }
 }

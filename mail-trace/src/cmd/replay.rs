@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::capture::pcap::PcapSource;
 use crate::cmd::output::OutputArgs;
+use crate::maillog::join::Joined;
 use crate::output::filter::{Criteria, Filter, NoFrames, Selected};
 use crate::output::Outputs;
 use crate::session::{Engine, EngineConfig};
@@ -21,13 +22,17 @@ pub struct ReplayArgs {
     /// other ports are recognised by their first lines.
     #[arg(long)]
     pub no_sniff: bool,
+    #[command(flatten)]
+    pub logs: crate::cmd::maillog::LogArgs,
 }
 
 /// How often (in capture time) idle sessions are looked for.
 const TICK_NS: u64 = 1_000_000_000;
 
-/// Runs the replay; returns the process exit code (1 when a file was unreadable
-/// or broken — the sessions read before the error are still printed).
+/// Runs the replay; returns the process exit code: 2 when a file could not be opened as a
+/// capture (missing, unreadable, a directory, not pcap) — a bad argument —, else 1 when a file
+/// broke off midway (the sessions read before the error are still printed). The other files
+/// are read either way.
 pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
     let mut cfg = EngineConfig {
         privacy: args.output.privacy(),
@@ -36,6 +41,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
     };
     cfg.ports.sniff_other_ports = !args.no_sniff;
     let mut engine = Engine::new(cfg);
+    let mut logs = crate::cmd::maillog::ReplayLogs::open(&args.logs, args.output.privacy())?;
     // Without --findings every session streams through, nothing held back.
     let criteria = Criteria {
         findings: args.output.findings,
@@ -52,7 +58,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("mail-trace: {e}");
-                status = 1;
+                status = 2;
                 continue;
             }
         };
@@ -60,16 +66,23 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
         while let Some(frame) = src.next_frame() {
             match frame {
                 Ok(frame) => {
-                    engine.frame(&frame, &mut out);
+                    if let Some(l) = logs.as_mut() {
+                        l.feed_until(frame.ts, &mut out);
+                    }
+                    let mut sink = Joined {
+                        joiner: logs.as_mut().map(|l| &mut l.joiner),
+                        inner: &mut out,
+                    };
+                    engine.frame(&frame, &mut sink);
                     last_ts = last_ts.max(frame.ts);
                     if last_ts >= last_tick + TICK_NS {
-                        engine.tick(last_ts, &mut out);
+                        engine.tick(last_ts, &mut sink);
                         last_tick = last_ts;
                     }
                 }
                 Err(e) => {
                     eprintln!("mail-trace: {e}");
-                    status = 1;
+                    status = status.max(1);
                     break;
                 }
             }
@@ -78,10 +91,17 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
             }
         }
         // Sessions still open at the end of a file end with it.
-        engine.finish(last_ts, &mut out);
+        let mut sink = Joined {
+            joiner: logs.as_mut().map(|l| &mut l.joiner),
+            inner: &mut out,
+        };
+        engine.finish(last_ts, &mut sink);
         if out.filter.inner.error().is_some() {
             break;
         }
+    }
+    if let Some(l) = logs.as_mut() {
+        l.finish(&mut out);
     }
     finish_output(filter.inner)?;
     Ok(status)

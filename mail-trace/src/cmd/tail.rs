@@ -17,6 +17,7 @@ use crate::cmd::capture::{now_ns, sleep_until};
 use crate::cmd::live::LiveArgs;
 use crate::cmd::output::OutputArgs;
 use crate::flow::Dir;
+use crate::maillog::join::{Joined, Joiner};
 use crate::output::filter::{Criteria, Filter, FrameSink, Selected};
 use crate::output::pcapng::{IfaceDesc, IfaceStats, PcapngSink};
 use crate::proto::{Event, Proto};
@@ -62,6 +63,8 @@ pub struct TailArgs {
     /// Only TLS plaintext of processes with this comm (repeatable).
     #[arg(long, value_name = "COMM", requires = "tls_plaintext")]
     pub comm: Vec<String>,
+    #[command(flatten)]
+    pub logs: crate::cmd::maillog::LogArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -114,13 +117,12 @@ fn plaintext(
         }
         let ok = engine.plaintext(origin, c.local, c.peer, p.from_peer, &p.data, p.ts, sink);
         if ok {
-            let named = || {
-                procfs::process(p.pid).unwrap_or_else(|| procfs::Process {
-                    pid: p.pid,
-                    comm: procfs::log_name(&p.comm, None),
-                })
-            };
-            engine.process_seen(c.local, c.peer, named, sink);
+            engine.process_seen(
+                c.local,
+                c.peer,
+                || procfs::process_named(p.pid, &p.comm),
+                sink,
+            );
         }
         ok
     } else if let Some((local, peer)) = r.resolve(p) {
@@ -183,6 +185,9 @@ impl<S: Sink> Sink for Counted<'_, S> {
         self.tally.gap_bytes += len;
         self.inner.gap(info, dir, len, ts);
     }
+    fn log(&mut self, session: crate::flow::ConnId, line: &crate::maillog::LogLine, late: bool) {
+        self.inner.log(session, line, late);
+    }
     fn session_end(&mut self, info: &SessionInfo, rec: &SessionRecord) {
         let txs = rec.field("transactions").and_then(|t| t.as_array());
         self.tally.messages += txs
@@ -212,7 +217,25 @@ impl<W: Write> FrameSink for PcapFrames<W> {
     }
 }
 
+/// The next line from the log readers; never, without `--maillog`/`--journal`.
+async fn next_log(logs: &mut Option<crate::cmd::maillog::LiveLogs>) -> Option<String> {
+    match logs {
+        Some(l) => l.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
+    let file = args.write.clone();
+    let r = tail(args).await;
+    if let (Err(_), Some(p)) = (&r, &file) {
+        // A full disk leaves half a block: cut back to what a reader can use.
+        let _ = crate::cmd::guard::keep_whole_blocks(p);
+    }
+    r
+}
+
+async fn tail(args: TailArgs) -> anyhow::Result<()> {
     let cfg = args.live.to_config();
     let file = match &args.write {
         Some(p) => Some(BufWriter::new(
@@ -221,6 +244,16 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut cap = EbpfCapture::open(&cfg)?;
+    // The socket probes name each session's process (and find the connection of
+    // TLS plaintext); without them, /proc alone, which misses short-lived daemons.
+    let owners = match cap.attach_sock_probes() {
+        Ok(o) => Some(o),
+        Err(e) if args.tls_plaintext => return Err(e.into()),
+        Err(e) => {
+            eprintln!("mail-trace: owning processes from /proc only: {e}");
+            None
+        }
+    };
     let mut resolver = None;
     let mut pt_tally = PlaintextTally::default();
     if args.tls_plaintext {
@@ -236,6 +269,8 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
             PortMap::default().ports(),
         ));
     }
+    // After the TLS probes too: attaching them needs the privileges.
+    args.live.drop_privileges()?;
     let names: Vec<String> = cap.interfaces().iter().map(|i| i.name.clone()).collect();
     let mut frames = PcapFrames {
         sink: match file {
@@ -266,7 +301,18 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     };
     engine_cfg.ports.sniff_other_ports = true;
     let mut engine = Engine::new(engine_cfg);
-    engine.set_process_lookup(Box::new(procfs::owner_of));
+    // The kernel's socket owners first (no /proc race, no privilege needed), then /proc.
+    engine.set_process_lookup(Box::new(move |client, server| {
+        owners
+            .as_ref()
+            .and_then(|o| o.owner(server, client))
+            .map(|(pid, comm)| procfs::process_named(pid, &comm))
+            .or_else(|| procfs::owner_of(client, server))
+    }));
+    let mut logs = crate::cmd::maillog::start_live(&args.logs)?;
+    let mut joiner = logs
+        .is_some()
+        .then(|| Joiner::new(args.logs.join_config(), args.output.privacy()));
     let criteria = Criteria {
         protos: args.proto.iter().map(|&p| p.into()).collect(),
         from: args.from.clone(),
@@ -303,10 +349,18 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let mut status = interval(STATUS_EVERY);
     status.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_events = 0u64;
+    let gone = crate::cmd::guard::interface_gone(
+        cap.interfaces()
+            .iter()
+            .map(|i| (i.name.clone(), i.ifindex))
+            .collect(),
+    );
+    tokio::pin!(gone);
     loop {
         tokio::select! {
             item = cap.next() => {
-                let mut sink = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
+                let mut counted = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
+                let mut sink = Joined { joiner: joiner.as_mut(), inner: &mut counted };
                 match item? {
                     Captured::Frame(frame) => {
                         let id = engine.frame(&frame, &mut sink);
@@ -319,9 +373,18 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
                     }
                 }
             }
+            Some(line) = next_log(&mut logs) => {
+                let mut counted = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
+                if let Some(j) = joiner.as_mut() {
+                    crate::cmd::maillog::live_line(j, &line, now_ns(), &mut counted);
+                }
+            }
             _ = tick.tick() => {
-                let mut sink = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
-                engine.tick(now_ns(), &mut sink);
+                let mut counted = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
+                engine.tick(now_ns(), &mut Joined { joiner: joiner.as_mut(), inner: &mut counted });
+                if let Some(j) = joiner.as_mut() {
+                    j.tick(now_ns(), &mut counted);
+                }
                 let _ = filter.inner.flush();
             }
             _ = status.tick(), if tty => {
@@ -336,6 +399,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sleep_until(deadline) => break,
+            why = &mut gone => anyhow::bail!(why),
         }
         if filter.inner.error().is_some() || frames.error.is_some() {
             break;
@@ -346,21 +410,32 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     if let (Some(r), Some(t)) = (&resolver, cap.tls_counters()) {
         eprintln!(
             "mail-trace: TLS plaintext: {} calls, {} records, {} lost, {} truncated, {} unreadable; \
-             connection of {} chunks from the call's socket, {} from the thread's last socket, {} from /proc, {} unknown; {} chunks in sessions",
+             connection of {} chunks from the call's socket, {} from the thread's last socket, {} from /proc, {} unknown; {} chunks in sessions; \
+             {} encrypted bytes not copied",
             t.calls, t.records, t.lost_records, t.truncated, t.read_errors,
-            pt_tally.in_call, pt_tally.thread, pt_tally.procfs, r.unresolved, pt_tally.placed
+            pt_tally.in_call, pt_tally.thread, pt_tally.procfs, r.unresolved, pt_tally.placed,
+            counters.suppressed_bytes
         );
     }
     drop(cap);
     {
-        let mut sink = Counted {
+        let mut counted = Counted {
             inner: &mut Selected {
                 filter: &mut filter,
                 frames: &mut frames,
             },
             tally: &mut tally,
         };
-        engine.finish(now_ns(), &mut sink);
+        engine.finish(
+            now_ns(),
+            &mut Joined {
+                joiner: joiner.as_mut(),
+                inner: &mut counted,
+            },
+        );
+        if let Some(j) = joiner.as_mut() {
+            j.finish(&mut counted);
+        }
     }
     if let Some(s) = frames.sink.take() {
         let stats: Vec<IfaceStats> = frames

@@ -279,6 +279,17 @@ impl<S: Sink> Sink for Selected<'_, S> {
         }
     }
 
+    /// Log lines of shown sessions; after the end only without criteria (which sessions
+    /// were shown is not remembered).
+    fn log(&mut self, session: ConnId, line: &crate::maillog::LogLine, late: bool) {
+        let f = &mut *self.filter;
+        match f.sessions.get(&session) {
+            Some(State::Shown) => f.inner.log(session, line, late),
+            None if f.criteria.is_empty() => f.inner.log(session, line, late),
+            _ => {}
+        }
+    }
+
     fn session_end(&mut self, info: &SessionInfo, record: &SessionRecord) {
         match self.filter.sessions.remove(&info.id) {
             Some(State::Shown) => self.filter.inner.session_end(info, record),

@@ -117,6 +117,13 @@ impl<W: Write> Sink for JsonLines<W> {
     fn session_end(&mut self, _info: &SessionInfo, record: &SessionRecord) {
         self.line(record);
     }
+
+    /// Lines joined before the record was written are in its `log` list.
+    fn log(&mut self, session: crate::flow::ConnId, line: &crate::maillog::LogLine, late: bool) {
+        if late || self.events {
+            self.line(&line.record_json(session));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -63,6 +63,14 @@ impl<W: Write> Sink for Outputs<W> {
         }
     }
 
+    fn log(&mut self, session: crate::flow::ConnId, line: &crate::maillog::LogLine, late: bool) {
+        match self {
+            Outputs::Tail(t) => t.log(session, line, late),
+            Outputs::Json(j) => j.log(session, line, late),
+            Outputs::Summary(_) => {}
+        }
+    }
+
     fn session_end(&mut self, info: &SessionInfo, rec: &SessionRecord) {
         match self {
             Outputs::Tail(t) => t.session_end(info, rec),

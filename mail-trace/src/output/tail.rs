@@ -331,6 +331,12 @@ impl<W: Write> Sink for Tail<W> {
         let body = format!("{} {}", self.style.paint("1", "end:"), outcome(record));
         self.line(record.end, info.id, &body);
     }
+
+    /// Printed as the line arrives, also after `end:` (deliveries come later).
+    fn log(&mut self, session: crate::flow::ConnId, line: &crate::maillog::LogLine, _late: bool) {
+        let body = format!("{} {}", self.style.paint("34", "log:"), line.summary());
+        self.line(line.ts, session, &body);
+    }
 }
 
 /// `--summary`: one line per finished session.

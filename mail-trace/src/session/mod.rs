@@ -34,6 +34,9 @@ pub trait Sink {
     fn session_end(&mut self, info: &SessionInfo, record: &SessionRecord);
     /// The owning process became known after `session_start` (it is in `info`).
     fn process_found(&mut self, _info: &SessionInfo) {}
+    /// A mail-log line about session `session` (see [`crate::maillog::join`]); `late`
+    /// when the session's record was already written.
+    fn log(&mut self, _session: ConnId, _line: &crate::maillog::LogLine, _late: bool) {}
 }
 
 /// Finds the process that owns the connection (client, server). It does I/O
@@ -456,6 +459,14 @@ fn handle(
                 s.partial = true;
             }
             feed(s, |x| x.gap(dir, len, ts), sink);
+        }
+        // Encrypted bytes the kernel did not copy: nothing for the dissector, and not a gap.
+        FlowEvent::Skipped { id, dir, len, ts } => {
+            // Encrypted bytes the kernel did not copy: seen on the wire, so counted.
+            if let Some(s) = sessions.get_mut(&id) {
+                s.last_ts = ts;
+                s.bytes[dir as usize] += len;
+            }
         }
         FlowEvent::Anomaly { id, kind, ts } => {
             if let Some(s) = sessions.get_mut(&id) {

@@ -1,0 +1,323 @@
+//! Faults (issue 8): the interface going away under a live command, a full disk while writing
+//! pcapng, and the reader of stdout going away. Root, namespaces and veths the test creates, each
+//! step bounded in time.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::netns::NetNs;
+use common::{run, run_ok, wait_child, wait_for, TempDir};
+
+/// A running mail-trace, SIGKILLed on drop if still running; stderr goes to a file.
+struct MailTrace {
+    child: Option<Child>,
+    stderr: std::path::PathBuf,
+}
+
+impl MailTrace {
+    fn start(args: &[&str], dir: &Path, tag: &str) -> MailTrace {
+        let stderr = dir.join(format!("{tag}.stderr"));
+        let child = Command::new(env!("CARGO_BIN_EXE_mail-trace"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("spawn mail-trace");
+        MailTrace {
+            child: Some(child),
+            stderr,
+        }
+    }
+
+    fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until the tcpdump-like "attached" state: its programs are on `iface`.
+    fn wait_attached(&mut self, iface: &str) {
+        wait_for(Duration::from_secs(30), "mail-trace attached", || {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("mail-trace exited early ({st}): {}", self.stderr_text());
+            }
+            (tcx_programs(iface) >= 2).then_some(())
+        });
+    }
+
+    /// Waits for the exit (bounded) and returns its code and stderr.
+    fn wait_exit(&mut self, within: Duration) -> (Option<i32>, String) {
+        let mut child = self.child.take().expect("running");
+        let st = wait_child(&mut child, within).unwrap_or_else(|| {
+            panic!(
+                "mail-trace still running after {within:?}: {}",
+                self.stderr_text()
+            )
+        });
+        (st.code(), self.stderr_text())
+    }
+}
+
+impl Drop for MailTrace {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn tcx_programs(iface: &str) -> usize {
+    use aya::programs::tc::{SchedClassifier, TcAttachType};
+    [TcAttachType::Ingress, TcAttachType::Egress]
+        .into_iter()
+        .map(|dir| {
+            SchedClassifier::query_tcx(iface, dir)
+                .map(|(_, progs)| {
+                    progs
+                        .iter()
+                        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("mail_trace")))
+                        .count()
+                })
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+#[test]
+fn interface_removed_under_tail_and_capture_is_a_clean_error() {
+    common::require_root("interface_removed_under_tail_and_capture_is_a_clean_error");
+    let tmp = TempDir::new("ifgone");
+    for cmd in ["tail", "capture"] {
+        let ns = NetNs::new();
+        let mut mt = MailTrace::start(&[cmd, "-i", &ns.host_if], tmp.path(), cmd);
+        mt.wait_attached(&ns.host_if);
+        run_ok(
+            Command::new("ip").args(["link", "del", &ns.host_if]),
+            Duration::from_secs(20),
+            "ip link del",
+        );
+        let (code, stderr) = mt.wait_exit(Duration::from_secs(10));
+        assert_eq!(code, Some(1), "{cmd}: {stderr}");
+        assert_eq!(
+            stderr.lines().last(),
+            Some(format!("mail-trace: interface {} disappeared", ns.host_if).as_str()),
+            "{cmd}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// A tmpfs of `size`, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("mount point");
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "mtfull"])
+                .arg(dir),
+            Duration::from_secs(20),
+            "mount tmpfs",
+        );
+        Tmpfs(dir.to_owned())
+    }
+}
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = run(
+            Command::new("umount").arg(&self.0),
+            Duration::from_secs(20),
+            "umount",
+        );
+    }
+}
+
+/// Sends `bytes` to a sink listening on port 25 inside the namespace (python3, bounded).
+fn push_bytes(ns: &NetNs, bytes: usize) {
+    let server = format!(
+        "import socket,sys\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         s.bind(('{}',25));s.listen(1);s.settimeout(20);c,_=s.accept();c.settimeout(20)\n\
+         n=0\nwhile True:\n  d=c.recv(65536)\n  if not d: break\n  n+=len(d)\nprint(n)\n",
+        ns.server_v4()
+    );
+    let mut srv = ns
+        .exec("python3")
+        .args(["-c", &server])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn sink");
+    let addr = std::net::SocketAddr::from((ns.server_v4(), 25));
+    let mut conn = wait_for(Duration::from_secs(10), "sink listening", || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()
+    });
+    conn.set_write_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    while sent < bytes {
+        conn.write_all(&chunk).expect("send to sink");
+        sent += chunk.len();
+    }
+    drop(conn);
+    let st = wait_child(&mut srv, Duration::from_secs(20)).expect("sink ended");
+    let mut got = String::new();
+    srv.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut got)
+        .expect("read");
+    assert!(
+        st.success() && got.trim() == sent.to_string(),
+        "sink got {got}"
+    );
+}
+
+#[test]
+fn full_disk_while_writing_pcapng_leaves_a_readable_file() {
+    common::require_root("full_disk_while_writing_pcapng_leaves_a_readable_file");
+    let tmp = TempDir::new("full");
+    let ns = NetNs::new();
+    let fs = Tmpfs::mount(&tmp.path().join("small"), "256k");
+    let file = fs.0.join("cap.pcapng");
+    let mut mt = MailTrace::start(
+        &[
+            "capture",
+            "-i",
+            &ns.host_if,
+            "-w",
+            file.to_str().expect("utf-8"),
+        ],
+        tmp.path(),
+        "full",
+    );
+    mt.wait_attached(&ns.host_if);
+    push_bytes(&ns, 2 << 20);
+    let (code, stderr) = mt.wait_exit(Duration::from_secs(15));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("mail-trace: writing pcapng: ")
+            && stderr
+                .trim_end()
+                .ends_with("No space left on device (os error 28)"),
+        "{stderr}"
+    );
+    let len = std::fs::metadata(&file).expect("file kept").len();
+    assert!(len > 100_000, "{len} bytes written before the disk filled");
+    let out = run(
+        Command::new("tshark")
+            .args(["-r"])
+            .arg(&file)
+            .args(["-T", "fields", "-e", "frame.number"]),
+        Duration::from_secs(60),
+        "tshark -r",
+    );
+    assert!(
+        out.status.success(),
+        "tshark could not read the file: {}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("cut short"), "{}", out.stderr);
+    assert!(out.stdout.lines().count() > 5, "{}", out.stdout);
+    assert_eq!(tcx_programs(&ns.host_if), 0, "detached after the error");
+}
+
+#[test]
+fn replay_into_a_closed_pipe_exits_quietly() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/testbed");
+    let mut files: Vec<_> = std::fs::read_dir(&fixtures)
+        .expect("fixtures")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pcapng"))
+        .collect();
+    files.sort();
+    // Enough output to fill the pipe many times over before `head` is done.
+    let many: Vec<_> = files.iter().cycle().take(files.len() * 20).collect();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(r#""$0" replay --json --events "$@" | head -1; echo "status=${PIPESTATUS[0]}""#)
+        .arg(env!("CARGO_BIN_EXE_mail-trace"))
+        .args(&many)
+        .output()
+        .expect("run the pipe");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with('{'), "{stdout}");
+    assert_eq!(lines[1], "status=0", "mail-trace's own exit code");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "",
+        "no message, no panic"
+    );
+}
+
+/// The `Name:\tvalue` line of /proc/PID/status.
+fn status_field(pid: u32, name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{name}:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn tail_runs_without_capabilities_and_as_the_user_given() {
+    common::require_root("tail_runs_without_capabilities_and_as_the_user_given");
+    let tmp = TempDir::new("caps");
+    for (user, uid) in [(None, "0"), (Some("nobody"), "65534")] {
+        let ns = NetNs::new();
+        let mut args = vec!["tail", "-i", ns.host_if.as_str()];
+        if let Some(u) = user {
+            args.extend(["--user", u]);
+        }
+        let mut mt = MailTrace::start(&args, tmp.path(), uid);
+        mt.wait_attached(&ns.host_if);
+        let pid = mt.child.as_ref().map(Child::id).expect("running");
+        let zero = "0000000000000000";
+        wait_for(Duration::from_secs(10), "capabilities dropped", || {
+            (status_field(pid, "CapEff") == zero).then_some(())
+        });
+        assert_eq!(status_field(pid, "CapPrm"), zero);
+        assert_eq!(status_field(pid, "CapInh"), zero);
+        assert_eq!(status_field(pid, "CapBnd"), zero);
+        assert_eq!(status_field(pid, "CapAmb"), zero);
+        assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+        assert_eq!(
+            status_field(pid, "Uid"),
+            [uid; 4].join("\t"),
+            "real, effective, saved, fs uid"
+        );
+        // Still capturing and still reading the kernel counters without any capability.
+        let addr = std::net::SocketAddr::from((ns.server_v4(), 25));
+        for _ in 0..3 {
+            let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+        }
+        common::signal(pid, libc::SIGINT);
+        let (code, stderr) = mt.wait_exit(Duration::from_secs(20));
+        assert_eq!(code, Some(0), "{stderr}");
+        let matched: u64 = stderr
+            .split("kernel: ")
+            .nth(1)
+            .and_then(|k| k.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no kernel counters in {stderr}"));
+        assert!(
+            matched >= 6,
+            "3 SYNs and 3 RSTs on port 25, got {matched}: {stderr}"
+        );
+        assert_eq!(
+            tcx_programs(&ns.host_if),
+            0,
+            "detached at exit without caps"
+        );
+    }
+}
