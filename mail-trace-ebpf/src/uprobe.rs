@@ -6,8 +6,7 @@
 //! Each record carries the TCP connection of its `SSL *`, found here in the
 //! kernel so that it cannot race a process that closes the socket or exits
 //! before userspace reads the record: the sock_send_length/sock_recv_length
-//! tracepoints
-//! notes every mail-port socket a thread uses; when that happens while the
+//! tracepoints note every mail-port socket a thread uses; when that happens while the
 //! thread is inside an SSL call, the socket is the `SSL *`'s (fd BIOs). When a
 //! call does no socket I/O of its own (memory BIOs: Dovecot reads the socket
 //! before SSL_read and writes it after SSL_write), the thread's last mail-port

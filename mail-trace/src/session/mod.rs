@@ -635,3 +635,6 @@ pub fn sender(info: &SessionInfo, dir: Dir) -> SocketAddr {
         Dir::ToClient => info.server,
     }
 }
+
+#[cfg(test)]
+mod plaintext_tests;
