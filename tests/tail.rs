@@ -845,16 +845,21 @@ fn smtp_sessions_live() {
         let qid = ids.first().expect("queue id");
         let text = &out("human").stdout;
         let srv = SocketAddr::new(server, 25);
-        let head = format!("SMTP {client} -> {srv}");
+        let rec = records("json")
+            .into_iter()
+            .find(|r| r["client"] == client.to_string())
+            .expect("json record of plain_25");
+        // The header names the process owning the server socket, as the JSON record does.
+        let head = format!(
+            "SMTP {client} -> {srv} postfix/smtpd[{}]",
+            rec["process"]["pid"]
+        );
         let id: u64 = text
             .lines()
             .find(|l| l.ends_with(&head))
             .and_then(|l| l.split(' ').nth(1)?.strip_prefix('#')?.parse().ok())
             .unwrap_or_else(|| panic!("no header line {head:?} in:\n{text}"));
-        let rec = records("json")
-            .into_iter()
-            .find(|r| r["client"] == client.to_string())
-            .expect("json record of plain_25");
+        assert_eq!(rec["process"]["comm"], "postfix/smtpd");
         let lines = human_lines(text, id);
         let end = lines.last().cloned().unwrap_or_default();
         let mut want: Vec<String> = [
