@@ -267,8 +267,10 @@ fn broken_files_give_one_line_and_keep_what_was_read() {
             .unwrap()
     };
     let out = run(&[&text, &cut]);
+    let cut_only = run(&[&cut]);
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(out.status.code(), Some(1));
+    // 2: a file could not be opened as a capture (bad input); 1 alone: a broken one.
+    assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 2, "{stderr}");

@@ -228,6 +228,13 @@ impl EbpfCapture {
         }
     }
 
+    /// Everything already in the ring, without waiting: called at shutdown so the
+    /// records written since the last wake-up are not thrown away with the ring.
+    pub fn take_pending(&mut self) -> Vec<Frame> {
+        self.drain();
+        self.ready.drain(..).collect()
+    }
+
     fn drain(&mut self) {
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {

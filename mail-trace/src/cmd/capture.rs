@@ -115,6 +115,14 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
         seen += 1;
         handle(frame)?;
     }
+    // What the kernel wrote since the last poll is still in the ring: keep it.
+    for frame in cap.take_pending() {
+        if args.count.is_some_and(|c| seen >= c) {
+            break;
+        }
+        seen += 1;
+        handle(frame)?;
+    }
     let counters = cap.counters()?;
     let dropped = counters.lost_records + cap.incomplete();
     // Detach before writing the trailer: the kernel copies nothing more.
