@@ -231,6 +231,17 @@ impl EbpfCapture {
     /// Everything already in the ring, without waiting: called at shutdown so the
     /// records written since the last wake-up are not thrown away with the ring.
     pub fn take_pending(&mut self) -> Vec<Frame> {
+        self.take_pending_all()
+            .into_iter()
+            .filter_map(|c| match c {
+                Captured::Frame(f) => Some(f),
+                Captured::Plaintext(_) => None,
+            })
+            .collect()
+    }
+
+    /// Like [`Self::take_pending`], with the TLS plaintext chunks, in ring order.
+    pub fn take_pending_all(&mut self) -> Vec<Captured> {
         self.drain();
         self.ready.drain(..).collect()
     }

@@ -412,7 +412,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
     }
     // The kernel wakes us only for a backlog: what it wrote since the last poll
     // is still in the ring. Read it before the ring goes away.
-    for frame in cap.take_pending() {
+    for item in cap.take_pending_all() {
         let mut sink = Counted {
             inner: &mut Selected {
                 filter: &mut filter,
@@ -420,8 +420,17 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
             },
             tally: &mut tally,
         };
-        let id = engine.frame(&frame, &mut sink);
-        filter.frame(id, &frame, &mut frames);
+        match item {
+            Captured::Frame(frame) => {
+                let id = engine.frame(&frame, &mut sink);
+                filter.frame(id, &frame, &mut frames);
+            }
+            Captured::Plaintext(p) => {
+                if let Some(r) = resolver.as_mut() {
+                    plaintext(&mut engine, r, &mut pt_tally, &p, &mut sink);
+                }
+            }
+        }
     }
     let counters = cap.counters()?;
     let incomplete = cap.incomplete();
