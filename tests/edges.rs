@@ -140,7 +140,12 @@ fn help_and_version_keep_their_output() {
     let out = mail_trace(&["--help"]);
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.starts_with("eBPF tracer for SMTP, submission, POP3 and IMAP\n\nUsage: mail-trace <COMMAND>\n"), "{help}");
+    assert!(
+        help.starts_with(
+            "eBPF tracer for SMTP, submission, POP3 and IMAP\n\nUsage: mail-trace <COMMAND>\n"
+        ),
+        "{help}"
+    );
     assert!(help.lines().count() > 5);
     assert!(out.stderr.is_empty());
     let out = mail_trace(&["--version"]);

@@ -51,8 +51,12 @@ impl MailTrace {
     /// Waits for the exit (bounded) and returns its code and stderr.
     fn wait_exit(&mut self, within: Duration) -> (Option<i32>, String) {
         let mut child = self.child.take().expect("running");
-        let st = wait_child(&mut child, within)
-            .unwrap_or_else(|| panic!("mail-trace still running after {within:?}: {}", self.stderr_text()));
+        let st = wait_child(&mut child, within).unwrap_or_else(|| {
+            panic!(
+                "mail-trace still running after {within:?}: {}",
+                self.stderr_text()
+            )
+        });
         (st.code(), self.stderr_text())
     }
 }
@@ -113,7 +117,9 @@ impl Tmpfs {
     fn mount(dir: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).expect("mount point");
         run_ok(
-            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "mtfull"]).arg(dir),
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "mtfull"])
+                .arg(dir),
             Duration::from_secs(20),
             "mount tmpfs",
         );
@@ -122,7 +128,11 @@ impl Tmpfs {
 }
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = run(Command::new("umount").arg(&self.0), Duration::from_secs(20), "umount");
+        let _ = run(
+            Command::new("umount").arg(&self.0),
+            Duration::from_secs(20),
+            "umount",
+        );
     }
 }
 
@@ -144,7 +154,8 @@ fn push_bytes(ns: &NetNs, bytes: usize) {
     let mut conn = wait_for(Duration::from_secs(10), "sink listening", || {
         std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()
     });
-    conn.set_write_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    conn.set_write_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
     let chunk = vec![b'x'; 64 * 1024];
     let mut sent = 0;
     while sent < bytes {
@@ -154,8 +165,15 @@ fn push_bytes(ns: &NetNs, bytes: usize) {
     drop(conn);
     let st = wait_child(&mut srv, Duration::from_secs(20)).expect("sink ended");
     let mut got = String::new();
-    srv.stdout.take().expect("stdout").read_to_string(&mut got).expect("read");
-    assert!(st.success() && got.trim() == sent.to_string(), "sink got {got}");
+    srv.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut got)
+        .expect("read");
+    assert!(
+        st.success() && got.trim() == sent.to_string(),
+        "sink got {got}"
+    );
 }
 
 #[test]
@@ -166,7 +184,13 @@ fn full_disk_while_writing_pcapng_leaves_a_readable_file() {
     let fs = Tmpfs::mount(&tmp.path().join("small"), "256k");
     let file = fs.0.join("cap.pcapng");
     let mut mt = MailTrace::start(
-        &["capture", "-i", &ns.host_if, "-w", file.to_str().expect("utf-8")],
+        &[
+            "capture",
+            "-i",
+            &ns.host_if,
+            "-w",
+            file.to_str().expect("utf-8"),
+        ],
         tmp.path(),
         "full",
     );
@@ -177,17 +201,26 @@ fn full_disk_while_writing_pcapng_leaves_a_readable_file() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.starts_with("mail-trace: writing pcapng: ")
-            && stderr.trim_end().ends_with("No space left on device (os error 28)"),
+            && stderr
+                .trim_end()
+                .ends_with("No space left on device (os error 28)"),
         "{stderr}"
     );
     let len = std::fs::metadata(&file).expect("file kept").len();
     assert!(len > 100_000, "{len} bytes written before the disk filled");
     let out = run(
-        Command::new("tshark").args(["-r"]).arg(&file).args(["-T", "fields", "-e", "frame.number"]),
+        Command::new("tshark")
+            .args(["-r"])
+            .arg(&file)
+            .args(["-T", "fields", "-e", "frame.number"]),
         Duration::from_secs(60),
         "tshark -r",
     );
-    assert!(out.status.success(), "tshark could not read the file: {}", out.stderr);
+    assert!(
+        out.status.success(),
+        "tshark could not read the file: {}",
+        out.stderr
+    );
     assert!(!out.stderr.contains("cut short"), "{}", out.stderr);
     assert!(out.stdout.lines().count() > 5, "{}", out.stdout);
     assert_eq!(tcx_programs(&ns.host_if), 0, "detached after the error");
@@ -217,7 +250,11 @@ fn replay_into_a_closed_pipe_exits_quietly() {
     assert_eq!(lines.len(), 2, "{stdout}");
     assert!(lines[0].starts_with('{'), "{stdout}");
     assert_eq!(lines[1], "status=0", "mail-trace's own exit code");
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no message, no panic");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "",
+        "no message, no panic"
+    );
 }
 
 /// The `Name:\tvalue` line of /proc/PID/status.
@@ -225,7 +262,10 @@ fn status_field(pid: u32, name: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_owned()))
+        .find_map(|l| {
+            l.strip_prefix(&format!("{name}:"))
+                .map(|v| v.trim().to_owned())
+        })
         .unwrap_or_default()
 }
 
@@ -270,7 +310,14 @@ fn tail_runs_without_capabilities_and_as_the_user_given() {
             .and_then(|k| k.split(' ').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no kernel counters in {stderr}"));
-        assert!(matched >= 6, "3 SYNs and 3 RSTs on port 25, got {matched}: {stderr}");
-        assert_eq!(tcx_programs(&ns.host_if), 0, "detached at exit without caps");
+        assert!(
+            matched >= 6,
+            "3 SYNs and 3 RSTs on port 25, got {matched}: {stderr}"
+        );
+        assert_eq!(
+            tcx_programs(&ns.host_if),
+            0,
+            "detached at exit without caps"
+        );
     }
 }

@@ -29,7 +29,11 @@ fn every_kept_crash_input_passes_its_harness() {
     let root = fixtures().join("fuzz-regressions");
     let mut replayed = 0;
     for dir in files_and_dirs(&root) {
-        let target = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let target = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
         assert!(
             harness::TARGETS.contains(&target.as_str()),
             "{}: not a fuzz target",
@@ -44,7 +48,10 @@ fn every_kept_crash_input_passes_its_harness() {
         }
     }
     // Each kept input is listed in docs/fuzzing.md; this count keeps the two honest.
-    assert_eq!(replayed, KEPT_INPUTS, "update KEPT_INPUTS and docs/fuzzing.md");
+    assert_eq!(
+        replayed, KEPT_INPUTS,
+        "update KEPT_INPUTS and docs/fuzzing.md"
+    );
 }
 
 /// Crash inputs kept so far (docs/fuzzing.md, "Findings").

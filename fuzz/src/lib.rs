@@ -112,7 +112,11 @@ pub fn drive_dissector(
     while !s.is_empty() {
         let op = s.u8();
         ts += u64::from(op >> 3);
-        let dir = if op & 1 == 0 { Dir::ToServer } else { Dir::ToClient };
+        let dir = if op & 1 == 0 {
+            Dir::ToServer
+        } else {
+            Dir::ToClient
+        };
         match (op >> 1) & 3 {
             // Data is the common case: two of four codes.
             0 | 1 => d.data(dir, s.chunk(), ts),
@@ -196,7 +200,11 @@ pub fn flow_reassembly(data: &[u8]) {
             continue;
         }
         let client = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 99, 0, 1)), 40000 + conn as u16);
-        let (src, dst) = if side == 0 { (client, server) } else { (server, client) };
+        let (src, dst) = if side == 0 {
+            (client, server)
+        } else {
+            (server, client)
+        };
         let fl = s.u8();
         let flags = TcpFlags {
             syn: fl & 1 != 0,
@@ -214,9 +222,21 @@ pub fn flow_reassembly(data: &[u8]) {
             _ => next[conn][side].wrapping_add(u32::from(s.u8())),
         };
         let payload = s.chunk();
-        let missing = if fl & 0x80 != 0 && fl & 0x40 == 0 { u32::from(s.u8()) } else { 0 };
+        let missing = if fl & 0x80 != 0 && fl & 0x40 == 0 {
+            u32::from(s.u8())
+        } else {
+            0
+        };
         let ack = next[conn][1 - side].wrapping_add(u32::from(s.u8() & 0x0f));
-        let seg = Segment { src, dst, seq, ack, flags, payload, missing };
+        let seg = Segment {
+            src,
+            dst,
+            seq,
+            ack,
+            flags,
+            payload,
+            missing,
+        };
         next[conn][side] = seq
             .wrapping_add(payload.len() as u32)
             .wrapping_add(missing)
@@ -239,10 +259,17 @@ pub fn flow_reassembly(data: &[u8]) {
             FlowEvent::Anomaly { .. } => {}
         });
         let st = table.stats();
-        assert!(st.live as usize <= MAX_CONNS, "live {} > {MAX_CONNS}", st.live);
+        assert!(
+            st.live as usize <= MAX_CONNS,
+            "live {} > {MAX_CONNS}",
+            st.live
+        );
         assert_eq!(st.live as usize, opened_ids.len());
         // Each direction holds at most its bound (plus a per-segment overhead per byte held).
-        let cap = (MAX_BUFFER as u64) * (1 + mail_trace::flow::reassembly::HELD_OVERHEAD as u64) * 2 * MAX_CONNS as u64;
+        let cap = (MAX_BUFFER as u64)
+            * (1 + mail_trace::flow::reassembly::HELD_OVERHEAD as u64)
+            * 2
+            * MAX_CONNS as u64;
         assert!(st.buffered_bytes <= cap, "buffered {}", st.buffered_bytes);
     }
     table.finish(ts, &mut |ev| {
@@ -261,7 +288,11 @@ pub fn tls_hello(data: &[u8]) {
     let mut h = TlsHellos::new();
     while !s.is_empty() {
         let op = s.u8();
-        let dir = if op & 1 == 0 { Dir::ToServer } else { Dir::ToClient };
+        let dir = if op & 1 == 0 {
+            Dir::ToServer
+        } else {
+            Dir::ToClient
+        };
         if op & 0x80 != 0 && op & 0x40 != 0 && op & 0x20 != 0 {
             h.gap(dir);
         } else {

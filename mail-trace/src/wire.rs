@@ -320,9 +320,10 @@ mod tests {
             decode(&f),
             Err(DecodeError::Malformed {
                 layer: "ip extension",
-                reason: "IPv6 Extension Header Error: Encountered an IPv6 hop-by-hop header not \
+                reason:
+                    "IPv6 Extension Header Error: Encountered an IPv6 hop-by-hop header not \
                          directly after the IPv6 header. This is not allowed according to RFC 8200."
-                    .into()
+                        .into()
             })
         );
     }

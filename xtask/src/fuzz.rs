@@ -44,9 +44,7 @@ pub fn fuzz(secs: u64, only: &[String]) -> Result<()> {
         step(&format!("fuzz {t} for {secs} s"));
         let corpus = fuzz_dir.join("corpus").join(t);
         std::fs::create_dir_all(&corpus)?;
-        let regressions = root_dir()
-            .join("tests/fixtures/fuzz-regressions")
-            .join(t);
+        let regressions = root_dir().join("tests/fixtures/fuzz-regressions").join(t);
         let mut cmd = Command::new("cargo");
         cmd.current_dir(&fuzz_dir)
             // The eBPF object is not needed to fuzz parsers (see mail-trace/build.rs).
@@ -56,9 +54,16 @@ pub fn fuzz(secs: u64, only: &[String]) -> Result<()> {
         if regressions.is_dir() {
             cmd.arg(&regressions);
         }
-        cmd.args(["--", "-jobs=1", "-workers=1", "-max_len=65536", "-timeout=10", "-rss_limit_mb=2048"])
-            .arg(format!("-max_total_time={secs}"))
-            .arg("-print_final_stats=1");
+        cmd.args([
+            "--",
+            "-jobs=1",
+            "-workers=1",
+            "-max_len=65536",
+            "-timeout=10",
+            "-rss_limit_mb=2048",
+        ])
+        .arg(format!("-max_total_time={secs}"))
+        .arg("-print_final_stats=1");
         sh(&format!("fuzz {t}"), &mut cmd)?;
     }
     Ok(())

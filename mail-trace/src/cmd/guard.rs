@@ -58,7 +58,7 @@ pub fn whole_blocks_len(bytes: &[u8]) -> usize {
             }
         };
         let len = u32_at(&head[4..8]) as usize;
-        if len < 12 || len % 4 != 0 {
+        if len < 12 || !len.is_multiple_of(4) {
             return off;
         }
         match bytes.get(off + len - 4..off + len) {
@@ -132,7 +132,15 @@ mod tests {
     #[test]
     fn big_endian_sections_are_walked_in_their_order() {
         let mut file = Vec::new();
-        for w in [0x0a0d0d0a_u32, 28, 0x1a2b3c4d, 0x0001_0000, u32::MAX, u32::MAX, 28] {
+        for w in [
+            0x0a0d0d0a_u32,
+            28,
+            0x1a2b3c4d,
+            0x0001_0000,
+            u32::MAX,
+            u32::MAX,
+            28,
+        ] {
             file.extend(w.to_be_bytes());
         }
         file.extend([0, 0, 0, 6, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 16]);

@@ -69,7 +69,8 @@ fn lookup_user(name: &str) -> anyhow::Result<(libc::uid_t, libc::gid_t)> {
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut out: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: every pointer is valid for the call; buf outlives the use of pw's strings (none).
-    let rc = unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    let rc =
+        unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
     if rc != 0 || out.is_null() {
         bail!("no such user {name:?}");
     }
@@ -80,7 +81,11 @@ fn lookup_user(name: &str) -> anyhow::Result<(libc::uid_t, libc::gid_t)> {
 /// that user first. Call once, after the programs are attached, while the process has one thread
 /// (capabilities are per thread).
 pub fn drop_privileges(keep_net_admin: bool, user: Option<&str>) -> anyhow::Result<()> {
-    let keep: &[u32] = if keep_net_admin { &[CAP_NET_ADMIN] } else { &[] };
+    let keep: &[u32] = if keep_net_admin {
+        &[CAP_NET_ADMIN]
+    } else {
+        &[]
+    };
     // Nothing this process runs may regain what it gives up here.
     // SAFETY: plain prctl calls with integer arguments.
     unsafe {
@@ -94,7 +99,13 @@ pub fn drop_privileges(keep_net_admin: bool, user: Option<&str>) -> anyhow::Resu
                 return Err(os("dropping the capability bounding set"));
             }
         }
-        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
     }
     if let Some(name) = user {
         let (uid, gid) = lookup_user(name)?;
