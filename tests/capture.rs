@@ -35,8 +35,10 @@ impl MailTrace {
             file.file_name().and_then(|f| f.to_str()).unwrap_or("mt")
         ));
         let err = std::fs::File::create(&stderr).expect("create stderr file");
+        // These tests hold mail-trace to a byte-for-byte copy of the wire, so the
+        // encrypted payload it would skip by default (issue 7) is copied too.
         let child = Command::new(env!("CARGO_BIN_EXE_mail-trace"))
-            .args(["capture", "-i", iface, "-w"])
+            .args(["capture", "--full-payload", "-i", iface, "-w"])
             .arg(file)
             .args(extra)
             .stdin(Stdio::null())

@@ -66,6 +66,10 @@ fn replay(path: &Path) -> Collect {
 /// One row of tshark's per-packet mail fields.
 #[derive(Debug, Default)]
 struct Row {
+    pop_cmds: Vec<String>,
+    pop_status: Vec<String>,
+    imap_cmds: Vec<String>,
+    imap_status: Vec<String>,
     srcport: u16,
     dstport: u16,
     commands: Vec<String>,
@@ -105,6 +109,10 @@ fn tshark_rows(txt: &str) -> Vec<Row> {
             }
         };
         rows.push(Row {
+            pop_cmds: split(get("pop.request.command")),
+            pop_status: split(get("pop.response.indicator")),
+            imap_cmds: split(get("imap.request.command")),
+            imap_status: split(get("imap.response.status")),
             srcport: get("tcp.srcport").parse().unwrap_or(0),
             dstport: get("tcp.dstport").parse().unwrap_or(0),
             commands: split(get("smtp.req.command")),
@@ -323,4 +331,131 @@ fn looks_like_base64(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
         && s.bytes()
             .any(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+fn captures_of(proto: &str) -> Vec<PathBuf> {
+    let manifest = std::fs::read_to_string(corpus().join("MANIFEST.md")).unwrap();
+    let mut out: Vec<PathBuf> = manifest
+        .lines()
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split('|').map(str::trim).collect();
+            (cols.len() > 3 && cols[1].starts_with('`') && cols[2].contains(proto))
+                .then(|| corpus().join(cols[1].trim_matches('`')))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn every_pop3_and_imap_capture_agrees_with_tshark() {
+    let mut failures = Vec::new();
+    let mut compared = 0;
+    for (proto, files) in [("pop3", captures_of("POP3")), ("imap", captures_of("IMAP"))] {
+        assert!(!files.is_empty(), "no {proto} captures listed");
+        for file in files {
+            let txt = std::fs::read_to_string(format!("{}.tshark.txt", file.display())).unwrap();
+            let rows = tshark_rows(&txt);
+            let ours = replay(&file);
+            let (mut cmds, mut status) = (Vec::new(), Vec::new());
+            for r in &rows {
+                let (c, st) = if proto == "pop3" {
+                    (&r.pop_cmds, &r.pop_status)
+                } else {
+                    (&r.imap_cmds, &r.imap_status)
+                };
+                cmds.extend(c.iter().map(|c| c.to_ascii_uppercase()));
+                // tshark marks untagged IMAP lines too; we count tagged completions.
+                status.extend(st.iter().filter(|s| !s.is_empty()).cloned());
+            }
+            if cmds.is_empty() && status.is_empty() {
+                continue; // tshark saw no command in clear (implicit TLS, fragments)
+            }
+            let Some((info, events, rec)) = ours
+                .sessions
+                .iter()
+                .find(|(i, _, _)| format!("{:?}", i.proto).to_lowercase() == proto)
+            else {
+                failures.push(format!("{}: no {proto} session", file.display()));
+                continue;
+            };
+            compared += 1;
+            let our_cmds: Vec<String> = events
+                .iter()
+                .filter_map(|e| match e {
+                    // tshark names `UID FETCH` by its second word.
+                    Event::Command { verb, .. } => {
+                        Some(verb.trim_start_matches("UID ").to_string())
+                    }
+                    _ => None,
+                })
+                .collect();
+            let our_codes: Vec<String> = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Reply { code, .. } => Some(code.clone()),
+                    _ => None,
+                })
+                .collect();
+            if !is_subsequence(&cmds, &our_cmds) {
+                failures.push(format!(
+                    "{}: commands: tshark {cmds:?} not within ours {our_cmds:?}",
+                    file.display()
+                ));
+            }
+            let tagged: Vec<String> = status
+                .iter()
+                .filter(|s| s.as_str() != "*")
+                .cloned()
+                .collect();
+            if !is_subsequence(&tagged, &our_codes) {
+                failures.push(format!(
+                    "{}: replies: tshark {tagged:?} not within ours {our_codes:?}",
+                    file.display()
+                ));
+            }
+            let starttls = cmds.iter().any(|c| c == "STLS" || c == "STARTTLS");
+            let tls = rec
+                .as_ref()
+                .and_then(|r| r.field("tls"))
+                .and_then(|t| t.as_bool());
+            if starttls && tls != Some(true) {
+                failures.push(format!(
+                    "{}: {info:?}: STARTTLS/STLS seen but tls={tls:?}",
+                    file.display()
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(compared >= 5, "only {compared} POP3/IMAP sessions compared");
+}
+
+#[test]
+fn memory_bounds_are_flags_and_evictions_are_reported() {
+    // Two concurrent IMAPS sessions; room for one: the idlest is evicted, and says so.
+    let file = corpus().join("ndpi/pcap/imaps.pcap");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mail-trace"))
+        .args(["replay", "--json", "--max-sessions", "1"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let closes: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["close"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(closes, ["evicted", "end_of_capture"]);
 }

@@ -248,3 +248,52 @@ fn human_output_of_a_plain_session_matches_the_golden_file() {
         std::fs::read_to_string(&golden).expect("golden file (MT_UPDATE_GOLDEN=1 writes it)");
     assert_eq!(out, want);
 }
+
+#[test]
+fn broken_files_give_one_line_and_keep_what_was_read() {
+    let dir = std::env::temp_dir().join(format!("mt-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let whole = std::fs::read(fixtures().join("three_rcpt.pcapng")).unwrap();
+    // Cut inside the last packets: the sessions' first part is still there.
+    let cut = dir.join("cut.pcapng");
+    std::fs::write(&cut, &whole[..whole.len() * 3 / 4]).unwrap();
+    let text = dir.join("notes.txt");
+    std::fs::write(&text, b"this is not a capture\n").unwrap();
+    let run = |files: &[&Path]| {
+        Command::new(env!("CARGO_BIN_EXE_mail-trace"))
+            .args(["replay", "--json"])
+            .args(files)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[&text, &cut]);
+    let cut_only = run(&[&cut]);
+    let _ = std::fs::remove_dir_all(&dir);
+    // 2: a file could not be opened as a capture (bad input); 1 alone: a broken one.
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].starts_with("mail-trace: ")
+            && lines[0].contains("notes.txt")
+            && lines[0].contains("not a pcap or pcapng file"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains("cut.pcapng") && lines[1].contains("truncated"),
+        "{stderr}"
+    );
+    // The session read before the cut is still reported, marked as ended by the file's end.
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let recs: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 1, "{stdout}");
+    assert_eq!(recs[0]["close"], "end_of_capture");
+    assert_eq!(
+        recs[0]["transactions"][0]["mail_from"],
+        "sender@client.test"
+    );
+}

@@ -105,6 +105,7 @@ pub fn drive_dissector(
         syn_ts: (flags & 4 != 0).then_some(1),
         implicit_tls: flags & 8 != 0,
         partial: flags & 16 != 0,
+        ..SessionStart::default()
     };
     let mut d = make(privacy, start);
     let mut ts = 1_000u64;
@@ -160,6 +161,7 @@ pub fn wire_decode(data: &[u8]) {
         // The high bit says the capture was cut short: `missing` must then stay consistent.
         orig_len: rest.len() as u32 + if sel & 0x80 != 0 { 1000 } else { 0 },
         data: rest.to_vec(),
+        suppressed: false,
     };
     if let Ok(Some(seg)) = mail_trace::wire::decode(&frame) {
         assert!(seg.payload.len() <= rest.len());
@@ -236,6 +238,7 @@ pub fn flow_reassembly(data: &[u8]) {
             flags,
             payload,
             missing,
+            suppressed: false,
         };
         next[conn][side] = seq
             .wrapping_add(payload.len() as u32)
@@ -252,7 +255,7 @@ pub fn flow_reassembly(data: &[u8]) {
                 assert!(opened_ids.contains_key(&id), "data on unopened {id}");
                 assert!(!data.is_empty());
             }
-            FlowEvent::Gap { id, len, .. } => {
+            FlowEvent::Gap { id, len, .. } | FlowEvent::Skipped { id, len, .. } => {
                 assert!(opened_ids.contains_key(&id), "gap on unopened {id}");
                 assert!(len > 0);
             }

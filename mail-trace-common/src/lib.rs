@@ -6,7 +6,7 @@
 #![no_std]
 
 /// Bumped whenever a struct below changes layout.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Bytes of packet data one ring-buffer record can carry. A power of two, because
 /// the eBPF side bounds its variable-length copy with `(n - 1) & (CHUNK_LEN - 1)`.
@@ -27,6 +27,11 @@ pub const FLAG_L3: u32 = 1 << 2;
 /// `PacketHeader::flags`: the record was produced by the XDP program.
 pub const FLAG_XDP: u32 = 1 << 3;
 
+/// `PacketHeader::flags`: the payload was seen but deliberately not copied (an encrypted
+/// TLS flow): the record holds the L2–L4 headers and `orig_len − cap_len` payload bytes
+/// crossed the wire. Readers count them as seen, never as lost.
+pub const FLAG_SUPPRESSED: u32 = 1 << 4;
+
 /// Names of the kernel objects, shared so the loader cannot drift from the programs.
 pub mod names {
     /// The packet ring buffer.
@@ -41,6 +46,9 @@ pub mod names {
     pub const HOSTS6: &str = "HOSTS6";
     /// `HashMap<u32 ifindex, u32 IFACE_* bits>` for interfaces that need them.
     pub const IFACES: &str = "IFACES";
+    /// LRU hash of [`super::FlowKey`] → [`super::TlsFlow`]: flows whose payload is, or is
+    /// about to be, encrypted.
+    pub const TLS_FLOWS: &str = "TLS_FLOWS";
     /// Per-CPU [`super::Counters`] at index 0.
     pub const COUNTERS: &str = "COUNTERS";
     /// TC ingress program. Also the name of our netlink filters, which is how a
@@ -59,6 +67,53 @@ pub const MAX_IFACES: u32 = 64;
 
 /// `IFACES` value bit: the device has no Ethernet header (frames start at L3).
 pub const IFACE_L3: u32 = 1 << 0;
+
+/// `PORTS` value bit: a mail port (any non-zero value also means that).
+pub const PORT_MAIL: u8 = 1 << 0;
+/// `PORTS` value bit: the port speaks TLS from the first byte (465, 993, 995).
+pub const PORT_IMPLICIT_TLS: u8 = 1 << 1;
+
+/// Entries of `TLS_FLOWS` (two per connection, one per direction); LRU evicts the oldest.
+pub const MAX_TLS_FLOWS: u32 = 65536;
+/// Once a flow is encrypted, each direction is copied in full until its first segment that
+/// starts with a TLS application-data record (`17 03`), or until this many payload bytes
+/// were copied: the ClientHello (SNI, offered versions) and the ServerHello (chosen version
+/// and cipher) come before; everything after is sent header-only.
+pub const TLS_KEEP_BYTES: u32 = 16384;
+
+/// `TlsFlow::state`: the client sent `STARTTLS`; the server's reply decides.
+pub const TLS_ARMED: u32 = 1;
+/// `TlsFlow::state`: encrypted from here on; the handshake is still copied.
+pub const TLS_ON: u32 = 2;
+/// `TlsFlow::state`: past the handshake: header-only.
+pub const TLS_DONE: u32 = 3;
+
+/// One direction of a TCP connection, as the packet carries it (source first). IPv4
+/// addresses use the first 4 bytes, the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    /// 4 or 6.
+    pub family: u32,
+}
+
+/// Value of `TLS_FLOWS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsFlow {
+    /// `TLS_ARMED`, `TLS_ON` or `TLS_DONE`.
+    pub state: u32,
+    /// Payload bytes of this direction copied since the flow became `TLS_ON`.
+    pub kept: u32,
+}
+
+/// `Config::flags`: copy only the headers of encrypted flows' packets (unless
+/// `--full-payload`).
+pub const CFG_TLS_SUPPRESS: u32 = 1 << 1;
 
 /// `Config::flags`: only packets whose source or destination is in `HOSTS4`/`HOSTS6`.
 pub const CFG_HOST_FILTER: u32 = 1 << 0;
@@ -138,6 +193,10 @@ pub struct Counters {
     pub unparseable: u64,
     /// IPv4 non-first fragments, skipped because they carry no TCP header.
     pub fragments: u64,
+    /// Packets of encrypted flows sent header-only.
+    pub suppressed_packets: u64,
+    /// Payload bytes of those packets that were not copied.
+    pub suppressed_bytes: u64,
 }
 
 impl Counters {
@@ -152,6 +211,8 @@ impl Counters {
         self.truncated += o.truncated;
         self.unparseable += o.unparseable;
         self.fragments += o.fragments;
+        self.suppressed_packets += o.suppressed_packets;
+        self.suppressed_bytes += o.suppressed_bytes;
     }
 }
 
@@ -161,6 +222,8 @@ mod user {
     unsafe impl aya::Pod for super::PacketHeader {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::TlsFlow {}
 }
 
 #[cfg(test)]
@@ -173,7 +236,9 @@ mod tests {
         assert_eq!(size_of::<PacketHeader>(), 40);
         assert_eq!(align_of::<PacketHeader>(), 8);
         assert_eq!(size_of::<PacketRecord>(), 40 + CHUNK_LEN);
-        assert_eq!(size_of::<Counters>(), 9 * 8);
+        assert_eq!(size_of::<Counters>(), 11 * 8);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<TlsFlow>(), 8);
         assert_eq!(size_of::<Config>(), 16);
         assert_eq!(align_of::<Config>(), 4);
         assert!(CHUNK_LEN.is_power_of_two());

@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use mail_trace_common::{
-    Counters, PacketHeader, CFG_HOST_FILTER, CHUNK_LEN, IFACE_L3, MAX_PACKET_LEN, SMALL_CHUNK_LEN,
+    Counters, PacketHeader, CFG_HOST_FILTER, CHUNK_LEN, FLAG_SUPPRESSED, IFACE_L3, MAX_PACKET_LEN,
+    SMALL_CHUNK_LEN,
 };
 
 use crate::{
@@ -69,10 +70,11 @@ pub fn wanted(c: &mut Counters, v: Verdict, t: &Tcp) -> bool {
     true
 }
 
-/// Copies `len` bytes of packet (capped by snaplen and 64 KiB) into records.
-/// `copy(offset, dst, n)` is the program type's load-bytes helper.
+/// Copies `len` bytes of packet (capped by snaplen and 64 KiB) into records; with
+/// `headers` non-zero (an encrypted flow, see `tls.rs`) only that many, flagged
+/// `FLAG_SUPPRESSED`. `copy(offset, dst, n)` is the program type's load-bytes helper.
 #[inline(always)]
-pub fn emit<F>(c: &mut Counters, ifindex: u32, flags: u32, len: u32, copy: F)
+pub fn emit<F>(c: &mut Counters, ifindex: u32, mut flags: u32, len: u32, headers: u32, copy: F)
 where
     F: Fn(u32, *mut u8, u32) -> i64,
 {
@@ -84,7 +86,12 @@ where
     if snaplen != 0 && cap > snaplen {
         cap = snaplen;
     }
-    if cap < len {
+    if headers != 0 && headers < cap {
+        c.suppressed_packets += 1;
+        c.suppressed_bytes += (cap - headers) as u64;
+        cap = headers;
+        flags |= FLAG_SUPPRESSED;
+    } else if cap < len {
         c.truncated += 1;
     }
     // SAFETY: helpers without preconditions.

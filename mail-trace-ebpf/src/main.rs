@@ -8,6 +8,7 @@
 mod emit;
 mod maps;
 mod parse;
+mod tls;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_UNSPEC},
@@ -59,8 +60,9 @@ fn tc(ctx: &TcContext, dir: u32) {
         return;
     }
     let flags = dir | if l3 { FLAG_L3 } else { 0 };
+    let headers = tls::copy_len(&SkbLoad(ctx), &t, ctx.len());
     let skb = ctx.as_ptr();
-    emit::emit(c, ifindex, flags, ctx.len(), |off, dst, n| {
+    emit::emit(c, ifindex, flags, ctx.len(), headers, |off, dst, n| {
         // SAFETY: dst has room for n bytes (bounded by the caller).
         unsafe { bpf_skb_load_bytes(skb, off, dst.cast(), n) }
     });
@@ -85,7 +87,8 @@ fn xdp_in(ctx: &XdpContext) {
     let flags = FLAG_INGRESS | FLAG_XDP | if l3 { FLAG_L3 } else { 0 };
     let md = ctx.ctx;
     let len = (ctx.data_end() - ctx.data()) as u32;
-    emit::emit(c, ifindex, flags, len, |off, dst, n| {
+    let headers = tls::copy_len(&direct, &t, len);
+    emit::emit(c, ifindex, flags, len, headers, |off, dst, n| {
         // SAFETY: dst has room for n bytes (bounded by the caller).
         unsafe { bpf_xdp_load_bytes(md, off, dst.cast(), n) }
     });

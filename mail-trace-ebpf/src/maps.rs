@@ -2,9 +2,9 @@
 //! `mail-trace-common` so both sides agree.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
-use mail_trace_common::{Config, Counters, MAX_HOSTS, MAX_IFACES};
+use mail_trace_common::{Config, Counters, FlowKey, TlsFlow, MAX_HOSTS, MAX_IFACES, MAX_TLS_FLOWS};
 
 /// Resized by the loader (`--ring-size`); this is only the default.
 #[map]
@@ -28,3 +28,7 @@ pub static IFACES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_IFACES, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+
+/// Flows whose payload is encrypted (see `tls.rs`); userspace only reads it.
+#[map]
+pub static TLS_FLOWS: LruHashMap<FlowKey, TlsFlow> = LruHashMap::with_max_entries(MAX_TLS_FLOWS, 0);

@@ -68,6 +68,10 @@ pub struct Tcp {
     pub dst: [u8; 16],
     pub sport: u16,
     pub dport: u16,
+    /// Offset of the TCP payload from the start of the packet.
+    pub payload_off: u32,
+    /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10).
+    pub flags: u8,
 }
 
 impl Tcp {
@@ -78,6 +82,8 @@ impl Tcp {
             dst: [0; 16],
             sport: 0,
             dport: 0,
+            payload_off: 0,
+            flags: 0,
         }
     }
 }
@@ -187,8 +193,10 @@ fn tcp<R: Reader>(r: &R, off: usize, t: &mut Tcp) -> Result<Verdict, ()> {
     if off > MAX_L4_OFFSET {
         return Err(());
     }
-    let ports: [u8; 4] = r.read(off).ok_or(())?;
-    t.sport = u16::from_be_bytes([ports[0], ports[1]]);
-    t.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    let h: [u8; 14] = r.read(off).ok_or(())?;
+    t.sport = u16::from_be_bytes([h[0], h[1]]);
+    t.dport = u16::from_be_bytes([h[2], h[3]]);
+    t.payload_off = (off + ((h[12] >> 4) as usize) * 4) as u32;
+    t.flags = h[13];
     Ok(Verdict::Tcp)
 }

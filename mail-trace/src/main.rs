@@ -25,6 +25,8 @@ enum Command {
     Tail(cmd::tail::TailArgs),
     /// Dissect mail sessions from pcap or pcapng files.
     Replay(cmd::replay::ReplayArgs),
+    /// The story of one message: its session, replies and log lines (from saved --json).
+    Why(cmd::why::WhyArgs),
 }
 
 /// `mail-trace` alone, or with options only, means `mail-trace tail …`.
@@ -97,6 +99,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         // Replay is synchronous: no runtime needed.
         Command::Replay(args) => cmd::replay::run(args),
+        Command::Why(args) => cmd::why::run(args),
         Command::Capture(args) => live(cmd::capture::run(args)),
         Command::Tail(args) => live(cmd::tail::run(args)),
     };

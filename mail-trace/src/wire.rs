@@ -35,6 +35,8 @@ pub struct Segment<'a> {
     pub payload: &'a [u8],
     /// Payload bytes the IP header announces beyond `payload` (snaplen cut).
     pub missing: u32,
+    /// The `missing` bytes were seen but not copied on purpose ([`Frame::suppressed`]).
+    pub suppressed: bool,
 }
 
 /// Why a frame could not be decoded to a TCP segment.
@@ -213,6 +215,7 @@ fn segment_of<'a>(
         },
         payload: tcp.payload(),
         missing: u32::try_from(missing).unwrap_or(u32::MAX),
+        suppressed: frame.suppressed && missing > 0,
     }))
 }
 
@@ -244,6 +247,7 @@ mod tests {
             link,
             orig_len: data.len() as u32,
             data,
+            suppressed: false,
         }
     }
 
@@ -452,6 +456,23 @@ mod tests {
         assert_eq!(seg.payload, b"* OK");
         assert_eq!(seg.src.port(), 143);
         assert_eq!(seg.seq, 9);
+    }
+
+    #[test]
+    fn suppressed_frame_marks_its_missing_bytes() {
+        let full = eth(0x0800, &v4_tcp(&[b'a'; 100]));
+        let mut f = frame(LinkType::Ethernet, full[..full.len() - 100].to_vec());
+        (f.orig_len, f.suppressed) = (full.len() as u32, true);
+        let seg = dec(f.clone()).unwrap().unwrap();
+        assert_eq!(
+            (seg.payload, seg.missing, seg.suppressed),
+            (&b""[..], 100, true)
+        );
+        // Nothing missing: nothing suppressed, whatever the flag says.
+        let mut f = frame(LinkType::Ethernet, full.clone());
+        f.suppressed = true;
+        let seg = dec(f).unwrap().unwrap();
+        assert_eq!((seg.missing, seg.suppressed), (0, false));
     }
 
     #[test]

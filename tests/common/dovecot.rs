@@ -146,6 +146,11 @@ service anvil {{
         self.base.join("auth-postfix")
     }
 
+    /// Where Dovecot writes its log (`log_path`).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -13,6 +13,7 @@ pub mod clients;
 pub mod dovecot;
 pub mod netns;
 pub mod postfix;
+pub mod tailer;
 pub mod tshark;
 
 use std::io::Read;

@@ -104,6 +104,11 @@ impl Postfix {
             .ok()
     }
 
+    /// Where Postfix writes its log (`maillog_file`).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// Postfix's own log (`maillog_file`) as it stands.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

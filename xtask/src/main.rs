@@ -53,8 +53,12 @@ enum Task {
     },
     /// Everything CI runs: fmt check, clippy, unit tests, integration tests (as root).
     Test,
-    /// Replay throughput against tshark (not yet implemented).
-    Bench,
+    /// Benchmarks against tcpdump and tshark, written to BENCHMARKS.md (as root; bench/bench.py).
+    /// SECTIONS: any of kernel, live, tls, replay, memory (default: all).
+    Bench {
+        #[arg(value_name = "SECTIONS")]
+        sections: Vec<String>,
+    },
     /// Fuzz every parser for N seconds each (cargo-fuzz, nightly), or only the TARGETs named.
     Fuzz {
         #[arg(long, default_value_t = 60)]
@@ -69,17 +73,13 @@ fn main() {
         Task::Build => build(),
         Task::Run { args } => run(args),
         Task::Test => test(),
-        Task::Bench => not_yet("bench"),
+        Task::Bench { sections } => bench(sections),
         Task::Fuzz { secs, targets } => fuzz::fuzz(secs, &targets),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
         std::process::exit(1);
     }
-}
-
-fn not_yet(task: &str) -> Result<()> {
-    bail!("`cargo xtask {task}` is not implemented yet")
 }
 
 fn root_dir() -> PathBuf {
@@ -220,6 +220,28 @@ fn join(args: &[OsString]) -> String {
         .map(|a| a.to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Builds the release binary, then hands over to bench/bench.py, which owns the network
+/// namespace, the load generators and BENCHMARKS.md. Scale with BENCH_SCALE, BENCH_REPLAY_MB.
+fn bench(sections: Vec<String>) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmarks attach eBPF programs and create network namespaces: run as root");
+    }
+    debian_packages()?;
+    build()?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root_dir().join("target"));
+    step("python3 bench/bench.py");
+    sh(
+        "benchmarks",
+        Command::new("python3")
+            .arg(root_dir().join("bench/bench.py"))
+            .args(&sections)
+            .env("MT_BIN", target.join("release/mail-trace"))
+            .env("BENCH_OUT", root_dir().join("BENCHMARKS.md")),
+    )
 }
 
 fn test() -> Result<()> {

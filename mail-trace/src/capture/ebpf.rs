@@ -18,8 +18,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use mail_trace_common::{
-    names, Config, Counters, PacketHeader, CFG_HOST_FILTER, CHUNK_LEN, FLAG_EGRESS, FLAG_INGRESS,
-    FLAG_L3, IFACE_L3, MAX_HOSTS, MAX_IFACES, MAX_PACKET_LEN,
+    names, Config, Counters, PacketHeader, CFG_HOST_FILTER, CFG_TLS_SUPPRESS, CHUNK_LEN,
+    FLAG_EGRESS, FLAG_INGRESS, FLAG_L3, FLAG_SUPPRESSED, IFACE_L3, MAX_HOSTS, MAX_IFACES,
+    MAX_PACKET_LEN, PORT_IMPLICIT_TLS, PORT_MAIL,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -27,6 +28,9 @@ use super::{Direction, Frame, LinkType};
 
 /// The object built by `build.rs`; empty when built with `MAIL_TRACE_SKIP_EBPF=1`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mail-trace"));
+
+/// Ports whose sessions are TLS from the first byte: submissions, POP3S, IMAPS.
+const IMPLICIT_TLS_PORTS: [u16; 3] = [465, 995, 993];
 
 /// Default ring buffer size (`--ring-size`).
 pub const DEFAULT_RING_SIZE: u32 = 16 * 1024 * 1024;
@@ -118,6 +122,8 @@ pub struct LiveConfig {
     pub xdp: bool,
     /// Use netlink clsact filters even where TCX exists (tests the old-kernel path).
     pub force_netlink: bool,
+    /// Copy encrypted payload too (no in-kernel TLS suppression).
+    pub full_payload: bool,
 }
 
 /// An interface we attached to, in `-i` order.
@@ -203,6 +209,13 @@ impl EbpfCapture {
             }
             self.drain();
         }
+    }
+
+    /// Everything already in the ring, without waiting: called at shutdown so the
+    /// records written since the last wake-up are not thrown away with the ring.
+    pub fn take_pending(&mut self) -> Vec<Frame> {
+        self.drain();
+        self.ready.drain(..).collect()
     }
 
     fn drain(&mut self) {
@@ -309,7 +322,14 @@ fn configure(ebpf: &mut Ebpf, cfg: &LiveConfig, ifaces: &[Iface]) -> Result<(), 
     let mut ports: Array<_, u8> =
         Array::try_from(map(ebpf, names::PORTS)?).map_err(|e| chain(&e))?;
     for &p in &cfg.ports {
-        ports.set(u32::from(p), 1, 0).map_err(|e| chain(&e))?;
+        let tls = if IMPLICIT_TLS_PORTS.contains(&p) {
+            PORT_IMPLICIT_TLS
+        } else {
+            0
+        };
+        ports
+            .set(u32::from(p), PORT_MAIL | tls, 0)
+            .map_err(|e| chain(&e))?;
     }
     let mut v4: LpmTrie<_, [u8; 4], u8> =
         LpmTrie::try_from(map(ebpf, names::HOSTS4)?).map_err(|e| chain(&e))?;
@@ -342,6 +362,10 @@ fn configure(ebpf: &mut Ebpf, cfg: &LiveConfig, ifaces: &[Iface]) -> Result<(), 
             0
         } else {
             CFG_HOST_FILTER
+        } | if cfg.full_payload {
+            0
+        } else {
+            CFG_TLS_SUPPRESS
         },
         // Wake the reader once an eighth of the ring is waiting: well before it fills.
         wake_bytes: cfg.ring_size / 8,
@@ -476,6 +500,7 @@ fn to_frame(
         link,
         orig_len: hdr.orig_len,
         data,
+        suppressed: hdr.flags & FLAG_SUPPRESSED != 0,
     })
 }
 
@@ -727,7 +752,8 @@ mod tests {
                 dir: Direction::Out,
                 link: LinkType::Ethernet,
                 orig_len: 13,
-                data: b"abc".to_vec()
+                data: b"abc".to_vec(),
+                suppressed: false,
             }
         );
         let l3 = PacketHeader {

@@ -42,5 +42,8 @@ pub struct Frame {
     /// Length on the wire; larger than `data.len()` when truncated.
     pub orig_len: u32,
     pub data: Vec<u8>,
+    /// The bytes past `data` were seen but deliberately not copied (the kernel sends
+    /// encrypted flows header-only): they are skipped, not lost.
+    pub suppressed: bool,
 }
 pub mod ebpf;

@@ -309,6 +309,7 @@ fn next_pcap(
         // Some writers leave orig_len below incl_len; the bytes present are the truth.
         orig_len: raw.orig_len.max(data.len() as u32),
         data,
+        suppressed: false,
     }))
 }
 
@@ -429,6 +430,7 @@ fn next_pcapng(
             link,
             orig_len: orig_len.max(data.len() as u32),
             data,
+            suppressed: false,
         }));
     }
 }

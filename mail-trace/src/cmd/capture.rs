@@ -115,6 +115,14 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
         seen += 1;
         handle(frame)?;
     }
+    // What the kernel wrote since the last poll is still in the ring: keep it.
+    for frame in cap.take_pending() {
+        if args.count.is_some_and(|c| seen >= c) {
+            break;
+        }
+        seen += 1;
+        handle(frame)?;
+    }
     let counters = cap.counters()?;
     let dropped = counters.lost_records + cap.incomplete();
     // Detach before writing the trailer: the kernel copies nothing more.
@@ -247,6 +255,7 @@ mod tests {
             },
             payload: b"EHLO x\r\n",
             missing: 2,
+            suppressed: false,
         };
         assert_eq!(
             tcp_summary(&seg),
@@ -263,6 +272,7 @@ mod tests {
             },
             payload: b"",
             missing: 0,
+            suppressed: false,
         };
         assert_eq!(
             tcp_summary(&syn),
@@ -288,6 +298,7 @@ mod tests {
             truncated: 0,
             unparseable: 2,
             fragments: 3,
+            ..Default::default()
         };
         assert_eq!(
             summary(&c, 3),
@@ -305,6 +316,7 @@ mod tests {
             link: LinkType::Ethernet,
             orig_len: 42,
             data: vec![0; 42],
+            suppressed: false,
         };
         // An all-zero Ethernet frame has EtherType 0: not IP, so not TCP.
         assert_eq!(

@@ -30,6 +30,10 @@ pub struct LiveArgs {
     /// Attach with netlink clsact filters even on kernels with TCX (for testing).
     #[arg(long, hide = true)]
     pub tc_netlink: bool,
+    /// Copy the payload of encrypted (STARTTLS or implicit-TLS) sessions too. By default
+    /// the kernel sends their packets header-only after the TLS handshake.
+    #[arg(long)]
+    pub full_payload: bool,
     /// After attaching, run as this user (every capability is dropped either way).
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
@@ -64,6 +68,7 @@ impl LiveArgs {
             ring_size: self.ring_size,
             xdp: self.xdp,
             force_netlink: self.tc_netlink,
+            full_payload: self.full_payload,
         }
     }
 }
@@ -107,22 +112,31 @@ impl FromStr for PortList {
 
 /// `16777216`, `16M`, `512K`, `1G`.
 pub fn parse_size(s: &str) -> Result<u32, String> {
-    let bad = || format!("bad size {s:?}: a power of two of at least 4096 bytes, e.g. 16M");
+    match parse_bytes(s) {
+        Some(n) if n.is_power_of_two() && n >= 4096 => Ok(n),
+        _ => Err(format!(
+            "bad size {s:?}: a power of two of at least 4096 bytes, e.g. 16M"
+        )),
+    }
+}
+
+/// `4096`, `512K`, `4M`: any byte count of at least 1 KiB that fits in u32.
+pub fn parse_buffer(s: &str) -> Result<u32, String> {
+    match parse_bytes(s) {
+        Some(n) if n >= 1024 => Ok(n),
+        _ => Err(format!("bad size {s:?}: at least 1024 bytes, e.g. 4M")),
+    }
+}
+
+fn parse_bytes(s: &str) -> Option<u32> {
     let (num, mult) = match s.as_bytes().last() {
         Some(b'K' | b'k') => (&s[..s.len() - 1], 1u64 << 10),
         Some(b'M' | b'm') => (&s[..s.len() - 1], 1 << 20),
         Some(b'G' | b'g') => (&s[..s.len() - 1], 1 << 30),
         _ => (s, 1),
     };
-    let n = num
-        .parse::<u64>()
-        .map_err(|_| bad())?
-        .checked_mul(mult)
-        .ok_or_else(bad)?;
-    match u32::try_from(n) {
-        Ok(n) if n.is_power_of_two() && n >= 4096 => Ok(n),
-        _ => Err(bad()),
-    }
+    let n = num.parse::<u64>().ok()?.checked_mul(mult)?;
+    u32::try_from(n).ok()
 }
 
 #[cfg(test)]

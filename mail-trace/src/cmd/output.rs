@@ -41,6 +41,9 @@ pub struct OutputArgs {
     /// Show AUTH secrets (passwords, tokens). Off by default.
     #[arg(long)]
     pub show_secrets: bool,
+    /// Show only sessions with a finding at or above this severity (info, warn, alert).
+    #[arg(long, value_enum, value_name = "SEVERITY")]
+    pub findings: Option<crate::findings::Severity>,
 }
 
 impl OutputArgs {

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use crate::capture::pcap::PcapSource;
 use crate::cmd::output::OutputArgs;
+use crate::maillog::join::Joined;
+use crate::output::filter::{Criteria, Filter, NoFrames, Selected};
 use crate::output::Outputs;
 use crate::session::{Engine, EngineConfig};
 
@@ -14,10 +16,14 @@ pub struct ReplayArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub engine: crate::cmd::engine::EngineArgs,
     /// Dissect only connections on the known mail ports; by default connections on
     /// other ports are recognised by their first lines.
     #[arg(long)]
     pub no_sniff: bool,
+    #[command(flatten)]
+    pub logs: crate::cmd::maillog::LogArgs,
 }
 
 /// How often (in capture time) idle sessions are looked for.
@@ -30,11 +36,22 @@ const TICK_NS: u64 = 1_000_000_000;
 pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
     let mut cfg = EngineConfig {
         privacy: args.output.privacy(),
+        flow: args.engine.flow_config(),
         ..Default::default()
     };
     cfg.ports.sniff_other_ports = !args.no_sniff;
     let mut engine = Engine::new(cfg);
-    let mut out = args.output.stdout();
+    let mut logs = crate::cmd::maillog::ReplayLogs::open(&args.logs, args.output.privacy())?;
+    // Without --findings every session streams through, nothing held back.
+    let criteria = Criteria {
+        findings: args.output.findings,
+        ..Criteria::default()
+    };
+    let mut filter = Filter::new(args.output.stdout(), criteria);
+    let mut out = Selected {
+        filter: &mut filter,
+        frames: &mut NoFrames,
+    };
     let mut status = 0;
     for path in &args.files {
         let mut src = match PcapSource::open(path) {
@@ -49,10 +66,17 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
         while let Some(frame) = src.next_frame() {
             match frame {
                 Ok(frame) => {
-                    engine.frame(&frame, &mut out);
+                    if let Some(l) = logs.as_mut() {
+                        l.feed_until(frame.ts, &mut out);
+                    }
+                    let mut sink = Joined {
+                        joiner: logs.as_mut().map(|l| &mut l.joiner),
+                        inner: &mut out,
+                    };
+                    engine.frame(&frame, &mut sink);
                     last_ts = last_ts.max(frame.ts);
                     if last_ts >= last_tick + TICK_NS {
-                        engine.tick(last_ts, &mut out);
+                        engine.tick(last_ts, &mut sink);
                         last_tick = last_ts;
                     }
                 }
@@ -62,17 +86,24 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
                     break;
                 }
             }
-            if out.error().is_some() {
+            if out.filter.inner.error().is_some() {
                 break;
             }
         }
         // Sessions still open at the end of a file end with it.
-        engine.finish(last_ts, &mut out);
-        if out.error().is_some() {
+        let mut sink = Joined {
+            joiner: logs.as_mut().map(|l| &mut l.joiner),
+            inner: &mut out,
+        };
+        engine.finish(last_ts, &mut sink);
+        if out.filter.inner.error().is_some() {
             break;
         }
     }
-    finish_output(out)?;
+    if let Some(l) = logs.as_mut() {
+        l.finish(&mut out);
+    }
+    finish_output(filter.inner)?;
     Ok(status)
 }
 

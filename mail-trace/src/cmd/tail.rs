@@ -15,6 +15,7 @@ use crate::cmd::capture::{now_ns, sleep_until};
 use crate::cmd::live::LiveArgs;
 use crate::cmd::output::OutputArgs;
 use crate::flow::Dir;
+use crate::maillog::join::{Joined, Joiner};
 use crate::output::filter::{Criteria, Filter, FrameSink, Selected};
 use crate::output::pcapng::{IfaceDesc, IfaceStats, PcapngSink};
 use crate::proto::{Event, Proto};
@@ -27,6 +28,8 @@ pub struct TailArgs {
     pub live: LiveArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub engine: crate::cmd::engine::EngineArgs,
     /// Only sessions of this protocol (repeatable).
     #[arg(long, value_enum, value_name = "PROTO")]
     pub proto: Vec<ProtoArg>,
@@ -45,6 +48,8 @@ pub struct TailArgs {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<u64>,
+    #[command(flatten)]
+    pub logs: crate::cmd::maillog::LogArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -105,12 +110,20 @@ impl<S: Sink> Sink for Counted<'_, S> {
         self.tally.gap_bytes += len;
         self.inner.gap(info, dir, len, ts);
     }
+    fn log(&mut self, session: crate::flow::ConnId, line: &crate::maillog::LogLine, late: bool) {
+        self.inner.log(session, line, late);
+    }
     fn session_end(&mut self, info: &SessionInfo, rec: &SessionRecord) {
         let txs = rec.field("transactions").and_then(|t| t.as_array());
         self.tally.messages += txs
             .into_iter()
             .flatten()
-            .filter(|t| !t["queue_id"].is_null())
+            // Accepted at end of data: not every server names a queue id.
+            .filter(|t| {
+                t["reply"]["code"]
+                    .as_u64()
+                    .is_some_and(|c| (200..300).contains(&c))
+            })
             .count() as u64;
         self.inner.session_end(info, rec);
     }
@@ -131,6 +144,14 @@ impl<W: Write> FrameSink for PcapFrames<W> {
                 Err(e) => self.error = Some(e.to_string()),
             }
         }
+    }
+}
+
+/// The next line from the log readers; never, without `--maillog`/`--journal`.
+async fn next_log(logs: &mut Option<crate::cmd::maillog::LiveLogs>) -> Option<String> {
+    match logs {
+        Some(l) => l.rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -180,15 +201,20 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
     let mut engine_cfg = EngineConfig {
         privacy: args.output.privacy(),
         ports: PortMap::default(),
-        ..Default::default()
+        flow: args.engine.flow_config(),
     };
     engine_cfg.ports.sniff_other_ports = true;
     let mut engine = Engine::new(engine_cfg);
+    let mut logs = crate::cmd::maillog::start_live(&args.logs)?;
+    let mut joiner = logs
+        .is_some()
+        .then(|| Joiner::new(args.logs.join_config(), args.output.privacy()));
     let criteria = Criteria {
         protos: args.proto.iter().map(|&p| p.into()).collect(),
         from: args.from.clone(),
         rcpt: args.rcpt.clone(),
         errors: args.errors,
+        findings: args.output.findings,
     };
     let out = args.output.stdout();
     let mut filter = Filter::new(out, criteria);
@@ -230,13 +256,23 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
         tokio::select! {
             f = cap.next_frame() => {
                 let frame = f?;
-                let mut sink = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
+                let mut counted = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
+                let mut sink = Joined { joiner: joiner.as_mut(), inner: &mut counted };
                 let id = engine.frame(&frame, &mut sink);
                 filter.frame(id, &frame, &mut frames);
             }
+            Some(line) = next_log(&mut logs) => {
+                let mut counted = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
+                if let Some(j) = joiner.as_mut() {
+                    crate::cmd::maillog::live_line(j, &line, now_ns(), &mut counted);
+                }
+            }
             _ = tick.tick() => {
-                let mut sink = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
-                engine.tick(now_ns(), &mut sink);
+                let mut counted = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
+                engine.tick(now_ns(), &mut Joined { joiner: joiner.as_mut(), inner: &mut counted });
+                if let Some(j) = joiner.as_mut() {
+                    j.tick(now_ns(), &mut counted);
+                }
                 let _ = filter.inner.flush();
             }
             _ = status.tick(), if tty => {
@@ -257,10 +293,9 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
             break;
         }
     }
-    let counters = cap.counters()?;
-    let incomplete = cap.incomplete();
-    drop(cap);
-    {
+    // The kernel wakes us only for a backlog: what it wrote since the last poll
+    // is still in the ring. Read it before the ring goes away.
+    for frame in cap.take_pending() {
         let mut sink = Counted {
             inner: &mut Selected {
                 filter: &mut filter,
@@ -268,7 +303,30 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
             },
             tally: &mut tally,
         };
-        engine.finish(now_ns(), &mut sink);
+        let id = engine.frame(&frame, &mut sink);
+        filter.frame(id, &frame, &mut frames);
+    }
+    let counters = cap.counters()?;
+    let incomplete = cap.incomplete();
+    drop(cap);
+    {
+        let mut counted = Counted {
+            inner: &mut Selected {
+                filter: &mut filter,
+                frames: &mut frames,
+            },
+            tally: &mut tally,
+        };
+        engine.finish(
+            now_ns(),
+            &mut Joined {
+                joiner: joiner.as_mut(),
+                inner: &mut counted,
+            },
+        );
+        if let Some(j) = joiner.as_mut() {
+            j.finish(&mut counted);
+        }
     }
     if let Some(s) = frames.sink.take() {
         let stats: Vec<IfaceStats> = frames

@@ -34,6 +34,7 @@
 //! - A hole becomes a `Gap` when the peer acknowledges past it (the bytes were sent but not
 //!   captured), when held bytes would exceed [`FlowConfig::max_buffer_per_dir`], when a
 //!   segment is cut by the snaplen (`Segment::missing`), and when the connection ends.
+//!   Bytes the kernel chose not to copy (`Segment::suppressed`) are `Skipped`, not a gap.
 //! - A retransmission whose bytes differ from those first seen is an `Anomaly`
 //!   (`retransmit-mismatch`) and the first-seen bytes are kept. Only bytes still held can be
 //!   compared: bytes already handed out are not kept.
@@ -96,6 +97,14 @@ pub enum FlowEvent<'a> {
     },
     /// `len` bytes that will never arrive (lost, truncated, or evicted from the buffer).
     Gap {
+        id: ConnId,
+        dir: Dir,
+        len: u64,
+        ts: Ts,
+    },
+    /// `len` bytes that crossed the wire but were not copied on purpose (an encrypted flow
+    /// sent header-only by the kernel): the stream stays in step; this is not loss.
+    Skipped {
         id: ConnId,
         dir: Dir,
         len: u64,

@@ -24,17 +24,22 @@ pub enum Out<'a> {
     Data(&'a [u8]),
     /// Bytes that will never be seen.
     Gap(u64),
+    /// Bytes that crossed the wire but were deliberately not copied (the kernel sends
+    /// encrypted flows header-only): in step, not lost.
+    Skipped(u64),
     /// A retransmission carried bytes different from the ones first seen (which were kept).
     Mismatch,
     /// A segment far outside any window was dropped.
     OutOfWindow,
 }
 
-/// Bytes held beyond a hole: `data`, then `lost` bytes the capture cut off.
+/// Bytes held beyond a hole: `data`, then `lost` bytes the capture cut off (or, when
+/// `suppressed`, chose not to copy).
 #[derive(Debug)]
 struct Held {
     data: Vec<u8>,
     lost: u64,
+    suppressed: bool,
 }
 
 impl Held {
@@ -122,6 +127,20 @@ impl Half {
         max_buffer: usize,
         emit: &mut dyn FnMut(Out<'_>),
     ) {
+        self.segment_with(off, data, lost, false, max_buffer, emit);
+    }
+
+    /// [`Half::segment`], with the `lost` bytes `suppressed` (seen, not copied): they are
+    /// handed out as [`Out::Skipped`] instead of [`Out::Gap`].
+    pub fn segment_with(
+        &mut self,
+        off: i64,
+        data: &[u8],
+        lost: u64,
+        suppressed: bool,
+        max_buffer: usize,
+        emit: &mut dyn FnMut(Out<'_>),
+    ) {
         let seg_len = data.len() as u64 + lost;
         let end = off + seg_len as i64;
         if seg_len == 0 || end <= self.next as i64 {
@@ -133,13 +152,13 @@ impl Half {
         }
         loop {
             if off <= self.next as i64 {
-                self.in_order(off, data, lost, emit);
+                self.in_order(off, data, lost, suppressed, emit);
                 return;
             }
             let off = off as u64;
             let new_cost = data.len() + HELD_OVERHEAD;
             if self.buffered + new_cost <= max_buffer {
-                self.hold(off, data, lost, emit);
+                self.hold(off, data, lost, suppressed, emit);
                 return;
             }
             // Over the bound: give up on the first hole, which frees the bytes after it.
@@ -150,7 +169,14 @@ impl Half {
 
     /// Delivers a segment that starts at or before `next`, interleaving bytes already held
     /// (first seen wins) and draining what becomes contiguous.
-    fn in_order(&mut self, off: i64, data: &[u8], lost: u64, emit: &mut dyn FnMut(Out<'_>)) {
+    fn in_order(
+        &mut self,
+        off: i64,
+        data: &[u8],
+        lost: u64,
+        suppressed: bool,
+        emit: &mut dyn FnMut(Out<'_>),
+    ) {
         let data_end = off + data.len() as i64;
         let end = (data_end + lost as i64) as u64;
         let mut mismatch = false;
@@ -185,7 +211,12 @@ impl Half {
                     }
                     let lost_from = cur.max(data_end.max(0) as u64);
                     if piece_end > lost_from {
-                        emit(Out::Gap(piece_end - lost_from));
+                        let n = piece_end - lost_from;
+                        emit(if suppressed {
+                            Out::Skipped(n)
+                        } else {
+                            Out::Gap(n)
+                        });
                     }
                     cur = piece_end;
                     self.next = cur;
@@ -210,7 +241,12 @@ impl Half {
             emit(Out::Data(&h.data[from as usize..]));
         }
         if h.lost > 0 {
-            emit(Out::Gap(end - self.next.max(k + dlen)));
+            let n = end - self.next.max(k + dlen);
+            emit(if h.suppressed {
+                Out::Skipped(n)
+            } else {
+                Out::Gap(n)
+            });
         }
         self.next = end;
     }
@@ -230,7 +266,14 @@ impl Half {
     }
 
     /// Copies the parts of `[off, off+len)` not already held; compares the parts that are.
-    fn hold(&mut self, off: u64, data: &[u8], lost: u64, emit: &mut dyn FnMut(Out<'_>)) {
+    fn hold(
+        &mut self,
+        off: u64,
+        data: &[u8],
+        lost: u64,
+        suppressed: bool,
+        emit: &mut dyn FnMut(Out<'_>),
+    ) {
         let data_end = off + data.len() as u64;
         let end = data_end + lost;
         let mut mismatch = false;
@@ -271,6 +314,7 @@ impl Half {
             let h = Held {
                 lost: to - from - bytes.len() as u64,
                 data: bytes,
+                suppressed,
             };
             self.buffered += h.cost();
             self.held.insert(from, h);
@@ -315,6 +359,7 @@ mod tests {
     enum Ev {
         D(Vec<u8>),
         G(u64),
+        S(u64),
         M,
         W,
     }
@@ -329,9 +374,22 @@ mod tests {
         match o {
             Out::Data(d) => Ev::D(d.to_vec()),
             Out::Gap(n) => Ev::G(n),
+            Out::Skipped(n) => Ev::S(n),
             Out::Mismatch => Ev::M,
             Out::OutOfWindow => Ev::W,
         }
+    }
+
+    #[test]
+    fn suppressed_bytes_are_skipped_in_order_and_when_held() {
+        let mut h = Half::default();
+        h.set_base(0);
+        let mut v = Vec::new();
+        h.segment_with(0, b"ab", 8, true, MAX, &mut |o| v.push(ev(o)));
+        h.segment_with(20, b"", 5, true, MAX, &mut |o| v.push(ev(o)));
+        h.segment_with(10, b"", 10, false, MAX, &mut |o| v.push(ev(o)));
+        assert_eq!(v, vec![d("ab"), Ev::S(8), Ev::G(10), Ev::S(5)]);
+        assert_eq!((h.next(), h.buffered()), (25, 0));
     }
 
     fn d(s: &str) -> Ev {

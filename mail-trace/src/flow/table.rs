@@ -156,6 +156,12 @@ impl FlowTable {
                     ts,
                 });
             }
+            Out::Skipped(len) => out(FlowEvent::Skipped {
+                id,
+                dir: d,
+                len,
+                ts,
+            }),
             Out::Mismatch => {
                 stats.anomalies += 1;
                 out(FlowEvent::Anomaly {
@@ -221,9 +227,14 @@ impl FlowTable {
         let lost = u64::from(seg.missing);
         if !seg.payload.is_empty() || lost > 0 {
             c.used = true;
-            half.segment(start, seg.payload, lost, max_buffer, &mut |o| {
-                emit_for(dir, o)
-            });
+            half.segment_with(
+                start,
+                seg.payload,
+                lost,
+                seg.suppressed,
+                max_buffer,
+                &mut |o| emit_for(dir, o),
+            );
         }
         if seg.flags.fin {
             c.used = true;
@@ -354,6 +365,12 @@ impl FlowTable {
                         ts,
                     });
                 }
+                Out::Skipped(len) => out(FlowEvent::Skipped {
+                    id,
+                    dir: d,
+                    len,
+                    ts,
+                }),
                 Out::Mismatch | Out::OutOfWindow => {}
             });
         }
@@ -387,6 +404,7 @@ mod tests {
         },
         Data(ConnId, Dir, Vec<u8>),
         Gap(ConnId, Dir, u64),
+        Skip(ConnId, Dir, u64),
         Anom(ConnId, &'static str),
         Close(ConnId, CloseReason),
     }
@@ -407,6 +425,7 @@ mod tests {
             },
             FlowEvent::Data { id, dir, data, .. } => E::Data(id, dir, data.to_vec()),
             FlowEvent::Gap { id, dir, len, .. } => E::Gap(id, dir, len),
+            FlowEvent::Skipped { id, dir, len, .. } => E::Skip(id, dir, len),
             FlowEvent::Anomaly { id, kind, .. } => E::Anom(id, kind),
             FlowEvent::Closed { id, reason, .. } => E::Close(id, reason),
         }
@@ -439,6 +458,7 @@ mod tests {
             },
             payload,
             missing: 0,
+            suppressed: false,
         }
     }
 
@@ -633,6 +653,36 @@ mod tests {
             t.take(),
             vec![d(1, TS, "EHLO "), E::Gap(1, TS, 95), d(1, TS, "QUIT\r\n")]
         );
+    }
+
+    #[test]
+    fn suppressed_payload_is_skipped_not_a_gap() {
+        let mut t = T::new(FlowConfig::default());
+        handshake(&mut t);
+        t.take();
+        // Header-only record of a 1000-byte encrypted segment, then one arriving before the
+        // segment it follows (held beyond a hole), then the hole's own header-only record.
+        let mut a = seg(C, S, 1001, 5001, "A", b"");
+        (a.missing, a.suppressed) = (1000, true);
+        t.feed(&a, 4);
+        let mut c = seg(C, S, 2501, 5001, "A", b"");
+        (c.missing, c.suppressed) = (300, true);
+        t.feed(&c, 5);
+        let mut b = seg(C, S, 2001, 5001, "A", b"");
+        (b.missing, b.suppressed) = (500, true);
+        t.feed(&b, 6);
+        t.feed(&seg(C, S, 2801, 5001, "A", b"x"), 7);
+        assert_eq!(
+            t.take(),
+            vec![
+                E::Skip(1, TS, 1000),
+                E::Skip(1, TS, 500),
+                E::Skip(1, TS, 300),
+                d(1, TS, "x")
+            ]
+        );
+        let st = t.table.stats();
+        assert_eq!((st.gaps, st.gap_bytes, st.buffered_bytes), (0, 0, 0));
     }
 
     #[test]

@@ -27,11 +27,17 @@ pub struct Criteria {
     pub rcpt: Vec<String>,
     /// A 4xx/5xx (or -ERR/NO/BAD) reply, a gap or an anomaly.
     pub errors: bool,
+    /// A finding at or above this severity (`--findings`).
+    pub findings: Option<crate::findings::Severity>,
 }
 
 impl Criteria {
     pub fn is_empty(&self) -> bool {
-        self.protos.is_empty() && self.from.is_empty() && self.rcpt.is_empty() && !self.errors
+        self.protos.is_empty()
+            && self.from.is_empty()
+            && self.rcpt.is_empty()
+            && !self.errors
+            && self.findings.is_none()
     }
 }
 
@@ -87,6 +93,7 @@ struct Pending {
     from_ok: bool,
     rcpt_ok: bool,
     error_ok: bool,
+    findings_ok: bool,
 }
 
 enum State {
@@ -183,6 +190,13 @@ impl<S: Sink> Filter<S> {
                 }
                 Event::Reply { code, .. } => p.error_ok |= is_failure(code),
                 Event::Anomaly { .. } => p.error_ok = true,
+                // The engine sends every finding as an event before the record.
+                Event::Finding { finding, .. } => {
+                    p.findings_ok |= self
+                        .criteria
+                        .findings
+                        .is_some_and(|m| finding.severity >= m);
+                }
                 _ => {}
             }
         }
@@ -205,7 +219,10 @@ impl<S: Sink> Filter<S> {
 }
 
 fn decided(c: &Criteria, p: &Pending) -> bool {
-    (c.from.is_empty() || p.from_ok) && (c.rcpt.is_empty() || p.rcpt_ok) && (!c.errors || p.error_ok)
+    (c.from.is_empty() || p.from_ok)
+        && (c.rcpt.is_empty() || p.rcpt_ok)
+        && (!c.errors || p.error_ok)
+        && (c.findings.is_none() || p.findings_ok)
 }
 
 /// A failure reply of any protocol.
@@ -258,6 +275,17 @@ impl<S: Sink> Sink for Selected<'_, S> {
         match self.filter.sessions.get(&info.id) {
             Some(State::Shown) => self.filter.inner.gap(info, dir, len, ts),
             Some(State::Pending(_)) => self.filter.note(info, Held::Gap(dir, len, ts), self.frames),
+            _ => {}
+        }
+    }
+
+    /// Log lines of shown sessions; after the end only without criteria (which sessions
+    /// were shown is not remembered).
+    fn log(&mut self, session: ConnId, line: &crate::maillog::LogLine, late: bool) {
+        let f = &mut *self.filter;
+        match f.sessions.get(&session) {
+            Some(State::Shown) => f.inner.log(session, line, late),
+            None if f.criteria.is_empty() => f.inner.log(session, line, late),
             _ => {}
         }
     }
@@ -379,5 +407,37 @@ mod tests {
         assert_eq!(f.inner.0.len(), 2, "{:?}", f.inner.0);
         assert_eq!(f.inner.0[0], "start 2");
         assert_eq!((f.shown, f.hidden), (1, 0));
+    }
+
+    #[test]
+    fn findings_filter_shows_sessions_with_a_finding_at_or_above() {
+        use crate::findings::{Finding, Severity};
+        let criteria = Criteria {
+            findings: Some(Severity::Warn),
+            ..Default::default()
+        };
+        let mut f = Filter::new(Rec::default(), criteria);
+        let mut s = Selected {
+            filter: &mut f,
+            frames: &mut NoFrames,
+        };
+        let found = |sev| Event::Finding {
+            ts: 3,
+            finding: Finding::new("x", sev, "r"),
+        };
+        s.session_start(&info(1));
+        s.event(&info(1), &cmd("EHLO", "c"));
+        s.event(&info(1), &found(Severity::Info));
+        s.session_start(&info(2));
+        s.event(&info(2), &cmd("EHLO", "c"));
+        s.event(&info(2), &found(Severity::Alert));
+        assert_eq!(
+            f.inner.0,
+            vec![
+                "start 2".to_string(),
+                format!("2 {:?}", cmd("EHLO", "c")),
+                format!("2 {:?}", found(Severity::Alert)),
+            ]
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! `--json`: one JSON object per line — a `session` record when a session ends
-//! and, with `--events`, a `command`/`reply`/`tls`/`anomaly` record as each
+//! and, with `--events`, a `command`/`reply`/`tls`/`anomaly`/`finding` record as each
 //! happens. Field by field in docs/json.md.
 use std::io::Write;
 
@@ -86,6 +86,10 @@ pub fn event_json(info: &SessionInfo, ev: &Event) -> Value {
         Event::Anomaly { ts, id } => json!({
             "type": "anomaly", "session": info.id, "ts": rfc3339_micros(*ts), "id": id,
         }),
+        Event::Finding { ts, finding } => json!({
+            "type": "finding", "session": info.id, "ts": rfc3339_micros(*ts), "id": finding.id,
+            "severity": finding.severity, "reason": finding.reason,
+        }),
     }
 }
 
@@ -112,6 +116,13 @@ impl<W: Write> Sink for JsonLines<W> {
 
     fn session_end(&mut self, _info: &SessionInfo, record: &SessionRecord) {
         self.line(record);
+    }
+
+    /// Lines joined before the record was written are in its `log` list.
+    fn log(&mut self, session: crate::flow::ConnId, line: &crate::maillog::LogLine, late: bool) {
+        if late || self.events {
+            self.line(&line.record_json(session));
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use std::io::Write;
 
 use crate::flow::Dir;
 use crate::proto::Event;
-use crate::time::Ts;
 use crate::session::{SessionInfo, SessionRecord, Sink};
+use crate::time::Ts;
 
 /// The output the operator chose (`--json`, `--summary`, or the tail).
 pub enum Outputs<W: Write> {
@@ -59,6 +59,14 @@ impl<W: Write> Sink for Outputs<W> {
         match self {
             Outputs::Tail(t) => t.gap(info, dir, len, ts),
             Outputs::Json(j) => j.gap(info, dir, len, ts),
+            Outputs::Summary(_) => {}
+        }
+    }
+
+    fn log(&mut self, session: crate::flow::ConnId, line: &crate::maillog::LogLine, late: bool) {
+        match self {
+            Outputs::Tail(t) => t.log(session, line, late),
+            Outputs::Json(j) => j.log(session, line, late),
             Outputs::Summary(_) => {}
         }
     }

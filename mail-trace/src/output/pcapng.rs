@@ -134,6 +134,7 @@ mod tests {
             link: LinkType::Ethernet,
             orig_len,
             data: data.to_vec(),
+            suppressed: false,
         }
     }
 

@@ -41,6 +41,19 @@ pub fn clock(ts: Ts) -> String {
     )
 }
 
+/// The result of a failed AUTH/LOGIN/USER+PASS as the server gave it (`535`,
+/// `NO`, `-ERR`), or None when it succeeded or is unknown (no reply seen).
+fn auth_failure(auth: &Value) -> Option<String> {
+    match (auth.get("code"), auth.get("result").and_then(Value::as_str)) {
+        (Some(Value::Number(c)), _) => {
+            let c = c.as_u64()?;
+            (!(200..300).contains(&c)).then(|| c.to_string())
+        }
+        (_, Some(r)) => (r != "OK" && r != "+OK").then(|| r.to_string()),
+        _ => None,
+    }
+}
+
 /// A multi-line reply folded to one line: the first line's text, then the first
 /// word of every further line in brackets (EHLO keywords, CAPA lines).
 pub fn fold_reply(text: &str) -> String {
@@ -143,7 +156,13 @@ impl<W: Write> Tail<W> {
                         s.push_str(&format!(" [{e}]"));
                     }
                 }
-                let folded = fold_reply(text);
+                // Only SMTP joins the lines of one reply: IMAP's `*` summary is
+                // joined the same way but its parts are not keywords to fold.
+                let folded = if code.parse::<u16>().is_ok() {
+                    fold_reply(text)
+                } else {
+                    text.clone()
+                };
                 if !folded.is_empty() {
                     s.push(' ');
                     s.push_str(&folded);
@@ -164,6 +183,15 @@ impl<W: Write> Tail<W> {
             }
             Event::TlsStarted { .. } => "-- TLS: the rest of the session is encrypted".to_string(),
             Event::Anomaly { id, .. } => self.style.paint("33", &format!("!! anomaly: {id}")),
+            Event::Finding { finding: f, .. } => {
+                let colour = match f.severity {
+                    crate::findings::Severity::Info => "36",
+                    crate::findings::Severity::Warn => "33",
+                    crate::findings::Severity::Alert => "1;31",
+                };
+                let line = format!("!! {} {}: {}", f.severity.as_str(), f.id, f.reason);
+                self.style.paint(colour, &line)
+            }
         })
     }
 }
@@ -206,12 +234,14 @@ pub fn outcome(rec: &SessionRecord) -> String {
         parts.push(msgs);
         parts.push(format!("rcpt {ok} ok / {bad} rejected"));
     }
-    if let Some(user) = rec
-        .field("auth")
-        .and_then(|a| a.get("user"))
-        .and_then(Value::as_str)
-    {
-        parts.push(format!("auth {user}"));
+    if let Some(auth) = rec.field("auth") {
+        if let Some(user) = auth.get("user").and_then(Value::as_str) {
+            // A failed login must not read like a successful one.
+            match auth_failure(auth) {
+                Some(result) => parts.push(format!("auth {user} FAILED ({result})")),
+                None => parts.push(format!("auth {user}")),
+            }
+        }
     }
     let tls = match rec.field("tls_mode").and_then(Value::as_str) {
         Some(mode) => {
@@ -275,7 +305,8 @@ impl<W: Write> Sink for Tail<W> {
                 Event::Command { ts, .. }
                 | Event::Reply { ts, .. }
                 | Event::TlsStarted { ts }
-                | Event::Anomaly { ts, .. } => *ts,
+                | Event::Anomaly { ts, .. }
+                | Event::Finding { ts, .. } => *ts,
             };
             self.line(ts, info.id, &body);
         }
@@ -288,7 +319,7 @@ impl<W: Write> Sink for Tail<W> {
         };
         let body = self.style.paint(
             "33",
-            &format!("[gap {len} bytes from the {side}: not captured]"),
+            &format!("[gap {len} bytes from the {side}: capture lost data]"),
         );
         self.line(ts, info.id, &body);
     }
@@ -296,6 +327,12 @@ impl<W: Write> Sink for Tail<W> {
     fn session_end(&mut self, info: &SessionInfo, record: &SessionRecord) {
         let body = format!("{} {}", self.style.paint("1", "end:"), outcome(record));
         self.line(record.end, info.id, &body);
+    }
+
+    /// Printed as the line arrives, also after `end:` (deliveries come later).
+    fn log(&mut self, session: crate::flow::ConnId, line: &crate::maillog::LogLine, _late: bool) {
+        let body = format!("{} {}", self.style.paint("34", "log:"), line.summary());
+        self.line(line.ts, session, &body);
     }
 }
 
@@ -352,6 +389,7 @@ impl<W: Write> Sink for Summary<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn clock_and_folding() {
@@ -370,5 +408,91 @@ mod tests {
             "mx.test [PIPELINING SIZE STARTTLS AUTH=PLAIN,LOGIN]"
         );
         assert_eq!(fold_reply("2.0.0 Ok"), "2.0.0 Ok");
+    }
+
+    fn reply(code: &str, text: &str) -> Event {
+        Event::Reply {
+            ts: 0,
+            code: code.into(),
+            enhanced: None,
+            text: text.into(),
+            latency_ns: None,
+        }
+    }
+
+    #[test]
+    fn imap_untagged_summary_is_not_folded_like_an_ehlo() {
+        let style = Style {
+            color: false,
+            explain: false,
+        };
+        let t = Tail::new(Vec::new(), style, Privacy::default());
+        let sep = crate::proto::REPLY_LINE_SEP;
+        let summary = ["EXISTS 1", "RECENT 1", "1 FLAGS", "5 OK"].join(sep);
+        assert_eq!(
+            t.event_body(&reply("*", &summary)).as_deref(),
+            Some("S * EXISTS 1 / RECENT 1 / 1 FLAGS / 5 OK")
+        );
+        let ehlo = ["mx.test", "PIPELINING", "SIZE 10240000"].join(sep);
+        assert_eq!(
+            t.event_body(&reply("250", &ehlo)).as_deref(),
+            Some("S 250 mx.test [PIPELINING SIZE]")
+        );
+    }
+
+    #[test]
+    fn failed_auth_says_so_in_the_outcome() {
+        let cases = [
+            (
+                json!({"mechanism": "PLAIN", "user": "a@x", "code": 535}),
+                "auth a@x FAILED (535)",
+            ),
+            (
+                json!({"mechanism": "PLAIN", "user": "a@x", "code": 235}),
+                "auth a@x, ",
+            ),
+            (
+                json!({"mechanism": "PLAIN", "user": "a@x", "code": null}),
+                "auth a@x, ",
+            ),
+            (
+                json!({"mechanism": "LOGIN", "user": "a@x", "result": "NO"}),
+                "auth a@x FAILED (NO)",
+            ),
+            (
+                json!({"mechanism": "LOGIN", "user": "a@x", "result": "OK"}),
+                "auth a@x, ",
+            ),
+            (
+                json!({"mechanism": "USER", "user": "a@x", "result": "-ERR"}),
+                "auth a@x FAILED (-ERR)",
+            ),
+            (
+                json!({"mechanism": "USER", "user": "a@x", "result": "+OK"}),
+                "auth a@x, ",
+            ),
+        ];
+        for (auth, want) in cases {
+            let mut fields = serde_json::Map::new();
+            fields.insert("auth".into(), auth.clone());
+            let rec = SessionRecord {
+                id: 1,
+                proto: Proto::Imap,
+                start: 0,
+                end: 0,
+                client: "10.0.0.1:1000".parse().unwrap(),
+                server: "10.0.0.2:143".parse().unwrap(),
+                partial: false,
+                gaps: 0,
+                close: crate::flow::CloseReason::Fin,
+                commands: 0,
+                replies: 0,
+                bytes: [0, 0],
+                anomalies: vec![],
+                fields,
+            };
+            let out = outcome(&rec);
+            assert!(out.starts_with(want), "{auth}: {out}");
+        }
     }
 }

@@ -10,8 +10,13 @@ pub mod line;
 pub mod pop3;
 pub mod smtp;
 pub mod stream;
+#[cfg(test)]
+mod testutil;
 pub mod tls;
 
+use std::net::SocketAddr;
+
+use crate::findings::Finding;
 use crate::flow::Dir;
 use crate::time::Ts;
 
@@ -42,6 +47,13 @@ pub struct SessionStart {
     pub implicit_tls: bool,
     /// Picked up mid-stream: resynchronise at the first complete command or reply line.
     pub partial: bool,
+    /// The client's address (HELO literal check), when known.
+    pub client: Option<SocketAddr>,
+    /// The server's address (its port decides which findings apply), when known.
+    pub server: Option<SocketAddr>,
+    /// The same server offered STARTTLS/STLS in an earlier session of this run
+    /// (a session without it may have been stripped).
+    pub tls_offered_before: bool,
 }
 
 /// One thing that happened in a session, as it happened.
@@ -65,6 +77,9 @@ pub enum Event {
     TlsStarted { ts: Ts },
     /// Something malformed or suspicious (short stable id).
     Anomaly { ts: Ts, id: &'static str },
+    /// Something the operator should notice, known the moment it happened
+    /// (the rest are in the record's `findings` and sent by the engine at the end).
+    Finding { ts: Ts, finding: Finding },
 }
 
 /// A protocol state machine. Each one is built with
@@ -83,6 +98,14 @@ pub trait Dissector: Send {
     fn poll_event(&mut self) -> Option<Event>;
     /// The protocol's fields of the session record (flattened into it).
     fn record(&self) -> serde_json::Map<String, serde_json::Value>;
+    /// The session's findings so far (also the record's `findings` list).
+    fn findings(&self) -> Vec<Finding> {
+        Vec::new()
+    }
+    /// Whether the server offered STARTTLS/STLS (remembered per server by the engine).
+    fn tls_offered(&self) -> bool {
+        false
+    }
 }
 
 /// Separator between the lines of a multi-line reply in [`Event::Reply::text`].

@@ -22,7 +22,9 @@
 use std::collections::VecDeque;
 
 use super::auth::{SaslExchange, REDACTED, RESPONSE_VERB};
-use super::stream::{latency, printable, verb_of, CommandStats, Events, Framed, Framer, TlsTrack};
+use super::stream::{
+    latency, printable, verb_of, CommandStats, Events, Framed, Framer, TlsFacts, TlsTrack,
+};
 use super::{Dissector, Event, Privacy, SessionStart};
 use crate::flow::Dir;
 use crate::time::Ts;
@@ -88,6 +90,7 @@ pub struct Pop3 {
     retrieved: (u64, u64),
     top: (u64, u64),
     capa: Vec<String>,
+    tls_facts: TlsFacts,
 }
 
 impl Pop3 {
@@ -118,7 +121,22 @@ impl Pop3 {
             retrieved: (0, 0),
             top: (0, 0),
             capa: Vec::new(),
+            tls_facts: TlsFacts {
+                start,
+                ..TlsFacts::default()
+            },
         }
+    }
+
+    /// Whether the server offered STLS; None when no CAPA answer was seen.
+    fn offered_stls(&self) -> Option<bool> {
+        (!self.capa.is_empty()).then(|| self.capa.iter().any(|c| c == "STLS"))
+    }
+
+    /// A credential was sent: `auth-before-tls`/`auth-cleartext`, emitted after its command.
+    fn credential(&mut self, what: String) {
+        let offered = self.offered_stls();
+        self.tls_facts.credential(what, &self.tls, offered, "STLS");
     }
 
     fn secret(&self, s: &str) -> String {
@@ -187,9 +205,13 @@ impl Pop3 {
                 self.user = Some(u.clone());
                 u
             }
-            "PASS" => self.secret(&rest_s),
+            "PASS" => {
+                self.credential("USER/PASS".into());
+                self.secret(&rest_s)
+            }
             "APOP" => {
                 let u: String = first.unwrap_or("").chars().take(MAX_FIELD).collect();
+                self.credential("APOP".into());
                 self.login_user = Some(u.clone());
                 self.user = Some(u.clone());
                 format!("{u} {}", self.secret(second.unwrap_or("")))
@@ -206,6 +228,7 @@ impl Pop3 {
                     }
                     let arg =
                         SaslExchange::command_arg(&ex.mechanism, second, self.privacy.show_secrets);
+                    self.credential(format!("AUTH {}", ex.mechanism));
                     self.sasl = Some(ex);
                     arg
                 }
@@ -235,6 +258,9 @@ impl Pop3 {
             end_ts: ts,
         });
         self.ev.push(Event::Command { ts, verb, arg });
+        if let Some(f) = self.tls_facts.due.take() {
+            self.ev.push(Event::Finding { ts, finding: f });
+        }
     }
 
     fn server_line(&mut self, l: Framed, ts: Ts) {
@@ -367,6 +393,8 @@ impl Pop3 {
                 if ok {
                     self.tls.start("starttls");
                     self.ev.push(Event::TlsStarted { ts });
+                } else {
+                    self.tls_facts.refused = Some(code.to_string());
                 }
             }
             _ => {}
@@ -456,6 +484,15 @@ impl Dissector for Pop3 {
         self.ev.pop()
     }
 
+    fn findings(&self) -> Vec<crate::findings::Finding> {
+        self.tls_facts
+            .findings(&self.tls, self.offered_stls(), "STLS")
+    }
+
+    fn tls_offered(&self) -> bool {
+        self.offered_stls() == Some(true)
+    }
+
     fn record(&self) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("user".into(), self.user.clone().into());
@@ -476,6 +513,7 @@ impl Dissector for Pop3 {
             ),
         );
         m.insert("capa".into(), self.capa.clone().into());
+        m.insert("findings".into(), json!(self.findings()));
         m.insert(
             "retrieved".into(),
             json!({"messages": self.retrieved.0, "bytes": self.retrieved.1}),
@@ -491,56 +529,28 @@ impl Dissector for Pop3 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::findings::{Finding, Severity};
     use Dir::{ToClient as S, ToServer as C};
 
-    const MS: u64 = 1_000_000;
+    use crate::proto::testutil::{cmd, feed, reply, MS};
 
-    /// Feeds a transcript, each step `chunk` bytes at a time (0: whole), one
-    /// millisecond per step, and returns the events and the record.
     fn run_with(
         privacy: Privacy,
         start: SessionStart,
         steps: &[(Dir, &[u8])],
         chunk: usize,
     ) -> (Vec<Event>, Map<String, Value>) {
-        let mut d = Pop3::new(privacy, start);
-        let mut events = Vec::new();
-        for (i, (dir, bytes)) in steps.iter().enumerate() {
-            let ts = (i as u64 + 1) * MS;
-            let n = if chunk == 0 {
-                bytes.len().max(1)
-            } else {
-                chunk
-            };
-            for c in bytes.chunks(n) {
-                d.data(*dir, c, ts);
-            }
-            while let Some(e) = d.poll_event() {
-                events.push(e);
-            }
-        }
-        (events, d.record())
+        feed(Pop3::new(privacy, start), steps, chunk)
     }
 
     fn run(steps: &[(Dir, &[u8])]) -> (Vec<Event>, Map<String, Value>) {
         run_with(Privacy::default(), SessionStart::default(), steps, 0)
     }
 
-    fn cmd(ts: u64, verb: &str, arg: &str) -> Event {
-        Event::Command {
+    fn found(ts: u64, id: &'static str, reason: &str) -> Event {
+        Event::Finding {
             ts: ts * MS,
-            verb: verb.into(),
-            arg: arg.into(),
-        }
-    }
-
-    fn reply(ts: u64, code: &str, enh: Option<&str>, text: &str, lat: Option<u64>) -> Event {
-        Event::Reply {
-            ts: ts * MS,
-            code: code.into(),
-            enhanced: enh.map(Into::into),
-            text: text.into(),
-            latency_ns: lat.map(|l| l * MS),
+            finding: Finding::new(id, Severity::Warn, reason),
         }
     }
 
@@ -582,6 +592,11 @@ pub(crate) mod tests {
                 cmd(4, "USER", "alice"),
                 reply(5, "+OK", None, "", Some(1)),
                 cmd(6, "PASS", "<redacted>"),
+                found(
+                    6,
+                    "auth-cleartext",
+                    "USER/PASS sent in clear; the server offered no STLS"
+                ),
                 reply(7, "+OK", None, "Logged in.", Some(1)),
                 cmd(8, "STAT", ""),
                 cmd(8, "LIST", ""),
@@ -629,6 +644,8 @@ pub(crate) mod tests {
                 // "Subject: x\r\n" 12 + "\r\n" 2 + ".dot\r\n" 6 (unstuffed)
                 "retrieved": {"messages": 1, "bytes": 20},
                 "top": {"messages": 1, "bytes": 6},
+                "findings": [{"id": "auth-cleartext", "severity": "warn",
+                              "reason": "USER/PASS sent in clear; the server offered no STLS"}],
             })
         );
     }
@@ -656,8 +673,18 @@ pub(crate) mod tests {
         assert!(!all.contains("c4c9334b"));
         assert!(!all.contains("s3cr3t"));
         assert_eq!(ev[1], cmd(2, "APOP", "mrose <redacted>"));
-        assert_eq!(ev[2], reply(3, "-ERR", Some("AUTH"), "bad digest", Some(1)));
-        assert_eq!(ev[6], reply(5, "-ERR", Some("IN-USE"), "locked", Some(1)));
+        // Only the first credential in clear is a finding.
+        assert_eq!(
+            ev[2],
+            found(
+                2,
+                "auth-cleartext",
+                "APOP sent in clear (the server's capabilities were not seen)"
+            )
+        );
+        assert_eq!(ev[3], reply(3, "-ERR", Some("AUTH"), "bad digest", Some(1)));
+        assert_eq!(ev[7], reply(5, "-ERR", Some("IN-USE"), "locked", Some(1)));
+        assert_eq!(ev.len(), 8);
         assert_eq!(
             r["auth"],
             json!({"mechanism": "USER", "user": "mrose", "result": "-ERR"})
@@ -671,7 +698,7 @@ pub(crate) mod tests {
             steps,
             0,
         );
-        assert_eq!(shown.0[4], cmd(4, "PASS", "s3cr3t pass"));
+        assert_eq!(shown.0[5], cmd(4, "PASS", "s3cr3t pass"));
     }
 
     #[test]
@@ -697,6 +724,11 @@ pub(crate) mod tests {
                 cmd(2, "AUTH", ""),
                 reply(3, "+OK", None, "", Some(1)),
                 cmd(4, "AUTH", "LOGIN"),
+                found(
+                    4,
+                    "auth-cleartext",
+                    "AUTH LOGIN sent in clear (the server's capabilities were not seen)"
+                ),
                 reply(5, "+", None, "<redacted>", Some(1)),
                 cmd(6, "AUTH-DATA", "<redacted>"),
                 reply(7, "+", None, "<redacted>", Some(1)),

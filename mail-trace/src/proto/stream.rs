@@ -6,7 +6,8 @@ use std::collections::VecDeque;
 
 use super::line::LineBuffer;
 use super::tls::TlsHellos;
-use super::Event;
+use super::{Event, SessionStart};
+use crate::findings::{self, Finding};
 use crate::flow::Dir;
 use crate::time::Ts;
 
@@ -214,6 +215,11 @@ impl TlsTrack {
         self.hellos.gap(dir);
     }
 
+    /// A TLS ClientHello followed the switch.
+    pub fn client_hello_seen(&self) -> bool {
+        self.hellos.state().0 == super::tls::HelloState::Done
+    }
+
     /// `tls`, `tls_mode`, `tls_info` of the record.
     pub fn record(&self, m: &mut serde_json::Map<String, serde_json::Value>) {
         let info = self.hellos.info();
@@ -228,6 +234,44 @@ impl TlsTrack {
                 serde_json::Value::Null
             },
         );
+    }
+}
+
+/// What a mailbox session showed about credentials and TLS, for its findings.
+#[derive(Debug, Default)]
+pub struct TlsFacts {
+    pub start: SessionStart,
+    /// The first credential sent in clear, as shown ("USER/PASS", "LOGIN", "AUTH PLAIN").
+    pub auth_clear: Option<String>,
+    /// The reply that refused STLS/STARTTLS.
+    pub refused: Option<String>,
+    /// The credential finding to emit after the command that carried it.
+    pub due: Option<Finding>,
+}
+
+impl TlsFacts {
+    /// A credential was sent: when it is the first one in clear, its finding is due.
+    pub fn credential(&mut self, what: String, tls: &TlsTrack, offered: Option<bool>, verb: &str) {
+        if tls.on() || self.auth_clear.is_some() {
+            return;
+        }
+        self.due = Some(findings::auth_in_clear(&what, verb, offered));
+        self.auth_clear = Some(what);
+    }
+
+    /// The session's TLS and credential findings.
+    pub fn findings(&self, tls: &TlsTrack, offered: Option<bool>, verb: &str) -> Vec<Finding> {
+        let p = findings::TlsPicture {
+            port: self.start.server.map(|s| s.port()),
+            implicit: self.start.implicit_tls,
+            offered,
+            offered_before: self.start.tls_offered_before,
+            refused: self.refused.clone(),
+            started: tls.mode == Some("starttls"),
+            client_hello: tls.client_hello_seen(),
+            auth_in_clear: self.auth_clear.clone(),
+        };
+        findings::tls_findings(&p, verb)
     }
 }
 

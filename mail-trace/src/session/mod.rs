@@ -8,10 +8,11 @@
 pub mod record;
 mod sniff;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use crate::capture::Frame;
+use crate::findings::{Finding, MAX_FINDINGS};
 use crate::flow::{CloseReason, ConnId, Dir, FlowConfig, FlowEvent, FlowTable};
 use crate::proto::{imap::Imap, pop3::Pop3, smtp::Smtp};
 use crate::proto::{Dissector, Event, Privacy, Proto, SessionStart};
@@ -30,6 +31,9 @@ pub trait Sink {
     fn gap(&mut self, _info: &SessionInfo, _dir: Dir, _len: u64, _ts: Ts) {}
     /// The session ended; `record` is final.
     fn session_end(&mut self, info: &SessionInfo, record: &SessionRecord);
+    /// A mail-log line about session `session` (see [`crate::maillog::join`]); `late`
+    /// when the session's record was already written.
+    fn log(&mut self, _session: ConnId, _line: &crate::maillog::LogLine, _late: bool) {}
 }
 
 /// The facts about a session known from its first packet on.
@@ -130,6 +134,28 @@ struct Session {
     /// Payload bytes seen client→server and server→client.
     bytes: [u64; 2],
     last_ts: Ts,
+    /// Findings already sent as events (the rest go out when the session ends).
+    live: Vec<Finding>,
+    /// The server offered STARTTLS in an earlier session (see [`TlsMemory`]).
+    tls_offered_before: bool,
+}
+
+/// Servers remembered as having offered STARTTLS/STLS.
+pub const MAX_TLS_MEMORY: usize = 4096;
+
+/// Which servers offered STARTTLS earlier in this run: a later session of the
+/// same server without it may have been stripped. Bounded: when full, it
+/// starts over (a missed stripping alert, never a false one).
+#[derive(Debug, Default)]
+struct TlsMemory(HashSet<SocketAddr>);
+
+impl TlsMemory {
+    fn remember(&mut self, server: SocketAddr) {
+        if self.0.len() >= MAX_TLS_MEMORY && !self.0.contains(&server) {
+            self.0.clear();
+        }
+        self.0.insert(server);
+    }
 }
 
 /// The session engine. See the module docs.
@@ -138,6 +164,7 @@ pub struct Engine {
     flows: FlowTable,
     sessions: HashMap<ConnId, Session>,
     stats: EngineStats,
+    tls_memory: TlsMemory,
 }
 
 impl Engine {
@@ -148,6 +175,7 @@ impl Engine {
             flows: FlowTable::new(flow),
             sessions: HashMap::new(),
             stats: EngineStats::default(),
+            tls_memory: TlsMemory::default(),
             cfg,
         }
     }
@@ -185,11 +213,12 @@ impl Engine {
             flows,
             sessions,
             stats,
+            tls_memory,
         } = self;
         // Looked up before and after: a FIN or RST removes the connection.
         let before = flows.conn_id(seg.src, seg.dst);
         flows.segment(&seg, frame.ts, &mut |ev| {
-            handle(cfg, sessions, stats, ev, sink);
+            handle(cfg, sessions, stats, tls_memory, ev, sink);
         });
         flows.conn_id(seg.src, seg.dst).or(before)
     }
@@ -201,8 +230,11 @@ impl Engine {
             flows,
             sessions,
             stats,
+            tls_memory,
         } = self;
-        flows.expire(now, &mut |ev| handle(cfg, sessions, stats, ev, sink));
+        flows.expire(now, &mut |ev| {
+            handle(cfg, sessions, stats, tls_memory, ev, sink)
+        });
     }
 
     /// Ends every open session (end of file, or the capture stopped).
@@ -212,8 +244,11 @@ impl Engine {
             flows,
             sessions,
             stats,
+            tls_memory,
         } = self;
-        flows.finish(now, &mut |ev| handle(cfg, sessions, stats, ev, sink));
+        flows.finish(now, &mut |ev| {
+            handle(cfg, sessions, stats, tls_memory, ev, sink)
+        });
     }
 }
 
@@ -221,6 +256,7 @@ fn handle(
     cfg: &EngineConfig,
     sessions: &mut HashMap<ConnId, Session>,
     stats: &mut EngineStats,
+    tls_memory: &mut TlsMemory,
     ev: FlowEvent<'_>,
     sink: &mut dyn Sink,
 ) {
@@ -247,6 +283,8 @@ fn handle(
                 replies: 0,
                 bytes: [0, 0],
                 last_ts: ts,
+                live: Vec::new(),
+                tls_offered_before: tls_memory.0.contains(&server),
             };
             match cfg.ports.get(server.port()) {
                 Some((proto, implicit)) => activate(cfg, &mut s, id, proto, implicit, stats, sink),
@@ -302,6 +340,14 @@ fn handle(
             }
             feed(s, |x| x.gap(dir, len, ts), sink);
         }
+        // Encrypted bytes the kernel did not copy: nothing for the dissector, and not a gap.
+        FlowEvent::Skipped { id, dir, len, ts } => {
+            // Encrypted bytes the kernel did not copy: seen on the wire, so counted.
+            if let Some(s) = sessions.get_mut(&id) {
+                s.last_ts = ts;
+                s.bytes[dir as usize] += len;
+            }
+        }
         FlowEvent::Anomaly { id, kind, ts } => {
             if let Some(s) = sessions.get_mut(&id) {
                 s.last_ts = ts;
@@ -316,6 +362,18 @@ fn handle(
                 return;
             };
             if let Some(info) = &s.info {
+                if let Dissect::Active(d) = &s.dissect {
+                    if d.tls_offered() {
+                        tls_memory.remember(s.server);
+                    }
+                    // Findings known only now go out as events before the record.
+                    let end = ts.max(s.last_ts);
+                    for finding in d.findings() {
+                        if !s.live.contains(&finding) {
+                            sink.event(info, &Event::Finding { ts: end, finding });
+                        }
+                    }
+                }
                 let rec = build_record(&s, info, ts, reason);
                 sink.session_end(info, &rec);
             }
@@ -336,6 +394,9 @@ fn activate(
         syn_ts: s.syn_ts,
         implicit_tls,
         partial: s.partial,
+        client: Some(s.client),
+        server: Some(s.server),
+        tls_offered_before: s.tls_offered_before,
     };
     let d: Box<dyn Dissector> = match proto {
         Proto::Smtp => Box::new(Smtp::new(cfg.privacy, start)),
@@ -373,6 +434,11 @@ fn feed(s: &mut Session, input: impl FnOnce(&mut dyn Dissector), sink: &mut dyn 
                 }
             }
             Event::TlsStarted { .. } => {}
+            Event::Finding { finding, .. } => {
+                if s.live.len() < MAX_FINDINGS && !s.live.contains(finding) {
+                    s.live.push(finding.clone());
+                }
+            }
         }
         if let Some(info) = &s.info {
             sink.event(info, &ev);

@@ -33,7 +33,9 @@ pub mod utf7;
 use std::collections::VecDeque;
 
 use super::auth::{SaslExchange, REDACTED, RESPONSE_VERB};
-use super::stream::{latency, printable, verb_of, CommandStats, Events, Framed, Framer, TlsTrack};
+use super::stream::{
+    latency, printable, verb_of, CommandStats, Events, Framed, Framer, TlsFacts, TlsTrack,
+};
 use super::{Dissector, Event, Privacy, SessionStart};
 use crate::flow::Dir;
 use crate::time::Ts;
@@ -254,6 +256,7 @@ pub struct Imap {
     stats: CommandStats,
     appended: (u64, u64),
     fetched: (u64, u64),
+    tls_facts: TlsFacts,
 }
 
 impl Imap {
@@ -287,7 +290,27 @@ impl Imap {
             stats: CommandStats::default(),
             appended: (0, 0),
             fetched: (0, 0),
+            tls_facts: TlsFacts {
+                start,
+                ..TlsFacts::default()
+            },
         }
+    }
+
+    /// Whether the server offered STARTTLS; None when no capability list was seen.
+    fn offered_starttls(&self) -> Option<bool> {
+        (!self.capabilities.is_empty()).then(|| {
+            self.capabilities
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case("STARTTLS"))
+        })
+    }
+
+    /// A credential was sent: `auth-before-tls`/`auth-cleartext`, emitted after its command.
+    fn credential(&mut self, what: String) {
+        let offered = self.offered_starttls();
+        self.tls_facts
+            .credential(what, &self.tls, offered, "STARTTLS");
     }
 
     fn secret(&self, s: &str) -> String {
@@ -512,6 +535,7 @@ impl Imap {
         let shown = printable(&b.text);
         let arg = match b.verb.as_str() {
             "LOGIN" => {
+                self.credential("LOGIN".into());
                 let user = arg_bytes(toks.first()).map(|u| printable(&u));
                 let user: Option<String> = user.map(|u| u.chars().take(MAX_FIELD).collect());
                 p.user = user.clone();
@@ -530,6 +554,7 @@ impl Imap {
                 if let Some(ir) = &initial {
                     ex.client_response(ir);
                 }
+                self.credential(format!("AUTHENTICATE {}", ex.mechanism));
                 let arg = SaslExchange::command_arg(
                     &ex.mechanism,
                     initial.as_deref(),
@@ -582,6 +607,9 @@ impl Imap {
             verb: b.verb,
             arg,
         });
+        if let Some(f) = self.tls_facts.due.take() {
+            self.ev.push(Event::Finding { ts, finding: f });
+        }
     }
 
     fn server_line(&mut self, l: Framed, ts: Ts) {
@@ -805,6 +833,8 @@ impl Imap {
                 if ok {
                     self.tls.start("starttls");
                     self.ev.push(Event::TlsStarted { ts });
+                } else {
+                    self.tls_facts.refused = Some(status.to_string());
                 }
             }
             _ => {}
@@ -859,6 +889,15 @@ impl Dissector for Imap {
         self.ev.pop()
     }
 
+    fn findings(&self) -> Vec<crate::findings::Finding> {
+        self.tls_facts
+            .findings(&self.tls, self.offered_starttls(), "STARTTLS")
+    }
+
+    fn tls_offered(&self) -> bool {
+        self.offered_starttls() == Some(true)
+    }
+
     fn record(&self) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("user".into(), self.user.clone().into());
@@ -879,6 +918,7 @@ impl Dissector for Imap {
                 .map_or(Value::Null, |(c, t)| json!({"code": c, "text": t})),
         );
         m.insert("capabilities".into(), self.capabilities.clone().into());
+        m.insert("findings".into(), json!(self.findings()));
         m.insert(
             "appended".into(),
             json!({"messages": self.appended.0, "bytes": self.appended.1}),
@@ -894,9 +934,10 @@ impl Dissector for Imap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::findings::{Finding, Severity};
     use Dir::{ToClient as S, ToServer as C};
 
-    const MS: u64 = 1_000_000;
+    use crate::proto::testutil::{cmd, feed, reply, MS};
 
     fn run_with(
         privacy: Privacy,
@@ -904,45 +945,11 @@ mod tests {
         steps: &[(Dir, &[u8])],
         chunk: usize,
     ) -> (Vec<Event>, Map<String, Value>) {
-        let mut d = Imap::new(privacy, start);
-        let mut events = Vec::new();
-        for (i, (dir, bytes)) in steps.iter().enumerate() {
-            let ts = (i as u64 + 1) * MS;
-            let n = if chunk == 0 {
-                bytes.len().max(1)
-            } else {
-                chunk
-            };
-            for c in bytes.chunks(n) {
-                d.data(*dir, c, ts);
-            }
-            while let Some(e) = d.poll_event() {
-                events.push(e);
-            }
-        }
-        (events, d.record())
+        feed(Imap::new(privacy, start), steps, chunk)
     }
 
     fn run(steps: &[(Dir, &[u8])]) -> (Vec<Event>, Map<String, Value>) {
         run_with(Privacy::default(), SessionStart::default(), steps, 0)
-    }
-
-    fn cmd(ts: u64, verb: &str, arg: &str) -> Event {
-        Event::Command {
-            ts: ts * MS,
-            verb: verb.into(),
-            arg: arg.into(),
-        }
-    }
-
-    fn reply(ts: u64, code: &str, enh: Option<&str>, text: &str, lat: Option<u64>) -> Event {
-        Event::Reply {
-            ts: ts * MS,
-            code: code.into(),
-            enhanced: enh.map(Into::into),
-            text: text.into(),
-            latency_ns: lat.map(|l| l * MS),
-        }
     }
 
     const SESSION: &[(Dir, &[u8])] = &[
@@ -984,6 +991,14 @@ mod tests {
                     None
                 ),
                 cmd(4, "LOGIN", "alice <redacted>"),
+                Event::Finding {
+                    ts: 4 * MS,
+                    finding: Finding::new(
+                        "auth-cleartext",
+                        Severity::Warn,
+                        "LOGIN sent in clear; the server offered no STARTTLS"
+                    )
+                },
                 reply(
                     5,
                     "NO",
@@ -1061,6 +1076,8 @@ mod tests {
                 "capabilities": ["IMAP4rev1", "MOVE"],
                 "appended": {"messages": 1, "bytes": 11},
                 "fetched": {"responses": 3, "bytes": 24},
+                "findings": [{"id": "auth-cleartext", "severity": "warn",
+                              "reason": "LOGIN sent in clear; the server offered no STARTTLS"}],
             })
         );
     }
@@ -1090,7 +1107,7 @@ mod tests {
             0,
         );
         assert_eq!(shown.0[1], cmd(4, "LOGIN", "alice s3cr3t"));
-        assert_eq!(shown.0[3], cmd(6, "LOGIN", "alice pw\"2"));
+        assert_eq!(shown.0[4], cmd(6, "LOGIN", "alice pw\"2"));
     }
 
     #[test]
@@ -1192,6 +1209,14 @@ mod tests {
             vec![
                 reply(1, "OK", None, "hi", None),
                 cmd(2, "AUTHENTICATE", "PLAIN"),
+                Event::Finding {
+                    ts: 2 * MS,
+                    finding: Finding::new(
+                        "auth-cleartext",
+                        Severity::Warn,
+                        "AUTHENTICATE PLAIN sent in clear (the server's capabilities were not seen)"
+                    )
+                },
                 reply(3, "+", None, "<redacted>", Some(1)),
                 cmd(4, "AUTH-DATA", "<redacted>"),
                 reply(5, "NO", Some("AUTHENTICATIONFAILED"), "bad", Some(1)),

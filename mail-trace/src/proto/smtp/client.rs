@@ -143,6 +143,7 @@ impl Smtp {
                 self.facts.pipelined_without_offer += 1;
             }
         }
+        let clear_before = self.auth_clear.is_some();
         let shown = match c.verb.as_str() {
             "AUTH" => self.auth_command(c.arg),
             _ => c.arg.to_string(),
@@ -152,6 +153,13 @@ impl Smtp {
             verb: c.verb.clone(),
             arg: shown,
         });
+        if !clear_before {
+            if let Some(what) = &self.auth_clear {
+                let offered = self.offered_tls();
+                let f = crate::findings::auth_in_clear(what, "STARTTLS", offered);
+                self.emit(Event::Finding { ts, finding: f });
+            }
+        }
         if !c.known {
             self.anomaly("unknown-command", ts);
         }
@@ -311,11 +319,14 @@ impl Smtp {
                 self.anomaly(id, ts);
             }
         }
+        let mail_from = self.tx_mut(tx).and_then(|t| t.mail_from.clone());
+        self.message_done(&summary, &facts, &scanner.dsn, mail_from.as_deref(), ts);
         if let Some(t) = self.tx_mut(tx) {
             t.size = Some(scanner.size);
             t.incomplete = scanner.incomplete;
             t.summary = Some(summary);
             t.facts = facts;
+            t.dsn = std::mem::take(&mut scanner.dsn);
         }
         tx
     }

@@ -8,12 +8,16 @@
 
 use mail_parser::{Address, MessageParser, MimeHeaders};
 
+use crate::findings::dsn::{self, DsnRecipient};
+
 /// Header block kept for decoding; the rest of a longer block is not decoded.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF.
 pub const MAX_TEXT_LINE: u64 = 998;
 /// Longest decoded header value kept.
 const MAX_HEADER_VALUE: usize = 2048;
+/// DKIM signatures whose d= domain is kept.
+pub const MAX_DKIM: usize = 4;
 
 /// Things about the message bytes that later findings look at (SMTP smuggling,
 /// RFC violations). Counts, never content.
@@ -52,6 +56,14 @@ pub struct HeaderSummary {
     pub from_domain: Option<String>,
     /// Top-level media type "type/subtype", lower-cased (for S/MIME, PGP, DSN facts).
     pub media_type: Option<String>,
+    /// Content-Type `protocol` parameter, lower-cased (multipart/signed, /encrypted).
+    pub protocol: Option<String>,
+    /// Content-Type `report-type` parameter, lower-cased (multipart/report).
+    pub report_type: Option<String>,
+    /// Content-Type `boundary` parameter (to find a report's status part).
+    pub boundary: Option<String>,
+    /// d= domains of the DKIM-Signature headers (at most [`MAX_DKIM`]).
+    pub dkim_domains: Vec<String>,
     /// The block was longer than [`MAX_HEADER_BYTES`] or interrupted by a gap.
     pub truncated: bool,
 }
@@ -76,6 +88,10 @@ pub struct BodyScanner {
     header_bytes: Vec<u8>,
     truncated: bool,
     summary: Option<HeaderSummary>,
+    /// Body of a delivery report, kept (bounded) until parsed at the end.
+    report: Option<Vec<u8>>,
+    /// The report's recipients, once parsed.
+    pub dsn: Vec<DsnRecipient>,
 }
 
 impl BodyScanner {
@@ -94,6 +110,8 @@ impl BodyScanner {
             header_bytes: Vec::new(),
             truncated: false,
             summary: None,
+            report: None,
+            dsn: Vec::new(),
         }
     }
 
@@ -121,6 +139,8 @@ impl BodyScanner {
             let stuffing = self.line_len == 1 && b == b'.' && self.dot_stuffed && !self.mid_gap;
             if self.in_headers && !stuffing {
                 self.keep_header_byte(b);
+            } else if !self.in_headers && !stuffing {
+                self.keep_report_byte(b);
             }
         }
         None
@@ -149,7 +169,19 @@ impl BodyScanner {
         if self.summary.is_none() {
             self.summarise();
         }
+        if let Some(body) = self.report.take() {
+            let boundary = self.summary.as_ref().and_then(|s| s.boundary.as_deref());
+            self.dsn = dsn::parse(&body, boundary);
+        }
         self.summary.clone().unwrap_or_default()
+    }
+
+    fn keep_report_byte(&mut self, b: u8) {
+        if let Some(r) = self.report.as_mut() {
+            if r.len() < dsn::MAX_REPORT_BYTES {
+                r.push(b);
+            }
+        }
     }
 
     fn keep_header_byte(&mut self, b: u8) {
@@ -189,6 +221,9 @@ impl BodyScanner {
         }
         let stuffed = u64::from(self.dot_stuffed && dot);
         self.size = self.size.saturating_add(self.line_len + 1 - stuffed);
+        if !self.in_headers {
+            self.keep_report_byte(b'\n');
+        }
         if self.in_headers {
             self.keep_header_byte(b'\n');
             if content == 0 && !self.mid_gap {
@@ -206,6 +241,15 @@ impl BodyScanner {
     fn summarise(&mut self) {
         let mut s = summarise(&self.header_bytes);
         s.truncated = self.truncated;
+        // Only a delivery report's body is looked at (its status part), and only
+        // when its headers ended normally.
+        if !self.in_headers
+            && !self.mid_gap
+            && s.media_type.as_deref() == Some("multipart/report")
+            && s.report_type.as_deref() == Some("delivery-status")
+        {
+            self.report = Some(Vec::new());
+        }
         self.summary = Some(s);
         self.header_bytes = Vec::new();
     }
@@ -276,10 +320,29 @@ pub fn summarise(block: &[u8]) -> HeaderSummary {
         let sub = ct.subtype().unwrap_or_default();
         format!("{}/{}", ct.ctype(), sub).to_ascii_lowercase()
     });
+    let param = |name: &str| {
+        content_type
+            .and_then(|ct| ct.attribute(name))
+            .map(|v| bounded(&v.to_ascii_lowercase()))
+    };
+    let dkim_domains = msg
+        .headers()
+        .iter()
+        .filter(|h| h.name.as_str().eq_ignore_ascii_case("DKIM-Signature"))
+        .filter_map(|h| block.get(h.offset_start as usize..h.offset_end as usize))
+        .filter_map(|raw| crate::findings::dkim_domain(&String::from_utf8_lossy(raw)))
+        .take(MAX_DKIM)
+        .collect();
     HeaderSummary {
         headers,
         from_domain,
         media_type,
+        protocol: param("protocol"),
+        report_type: param("report-type"),
+        boundary: content_type
+            .and_then(|ct| ct.attribute("boundary"))
+            .map(bounded),
+        dkim_domains,
         truncated: false,
     }
 }

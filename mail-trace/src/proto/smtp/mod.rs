@@ -53,6 +53,7 @@
 //! | `hold-overflow` | more than [`MAX_HOLD`] bytes sent before the reply deciding how to read them (dropped as a gap) |
 mod client;
 mod command;
+mod findings;
 mod message;
 mod reply;
 mod server;
@@ -61,6 +62,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde_json::{json, Map, Value};
 
+use crate::findings::dsn::DsnRecipient;
+use crate::findings::Finding;
 use crate::flow::Dir;
 use crate::proto::auth::SaslExchange;
 use crate::proto::line::{Line, LineBuffer};
@@ -125,6 +128,8 @@ pub struct Transaction {
     pub queue_id: Option<String>,
     /// Ended by RSET before a reply to its message.
     pub aborted: bool,
+    /// The recipients of a delivery report (the message is a DSN).
+    pub dsn: Vec<DsnRecipient>,
 }
 
 /// Session-wide facts later findings use.
@@ -218,6 +223,12 @@ pub struct Smtp {
     /// The message being read and its transaction.
     body: Option<(Option<usize>, message::BodyScanner)>,
     facts: SessionFacts,
+    /// The reply to STARTTLS.
+    starttls_code: Option<u16>,
+    /// The first AUTH sent in clear, as shown ("AUTH PLAIN").
+    auth_clear: Option<String>,
+    /// Per-message findings, decided at the end of each message.
+    message_findings: Vec<Finding>,
 }
 
 impl Smtp {
@@ -249,6 +260,9 @@ impl Smtp {
             open_tx: None,
             body: None,
             facts: SessionFacts::default(),
+            starttls_code: None,
+            auth_clear: None,
+            message_findings: Vec::new(),
         };
         if start.implicit_tls {
             s.tls = Some(TlsHellos::new());
@@ -453,6 +467,14 @@ impl Dissector for Smtp {
         self.events.pop_front()
     }
 
+    fn findings(&self) -> Vec<Finding> {
+        self.session_findings()
+    }
+
+    fn tls_offered(&self) -> bool {
+        self.offered("STARTTLS")
+    }
+
     fn record(&self) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert(
@@ -485,8 +507,13 @@ impl Dissector for Smtp {
             .map(|i| self.tx_record(i))
             .collect();
         m.insert("transactions".into(), Value::Array(txs));
+        m.insert("findings".into(), json!(self.session_findings()));
         m
     }
+}
+
+fn sasl_mech(s: &Option<SaslExchange>) -> &str {
+    s.as_ref().map_or("", |s| s.mechanism.as_str())
 }
 
 fn reply_json(r: &Reply) -> Value {
@@ -535,6 +562,7 @@ impl Smtp {
             "queue_id": t.queue_id,
             "headers": headers,
             "reply": t.reply.as_ref().map_or(Value::Null, reply_json),
+            "dsn": if t.dsn.is_empty() { Value::Null } else { json!({"recipients": t.dsn}) },
         })
     }
 
@@ -553,6 +581,9 @@ impl Smtp {
         self.auth_code = None;
         if self.tls.is_none() {
             self.facts.auth_in_clear = true;
+            if self.auth_clear.is_none() {
+                self.auth_clear = Some(format!("AUTH {}", sasl_mech(&self.sasl)));
+            }
         }
         shown
     }

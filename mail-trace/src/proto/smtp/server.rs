@@ -147,6 +147,7 @@ impl Smtp {
                 }
             }
             Awaiting::StartTls => {
+                self.starttls_code = Some(code);
                 self.decide(p.what, Some(code));
                 let tls = self.tls.is_some();
                 if tls {

@@ -185,7 +185,10 @@ fn full_session_record() {
                 "queue_id": "4XyzAB12cd",
                 "headers": null,
                 "reply": {"code": 250, "enhanced": "2.0.0", "text": "Ok: queued as 4XyzAB12cd"},
+                "dsn": null,
             }],
+            "findings": [{"id": "starttls-offered-not-used", "severity": "warn",
+                          "reason": "the server offered STARTTLS but the client stayed in clear"}],
         })
     );
 }

@@ -1,0 +1,130 @@
+//! In-kernel TLS suppression: once a flow is encrypted its payload is useless to the
+//! dissectors, so after the handshake records (until the first application-data record, at
+//! most `TLS_KEEP_BYTES` per direction) only the headers are copied; `orig_len` keeps the
+//! byte counts and the reassembly exact.
+//!
+//! The kernel arms a flow itself when a client segment is exactly `STARTTLS\r\n` and turns it
+//! on when the server's next segment starts with `220`; any other reply disarms it. On the
+//! implicit-TLS ports the flow is on from the SYN. Waiting for the daemon to mark flows would
+//! be too late: it is woken every 20 ms, longer than a whole TLS session on a LAN. FIN or
+//! RST removes both directions; the LRU map is the backstop for flows whose end was missed.
+use mail_trace_common::{
+    FlowKey, TlsFlow, CFG_TLS_SUPPRESS, PORT_IMPLICIT_TLS, TLS_ARMED, TLS_DONE, TLS_KEEP_BYTES,
+    TLS_ON,
+};
+
+use crate::{
+    maps::{CONFIG, PORTS, TLS_FLOWS},
+    parse::{Reader, Tcp},
+};
+
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+#[inline(always)]
+fn keys(t: &Tcp) -> (FlowKey, FlowKey) {
+    let family = if t.v6 { 6 } else { 4 };
+    let fwd = FlowKey {
+        src: t.src,
+        dst: t.dst,
+        sport: t.sport,
+        dport: t.dport,
+        family,
+    };
+    let rev = FlowKey {
+        src: t.dst,
+        dst: t.src,
+        sport: t.dport,
+        dport: t.sport,
+        family,
+    };
+    (fwd, rev)
+}
+
+#[inline(always)]
+fn set(k: &FlowKey, state: u32) {
+    // A full map evicts its oldest entry (LRU): failure here only means no suppression.
+    let _ = TLS_FLOWS.insert(k, &TlsFlow { state, kept: 0 }, 0);
+}
+
+/// How many bytes of the packet to copy: `0` = all of it, else the header length (the
+/// payload is encrypted and past the handshake). `len` is the packet's length.
+#[inline(always)]
+pub fn copy_len<R: Reader>(r: &R, t: &Tcp, len: u32) -> u32 {
+    if !CONFIG
+        .get(0)
+        .is_some_and(|cfg| cfg.flags & CFG_TLS_SUPPRESS != 0)
+    {
+        return 0;
+    }
+    let payload = len.saturating_sub(t.payload_off);
+    let (fwd, rev) = keys(t);
+    if t.flags & (FIN | RST) != 0 {
+        let _ = TLS_FLOWS.remove(&fwd);
+        let _ = TLS_FLOWS.remove(&rev);
+        return 0;
+    }
+    match TLS_FLOWS.get_ptr_mut(&fwd) {
+        Some(f) => {
+            // SAFETY: a map value pointer, valid for this program run.
+            let f = unsafe { &mut *f };
+            if payload == 0 {
+                return 0;
+            }
+            if f.state == TLS_ON {
+                let off = (t.payload_off as usize) & 0xfff;
+                let app_data = r.read::<[u8; 2]>(off).is_some_and(|b| b == [0x17, 0x03]);
+                if !app_data && f.kept < TLS_KEEP_BYTES {
+                    f.kept = f.kept.saturating_add(payload);
+                    return 0;
+                }
+                f.state = TLS_DONE;
+            }
+            if f.state == TLS_DONE {
+                return t.payload_off;
+            }
+            // Armed: this is the server's reply to STARTTLS.
+            if payload >= 3 {
+                let off = (t.payload_off as usize) & 0xfff;
+                let go = r.read::<[u8; 3]>(off).is_some_and(|b| &b == b"220");
+                if go {
+                    f.state = TLS_ON;
+                    f.kept = 0;
+                    set(&rev, TLS_ON);
+                } else {
+                    let _ = TLS_FLOWS.remove(&fwd);
+                }
+            }
+            0
+        }
+        None => {
+            if t.flags & (SYN | ACK) == SYN {
+                let implicit = |p: u16| {
+                    PORTS
+                        .get(p as u32)
+                        .is_some_and(|v| *v & PORT_IMPLICIT_TLS != 0)
+                };
+                if implicit(t.dport) {
+                    set(&fwd, TLS_ON);
+                    set(&rev, TLS_ON);
+                }
+            } else if payload == 10 {
+                let off = (t.payload_off as usize) & 0xfff;
+                // ASCII letters fold to lower case with | 0x20; CR LF are left as they are.
+                let starttls = r.read::<[u8; 10]>(off).is_some_and(|b| {
+                    let mut lower = [0u8; 8];
+                    for i in 0..8 {
+                        lower[i] = b[i] | 0x20;
+                    }
+                    &lower == b"starttls" && b[8] == b'\r' && b[9] == b'\n'
+                });
+                if starttls {
+                    set(&rev, TLS_ARMED);
+                }
+            }
+            0
+        }
+    }
+}

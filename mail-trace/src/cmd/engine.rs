@@ -1,0 +1,30 @@
+//! The session engine's memory bounds, shared by `replay` and `tail`. Every bound
+//! has a default sized for a busy relay; what a bound drops is counted (gaps,
+//! evictions) and reported, never silently lost.
+use crate::cmd::live::parse_buffer;
+use crate::flow::FlowConfig;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct EngineArgs {
+    /// Out-of-order bytes held per connection and direction before the hole is
+    /// declared a gap (K, M, G suffixes allowed).
+    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_buffer)]
+    pub max_buffer: u32,
+    /// Connections tracked at once; beyond it the idlest is evicted (and counted).
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions: u32,
+    /// Seconds without a packet after which a session is ended (`close: "idle"`).
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..))]
+    pub idle_timeout: u32,
+}
+
+impl EngineArgs {
+    pub fn flow_config(&self) -> FlowConfig {
+        FlowConfig {
+            max_buffer_per_dir: self.max_buffer as usize,
+            max_connections: self.max_sessions as usize,
+            idle_timeout_ns: u64::from(self.idle_timeout) * 1_000_000_000,
+            ..FlowConfig::default()
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! Reading logs: a file followed like `tail -F` (rotation by inode, truncation by size), a file
+//! read whole (replay), and the systemd journal through `journalctl -f -o json`.
+//!
+//! Followers are plain threads (the reads block) sending lines into a bounded tokio channel:
+//! when the engine falls behind they wait, and no line is lost.
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc::Sender;
+
+use super::{parse, Clock, LogLine, MAX_LINE};
+use crate::time::{rfc3339_micros, Ts};
+
+/// How often a followed file is looked at when there is nothing new.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Where logs are looked for when `--maillog` is given without a path.
+pub const DEFAULT_PATHS: [&str; 2] = ["/var/log/mail.log", "/var/log/maillog"];
+
+/// The first default log that exists.
+pub fn default_path() -> Option<PathBuf> {
+    DEFAULT_PATHS.iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+/// Bytes in, complete lines out; a line longer than [`MAX_LINE`] is cut and the rest of it
+/// skipped up to its newline.
+#[derive(Default)]
+pub struct LineSplitter {
+    buf: Vec<u8>,
+    skipping: bool,
+    /// Lines cut at MAX_LINE.
+    pub cut: u64,
+}
+
+impl LineSplitter {
+    pub fn push(&mut self, mut data: &[u8], out: &mut impl FnMut(String)) {
+        while !data.is_empty() {
+            let nl = data.iter().position(|&b| b == b'\n');
+            let (chunk, rest, end) = match nl {
+                Some(i) => (&data[..i], &data[i + 1..], true),
+                None => (data, &data[data.len()..], false),
+            };
+            if !self.skipping {
+                let room = MAX_LINE - self.buf.len();
+                self.buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if chunk.len() > room {
+                    self.skipping = true;
+                    self.cut += 1;
+                    out(String::from_utf8_lossy(&self.buf).into_owned());
+                    self.buf.clear();
+                }
+            }
+            if end {
+                if !self.skipping {
+                    out(String::from_utf8_lossy(&self.buf).into_owned());
+                }
+                self.buf.clear();
+                self.skipping = false;
+            }
+            data = rest;
+        }
+    }
+}
+
+/// Follows `path` from its current end until the receiver goes away. Rotation (the path
+/// now names another inode) reopens from the start of the new file after the old one is
+/// drained; truncation (size below our offset) starts over at 0.
+pub fn follow_file(
+    path: PathBuf,
+    tx: Sender<String>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let mut file = File::open(&path)?;
+    let mut pos = file.seek(SeekFrom::End(0))?;
+    let mut ino = file.metadata()?.ino();
+    Ok(std::thread::spawn(move || {
+        let mut split = LineSplitter::default();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let meta = std::fs::metadata(&path);
+                    match meta {
+                        Ok(m) if m.ino() != ino => {
+                            if let Ok(f) = File::open(&path) {
+                                file = f;
+                                ino = m.ino();
+                                pos = 0;
+                                continue;
+                            }
+                        }
+                        Ok(m) if m.len() < pos && file.seek(SeekFrom::Start(0)).is_ok() => {
+                            pos = 0;
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    if tx.is_closed() {
+                        return;
+                    }
+                    std::thread::sleep(POLL);
+                }
+                Ok(n) => {
+                    pos += n as u64;
+                    let mut closed = false;
+                    split.push(&buf[..n], &mut |l| closed |= tx.blocking_send(l).is_err());
+                    if closed {
+                        return;
+                    }
+                }
+            }
+        }
+    }))
+}
+
+/// `journalctl -f -o json -n 0`, killed on drop. Entries of programs other than Postfix and
+/// Dovecot are skipped here (journalctl cannot match `postfix/*`).
+pub struct Journal {
+    child: Child,
+}
+
+impl Journal {
+    pub fn start(tx: Sender<String>) -> Result<Journal, String> {
+        let mut child = Command::new("journalctl")
+            .args(["-f", "-o", "json", "-n", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    "--journal: journalctl not found (no systemd journal here?); use --maillog PATH"
+                        .to_string()
+                }
+                _ => format!("--journal: cannot run journalctl: {e}"),
+            })?;
+        let out = child
+            .stdout
+            .take()
+            .ok_or("--journal: no journalctl output")?;
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(out);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                if let Some(l) = journal_line(&line) {
+                    if tx.blocking_send(l).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Journal { child })
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A journal JSON entry as a log line with an RFC 3339 timestamp, or None when it is not
+/// from Postfix or Dovecot.
+pub fn journal_line(json: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(json).ok()?;
+    let ident = v.get("SYSLOG_IDENTIFIER")?.as_str()?;
+    let ours = ident.starts_with("postfix") || ident == "dovecot" || ident.ends_with("-login");
+    if !ours {
+        return None;
+    }
+    // MESSAGE is an array of bytes when it is not UTF-8: skipped.
+    let msg = v.get("MESSAGE")?.as_str()?;
+    let micros: u64 = v.get("__REALTIME_TIMESTAMP")?.as_str()?.parse().ok()?;
+    let host = v
+        .get("_HOSTNAME")
+        .and_then(Value::as_str)
+        .unwrap_or("localhost");
+    let pid = v
+        .get("SYSLOG_PID")
+        .or_else(|| v.get("_PID"))
+        .and_then(Value::as_str)
+        .map(|p| format!("[{p}]"))
+        .unwrap_or_default();
+    let ts = rfc3339_micros(micros.saturating_mul(1000)).replace('Z', "+00:00");
+    Some(format!("{ts} {host} {ident}{pid}: {msg}"))
+}
+
+/// A log file read whole for replay, as parsed lines in file order.
+pub struct LogFile {
+    reader: BufReader<File>,
+    clock: Clock,
+    split: LineSplitter,
+    ready: std::collections::VecDeque<String>,
+    done: bool,
+}
+
+impl LogFile {
+    /// BSD timestamps get their year from the file's modification time.
+    pub fn open(path: &Path) -> std::io::Result<LogFile> {
+        let f = File::open(path)?;
+        let mtime = f.metadata()?.mtime().max(0) as u64;
+        Ok(LogFile {
+            reader: BufReader::new(f),
+            clock: Clock::local(mtime * 1_000_000_000),
+            split: LineSplitter::default(),
+            ready: Default::default(),
+            done: false,
+        })
+    }
+
+    /// The next Postfix or Dovecot line; other lines are skipped.
+    pub fn next_line(&mut self) -> std::io::Result<Option<LogLine>> {
+        loop {
+            while let Some(s) = self.ready.pop_front() {
+                if let Some(l) = parse(&s, &self.clock) {
+                    return Ok(Some(l));
+                }
+            }
+            if self.done {
+                return Ok(None);
+            }
+            let buf = self.reader.fill_buf()?;
+            if buf.is_empty() {
+                self.done = true;
+                // A last line without a newline still counts.
+                let ready = &mut self.ready;
+                self.split.push(b"\n", &mut |l| {
+                    if !l.is_empty() {
+                        ready.push_back(l)
+                    }
+                });
+                continue;
+            }
+            let n = buf.len();
+            let ready = &mut self.ready;
+            self.split.push(buf, &mut |l| ready.push_back(l));
+            self.reader.consume(n);
+        }
+    }
+}
+
+/// Several log files merged by time (each file is in time order on its own).
+pub struct Merged {
+    files: Vec<(LogFile, Option<LogLine>)>,
+}
+
+impl Merged {
+    pub fn open(paths: &[PathBuf]) -> Result<Merged, String> {
+        let mut files = Vec::new();
+        for p in paths {
+            let mut f = LogFile::open(p).map_err(|e| format!("--maillog {}: {e}", p.display()))?;
+            let head = f
+                .next_line()
+                .map_err(|e| format!("--maillog {}: {e}", p.display()))?;
+            files.push((f, head));
+        }
+        Ok(Merged { files })
+    }
+
+    /// Timestamp of the next line, if any.
+    pub fn peek_ts(&self) -> Option<Ts> {
+        self.files
+            .iter()
+            .filter_map(|(_, h)| h.as_ref().map(|l| l.ts))
+            .min()
+    }
+
+    pub fn next_line(&mut self) -> Option<LogLine> {
+        let i = self
+            .files
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, h))| h.as_ref().map(|l| (l.ts, i)))
+            .min()?
+            .1;
+        let (f, head) = &mut self.files[i];
+        // A read error mid-file ends that file; what was read stays.
+        let next = f.next_line().ok().flatten();
+        std::mem::replace(head, next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split_all(chunks: &[&[u8]]) -> (Vec<String>, u64) {
+        let mut s = LineSplitter::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            s.push(c, &mut |l| out.push(l));
+        }
+        (out, s.cut)
+    }
+
+    #[test]
+    fn lines_across_chunks_and_cut_at_the_bound() {
+        assert_eq!(
+            split_all(&[b"ab", b"c\nde", b"f\n\n"]).0,
+            vec!["abc", "def", ""]
+        );
+        let long = vec![b'x'; MAX_LINE + 10];
+        let (out, cut) = split_all(&[&long, b"yy\nok\n"]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].len(), MAX_LINE);
+        assert_eq!(out[1], "ok");
+        assert_eq!(cut, 1);
+    }
+
+    #[test]
+    fn journal_entries_become_lines() {
+        let j = r#"{"__REALTIME_TIMESTAMP":"1795822796118183","_HOSTNAME":"mx","SYSLOG_IDENTIFIER":"postfix/smtpd","SYSLOG_PID":"14344","MESSAGE":"connect from unknown[10.99.152.1]:46226"}"#;
+        let line = journal_line(j).unwrap();
+        assert_eq!(line, "2026-11-27T23:39:56.118183+00:00 mx postfix/smtpd[14344]: connect from unknown[10.99.152.1]:46226");
+        let l = parse(&line, &Clock::utc(0)).unwrap();
+        assert_eq!(l.kind, super::super::Kind::Connect);
+        assert_eq!(
+            journal_line(
+                r#"{"SYSLOG_IDENTIFIER":"sshd","MESSAGE":"x","__REALTIME_TIMESTAMP":"1"}"#
+            ),
+            None
+        );
+        assert_eq!(
+            journal_line(
+                r#"{"SYSLOG_IDENTIFIER":"postfix/qmgr","MESSAGE":[1,2],"__REALTIME_TIMESTAMP":"1"}"#
+            ),
+            None
+        );
+        assert_eq!(journal_line("not json"), None);
+    }
+
+    #[test]
+    fn follows_appends_rotation_and_truncation() {
+        let dir = std::env::temp_dir().join(format!("mt-follow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mail.log");
+        std::fs::write(&path, "old line before start\n").unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let h = follow_file(path.clone(), tx).unwrap();
+        let recv = |rx: &mut tokio::sync::mpsc::Receiver<String>| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Ok(l) = rx.try_recv() {
+                    return l;
+                }
+                assert!(std::time::Instant::now() < deadline, "no line");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let append = |s: &str| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            f.write_all(s.as_bytes()).unwrap();
+        };
+        append("one\n");
+        assert_eq!(recv(&mut rx), "one");
+        // logrotate: rename, new file.
+        std::fs::rename(&path, dir.join("mail.log.1")).unwrap();
+        std::fs::write(&path, "two\n").unwrap();
+        assert_eq!(recv(&mut rx), "two");
+        // copytruncate.
+        std::fs::write(&path, "").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        append("3\n");
+        assert_eq!(recv(&mut rx), "3");
+        drop(rx);
+        append("four\n");
+        h.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
