@@ -271,6 +271,7 @@ fn broken_files_give_one_line_and_keep_what_was_read() {
     let _ = std::fs::remove_dir_all(&dir);
     // 2: a file could not be opened as a capture (bad input); 1 alone: a broken one.
     assert_eq!(out.status.code(), Some(2));
+    assert_eq!(cut_only.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 2, "{stderr}");
