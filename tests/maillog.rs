@@ -25,8 +25,14 @@ struct Tail {
 
 impl Tail {
     fn start(args: &[String], stdout: &Path, stderr: &Path) -> Tail {
+        let mut all = vec!["tail".to_string()];
+        all.extend_from_slice(args);
+        Tail::start_cmd(&all, stdout, stderr)
+    }
+
+    /// Any live subcommand (`args[0]`), up to its `tracing` line.
+    fn start_cmd(args: &[String], stdout: &Path, stderr: &Path) -> Tail {
         let child = Command::new(env!("CARGO_BIN_EXE_mail-trace"))
-            .arg("tail")
             .args(args)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(stdout).expect("create stdout file"))
@@ -373,4 +379,70 @@ fn tail_and_replay_join_postfix_and_dovecot_lines() {
         why.stdout
     );
     assert!(why.stdout.contains("status=sent"), "{}", why.stdout);
+}
+
+#[test]
+fn why_live_tells_the_story_once_delivered() {
+    common::require_root("why_live_tells_the_story_once_delivered");
+    let tb = Testbed::start();
+    let dir = TempDir::new("whylive");
+    let stdout = dir.path().join("why.out");
+    let plog = tb.postfix.log_path().to_path_buf();
+    let args: Vec<String> = vec![
+        "why".into(),
+        "--live".into(),
+        "--from".into(),
+        "*@client.test".into(),
+        "-i".into(),
+        tb.ns.host_if.clone(),
+        format!("--maillog={}", plog.display()),
+        "--duration".into(),
+        "60".into(),
+    ];
+    let mut why = Tail::start_cmd(&args, &stdout, &dir.path().join("why.stderr"));
+    let server = std::net::IpAddr::from(tb.ns.server_v4());
+    let ok = swaks(server, 25, &["--to", "alice@mx.test"]);
+    let queue_id = ok.queue_ids().pop().expect("queued");
+    let started = std::time::Instant::now();
+    let mut child = why.child.take().expect("running");
+    // It stops by itself at the delivery line, well before --duration.
+    let status = wait_child(&mut child, Duration::from_secs(40))
+        .unwrap_or_else(|| panic!("why --live did not stop: {}", why.err()));
+    assert!(
+        status.success(),
+        "why --live exited {status}: {}",
+        why.err()
+    );
+    assert!(started.elapsed() < Duration::from_secs(40));
+    let out = std::fs::read_to_string(&stdout).unwrap();
+    assert_eq!(
+        out.lines().next(),
+        Some(format!("Message {queue_id}").as_str()),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("Received in session #") && l.contains(" smtp ")),
+        "{out}"
+    );
+    assert!(out.contains("  MAIL FROM:<sender@client.test>\n"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "  end of data -> 250 2.0.0 Ok: queued as {queue_id}\n"
+        )),
+        "{out}"
+    );
+    // The delivery line, as Postfix logged it for this queue id.
+    let delivery = format!(" {queue_id} delivery: to=alice@mx.test relay=virtual");
+    assert!(
+        out.lines().any(|l| l.contains("postfix/virtual[")
+            && l.contains(&delivery)
+            && l.contains(" status=sent")),
+        "{out}"
+    );
+    assert!(tb
+        .postfix
+        .log()
+        .contains(&format!("{queue_id}: to=<alice@mx.test>")));
 }

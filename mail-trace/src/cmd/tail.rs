@@ -20,6 +20,7 @@ use crate::flow::Dir;
 use crate::maillog::join::{Joined, Joiner};
 use crate::output::filter::{Criteria, Filter, FrameSink, Selected};
 use crate::output::pcapng::{IfaceDesc, IfaceStats, PcapngSink};
+use crate::output::Outputs;
 use crate::proto::{Event, Proto};
 use crate::session::{Engine, EngineConfig, PortMap, SessionInfo, SessionRecord, Sink};
 use crate::time::Ts;
@@ -241,6 +242,19 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
 }
 
 async fn tail(args: TailArgs) -> anyhow::Result<()> {
+    let out = args.output.stdout();
+    let out = trace(args, out, || false).await?;
+    crate::cmd::replay::finish_output(out)
+}
+
+/// The tail's pipeline into `out` (`why --live` reads it from memory). Stops at
+/// --duration, a signal, or as soon as `done` (asked after every event) says so;
+/// hands the output back for the caller to finish.
+pub(crate) async fn trace<W: Write>(
+    args: TailArgs,
+    out: Outputs<W>,
+    mut done: impl FnMut() -> bool,
+) -> anyhow::Result<Outputs<W>> {
     let cfg = args.live.to_config();
     let file = match &args.write {
         Some(p) => Some(BufWriter::new(
@@ -325,7 +339,6 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
         errors: args.errors,
         findings: args.output.findings,
     };
-    let out = args.output.stdout();
     let mut filter = Filter::new(out, criteria);
     let mut tally = Tally::default();
     let tty = std::io::stderr().is_terminal();
@@ -406,7 +419,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
             _ = sleep_until(deadline) => break,
             why = &mut gone => anyhow::bail!(why),
         }
-        if filter.inner.error().is_some() || frames.error.is_some() {
+        if filter.inner.error().is_some() || frames.error.is_some() || done() {
             break;
         }
     }
@@ -503,5 +516,5 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
         counters.records,
         counters.lost_records
     );
-    crate::cmd::replay::finish_output(filter.inner)
+    Ok(filter.inner)
 }

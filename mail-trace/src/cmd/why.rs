@@ -1,11 +1,14 @@
 //! `mail-trace why QUEUEID`: the whole story of one message from a saved JSON stream (and
 //! log files): the session that brought it in with its replies, every log line about it,
 //! the bounce it caused, and the outgoing session that carried it on when that was traced.
-//! Live mode is not implemented: record with `tail --json --maillog` and ask afterwards.
-use std::collections::BTreeSet;
+//! `--live` runs the tail's pipeline (`tail --json --maillog`) into memory and tells the
+//! story once the delivery outcome is logged.
+use std::cell::RefCell;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use serde_json::Value;
 
@@ -16,13 +19,33 @@ use crate::proto::Privacy;
 #[derive(Clone, Debug, clap::Args)]
 pub struct WhyArgs {
     /// The Postfix queue id (`4Xyz…`, as in `queued as …`).
-    pub queue_id: String,
+    #[arg(required_unless_present = "from")]
+    pub queue_id: Option<String>,
     /// JSON lines written by `tail --json` or `replay --json` (with `--maillog`); `-` for stdin.
-    #[arg(long, value_name = "FILE", num_args = 1..)]
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "live")]
     pub json: Vec<PathBuf>,
-    /// Postfix/Dovecot log files to search as well (repeatable).
-    #[arg(long, value_name = "PATH")]
-    pub maillog: Vec<PathBuf>,
+    /// Trace live (as `tail --json --maillog`) and tell the story once the message's
+    /// delivery outcome is logged (or at --duration / Ctrl-C, with what is known).
+    #[arg(long)]
+    pub live: bool,
+    /// With --live, instead of a queue id: the first message whose MAIL FROM matches
+    /// this glob.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        requires = "live",
+        conflicts_with = "queue_id"
+    )]
+    pub from: Option<String>,
+    /// With --live: stop after this many seconds.
+    #[arg(long, value_name = "SECS", requires = "live")]
+    pub duration: Option<u64>,
+    #[command(flatten)]
+    pub capture: crate::cmd::live::LiveArgs,
+    #[command(flatten)]
+    pub engine: crate::cmd::engine::EngineArgs,
+    #[command(flatten)]
+    pub logs: crate::cmd::maillog::LogArgs,
 }
 
 /// How many times a bounce may lead to another queue id (a loop guard).
@@ -287,10 +310,166 @@ fn log_text(e: &Value) -> String {
     s
 }
 
+/// The most JSON records `--live` keeps (the oldest go first).
+const MAX_LIVE_RECORDS: usize = 10_000;
+
+/// What `--live` has seen so far.
+struct Live {
+    /// The JSON lines the tail's output wrote, not yet parsed.
+    raw: Rc<RefCell<Vec<u8>>>,
+    records: VecDeque<Value>,
+    queue_id: Option<String>,
+    from: Option<String>,
+}
+
+impl Live {
+    /// Takes in what the tail wrote; true once the message's outcome is known.
+    fn done(&mut self) -> bool {
+        let raw = std::mem::take(&mut *self.raw.borrow_mut());
+        let mut found = false;
+        for line in raw.split(|&b| b == b'\n') {
+            let Ok(v) = serde_json::from_slice::<Value>(line) else {
+                continue;
+            };
+            if self.queue_id.is_none() {
+                self.queue_id = self.from.as_deref().and_then(|f| queued_from(&v, f));
+            }
+            if self.records.len() == MAX_LIVE_RECORDS {
+                self.records.pop_front();
+            }
+            self.records.push_back(v);
+            found = true;
+        }
+        found
+            && self
+                .queue_id
+                .as_deref()
+                .is_some_and(|q| self.records.iter().any(|r| outcome(r, q)))
+    }
+}
+
+/// The queue id of the first message in a session record whose MAIL FROM matches `glob`.
+fn queued_from(rec: &Value, glob: &str) -> Option<String> {
+    if rec["type"] != "session" {
+        return None;
+    }
+    rec["transactions"]
+        .as_array()?
+        .iter()
+        .filter(|t| {
+            t["mail_from"]
+                .as_str()
+                .is_some_and(|m| crate::output::filter::glob_match(glob, m))
+        })
+        .find_map(|t| t["queue_id"].as_str().map(str::to_string))
+}
+
+/// Whether the record holds the delivery outcome of `queue_id`: a `status=` line or a bounce.
+fn outcome(rec: &Value, queue_id: &str) -> bool {
+    let is = |e: &Value| {
+        e["queue_id"] == queue_id
+            && (!e["fields"]["status"].is_null() || e["event"] == Kind::Bounce.name())
+    };
+    match rec["type"].as_str() {
+        Some("log") => is(rec),
+        Some("session") => rec["log"].as_array().is_some_and(|l| l.iter().any(is)),
+        _ => false,
+    }
+}
+
+/// A writer into shared memory: the tail's output, read by [`Live::done`].
+struct Shared(Rc<RefCell<Vec<u8>>>);
+
+impl std::io::Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn run_live(args: WhyArgs) -> anyhow::Result<u8> {
+    if !args.logs.enabled() {
+        anyhow::bail!(
+            "why --live: give --maillog[=PATH] or --journal (the outcome comes from the log)"
+        );
+    }
+    let output = crate::cmd::output::OutputArgs {
+        json: true,
+        events: false,
+        summary: false,
+        color: crate::cmd::output::ColorChoice::Never,
+        explain: crate::cmd::output::ExplainChoice::Never,
+        show_headers: false,
+        show_secrets: false,
+        findings: None,
+    };
+    let tail = crate::cmd::tail::TailArgs {
+        live: args.capture,
+        output: output.clone(),
+        engine: args.engine,
+        proto: Vec::new(),
+        from: Vec::new(),
+        rcpt: Vec::new(),
+        errors: false,
+        write: None,
+        duration: args.duration,
+        tls_plaintext: false,
+        libssl: Vec::new(),
+        pid: None,
+        comm: Vec::new(),
+        logs: args.logs,
+    };
+    let raw = Rc::new(RefCell::new(Vec::new()));
+    let mut live = Live {
+        raw: raw.clone(),
+        records: VecDeque::new(),
+        queue_id: args.queue_id,
+        from: args.from,
+    };
+    let out = output.build(Shared(raw), false);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::cmd::tail::trace(tail, out, || live.done()))?;
+    // What the end flushed (sessions still open or lingering).
+    live.done();
+    let Some(q) = live.queue_id.clone() else {
+        println!("No message from {} was seen", live.from.unwrap_or_default());
+        return Ok(1);
+    };
+    let records: Vec<Value> = live.records.into();
+    print_story(&q, &records, &[])
+}
+
+fn print_story(queue_id: &str, records: &[Value], log: &[Value]) -> anyhow::Result<u8> {
+    let st = story(queue_id, records, log);
+    print!("{}", render(&st));
+    Ok(if st.incoming.is_empty() && st.lines.is_empty() {
+        1
+    } else {
+        0
+    })
+}
+
 /// Reads the inputs and prints the story; exit code 1 when nothing was found.
 pub fn run(args: WhyArgs) -> anyhow::Result<u8> {
-    if args.json.is_empty() && args.maillog.is_empty() {
-        anyhow::bail!("why: give --json FILE (from tail/replay --json) and/or --maillog PATH; live mode is not implemented");
+    if args.live {
+        return run_live(args);
+    }
+    let Some(queue_id) = args.queue_id.as_deref() else {
+        anyhow::bail!("why: --from needs --live; give the queue id");
+    };
+    if args.logs.journal {
+        anyhow::bail!("why: --journal needs --live; give --maillog=PATH for saved logs");
+    }
+    let maillog = args.logs.paths()?;
+    if args.json.is_empty() && maillog.is_empty() {
+        anyhow::bail!(
+            "why: give --json FILE (from tail/replay --json) and/or --maillog PATH, or --live"
+        );
     }
     let mut records = Vec::new();
     for p in &args.json {
@@ -311,8 +490,8 @@ pub fn run(args: WhyArgs) -> anyhow::Result<u8> {
         }
     }
     let mut log = Vec::new();
-    if !args.maillog.is_empty() {
-        let mut m = Merged::open(&args.maillog).map_err(|e| anyhow::anyhow!(e))?;
+    if !maillog.is_empty() {
+        let mut m = Merged::open(&maillog).map_err(|e| anyhow::anyhow!(e))?;
         // Only lines with a queue id can be about the message; the rest is not kept.
         while let Some(l) = m.next_line() {
             if l.queue_id.is_some() {
@@ -320,13 +499,7 @@ pub fn run(args: WhyArgs) -> anyhow::Result<u8> {
             }
         }
     }
-    let st = story(&args.queue_id, &records, &log);
-    print!("{}", render(&st));
-    Ok(if st.incoming.is_empty() && st.lines.is_empty() {
-        1
-    } else {
-        0
-    })
+    print_story(queue_id, &records, &log)
 }
 
 #[cfg(test)]
@@ -415,6 +588,52 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("CCCCCC3"));
+    }
+
+    #[test]
+    fn live_stops_at_the_outcome_of_the_message_from() {
+        let raw = Rc::new(RefCell::new(Vec::new()));
+        let mut live = Live {
+            raw: raw.clone(),
+            records: VecDeque::new(),
+            queue_id: None,
+            from: Some("*@client.test".into()),
+        };
+        let other = json!({"type":"session","id":1,"transactions":[{"mail_from":"b@other.test","queue_id":"OTHER1"}]});
+        let mine = json!({"type":"session","id":2,"transactions":[{"mail_from":"a@client.test","queue_id":"AAAAAA1"}],
+            "log":[entry("t","postfix/cleanup","AAAAAA1","message-id",json!({}))]});
+        raw.borrow_mut()
+            .extend_from_slice(format!("{other}\n{mine}\nnot json\n").as_bytes());
+        assert!(!live.done());
+        assert_eq!(live.queue_id.as_deref(), Some("AAAAAA1"));
+        assert_eq!(live.records.len(), 2);
+        // Another message's outcome is not this one's.
+        let mut late = entry(
+            "t",
+            "postfix/virtual",
+            "OTHER1",
+            "delivery",
+            json!({"status":"sent"}),
+        );
+        late["type"] = "log".into();
+        raw.borrow_mut()
+            .extend_from_slice(format!("{late}\n").as_bytes());
+        assert!(!live.done());
+        late["queue_id"] = "AAAAAA1".into();
+        raw.borrow_mut()
+            .extend_from_slice(format!("{late}\n").as_bytes());
+        assert!(live.done());
+        assert!(raw.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_bounce_is_an_outcome() {
+        let mut s =
+            json!({"type":"session","log":[entry("t","postfix/bounce","Q1","bounce",json!({}))]});
+        assert!(outcome(&s, "Q1"));
+        assert!(!outcome(&s, "Q2"));
+        s["log"][0]["event"] = "queued".into();
+        assert!(!outcome(&s, "Q1"));
     }
 
     #[test]
