@@ -421,3 +421,81 @@ fn mt_programs() -> Vec<(u32, String, u64, u64)> {
         .map(|(id, name, cnt, ns, _)| (id, name, cnt, ns))
         .collect()
 }
+
+/// `capture --tls-plaintext` during one STARTTLS session on 25: a `TLS` line per plaintext
+/// chunk, in both directions of that connection, counted in the exit summary, and no content
+/// (the password is in the message body).
+#[test]
+fn capture_prints_a_line_per_plaintext_chunk_and_no_content() {
+    require_root("tls_plaintext");
+    let _one = serial();
+    let tb = Testbed::start();
+    let dir = tb.dir.path().to_path_buf();
+    let out = dir.join("capture.out");
+    let err = dir.join("capture.stderr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mail-trace"))
+        .args(["capture", "--tls-plaintext", "-i", &tb.ns.host_if])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("create stdout file"))
+        .stderr(std::fs::File::create(&err).expect("create stderr file"))
+        .spawn()
+        .expect("spawn mail-trace capture");
+    let stderr = || std::fs::read_to_string(&err).unwrap_or_default();
+    wait_for(Duration::from_secs(60), "TLS probes attached", || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("mail-trace exited early ({status}): {}", stderr());
+        }
+        stderr()
+            .contains("mail-trace: TLS plaintext from")
+            .then_some(())
+    });
+    let server = IpAddr::V4(tb.ns.server_v4());
+    let run = swaks(
+        server,
+        25,
+        &[
+            "--to",
+            USER,
+            "--tls",
+            "--tls-sni",
+            "mx.test",
+            "--body",
+            PASSWORD,
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    signal(child.id(), libc::SIGINT);
+    let status = wait_child(&mut child, Duration::from_secs(30));
+    let _ = child.kill();
+    assert!(
+        status.expect("capture exits on SIGINT").success(),
+        "{}",
+        stderr()
+    );
+    assert_eq!(run.code, 0, "{}", run.transcript);
+    let text = std::fs::read_to_string(&out).expect("read capture output");
+    let err_text = stderr();
+    assert!(!text.contains(PASSWORD), "password in output");
+    assert!(!err_text.contains(PASSWORD), "password in stderr");
+    // The client's address from the one SYN to port 25.
+    let syn = format!(" > {server}.25: Flags [S]");
+    let clients: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&syn))
+        .filter_map(|l| l.split(" IP ").nth(1)?.split(' ').next())
+        .collect();
+    assert_eq!(clients.len(), 1, "{text}");
+    let client = clients[0];
+    let tls: Vec<&str> = text.lines().filter(|l| l.contains(" TLS ")).collect();
+    let to_server = format!(" IP {client} > {server}.25: SSL_");
+    let to_client = format!(" IP {server}.25 > {client}: SSL_");
+    assert!(tls.iter().any(|l| l.contains(&to_server)), "{text}");
+    assert!(tls.iter().any(|l| l.contains(&to_client)), "{text}");
+    for l in &tls {
+        assert!(l.contains(", length "), "{l}");
+    }
+    assert!(
+        err_text.contains(&format!(", {} TLS plaintext chunks", tls.len())),
+        "{err_text}"
+    );
+}

@@ -2,6 +2,7 @@
 use std::{
     fs::File,
     io::{BufWriter, Write},
+    net::SocketAddr,
     path::PathBuf,
     time::Duration,
 };
@@ -11,12 +12,16 @@ use mail_trace_common::Counters;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    capture::{ebpf::EbpfCapture, Direction, Frame},
+    capture::{
+        ebpf::{Captured, EbpfCapture},
+        uprobe::{ConnResolver, Plaintext},
+        Direction, Frame,
+    },
     output::pcapng::{IfaceDesc, IfaceStats, PcapngSink},
     wire::{self, Segment},
 };
 
-use super::live::LiveArgs;
+use super::live::{LiveArgs, TlsArgs};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct CaptureArgs {
@@ -28,6 +33,8 @@ pub struct CaptureArgs {
     /// Print a line per packet even when writing a file.
     #[arg(short = 'v', long = "print")]
     pub print: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Stop after this many packets.
     #[arg(short = 'c', long = "count", value_name = "COUNT")]
     pub count: Option<u64>,
@@ -61,6 +68,17 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut cap = EbpfCapture::open(&cfg)?;
+    // The socket probes find each chunk's connection; kept for the capture's life.
+    let mut _owners = None;
+    let mut resolver = None;
+    if args.tls.tls_plaintext {
+        _owners = Some(cap.attach_sock_probes()?);
+        let libs = cap.attach_tls(&args.tls.to_config())?;
+        let libs: Vec<String> = libs.iter().map(|l| l.display().to_string()).collect();
+        eprintln!("mail-trace: TLS plaintext from {}", libs.join(", "));
+        resolver = Some(ConnResolver::new(args.tls.comm.clone(), cfg.ports.clone()));
+    }
+    // After the TLS probes too: attaching them needs the privileges.
     args.live.drop_privileges()?;
     let names: Vec<String> = cap.interfaces().iter().map(|i| i.name.clone()).collect();
     let mut sink = match file.take() {
@@ -94,34 +112,51 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
     );
     tokio::pin!(gone);
     let mut seen = 0u64;
-    let mut handle = |f: Frame| -> anyhow::Result<()> {
-        if let Some(s) = sink.as_mut() {
-            s.write(&f).context("writing pcapng")?;
+    let mut chunks = 0u64;
+    let mut handle = |item: Captured| -> anyhow::Result<()> {
+        match item {
+            Captured::Frame(f) => {
+                if let Some(s) = sink.as_mut() {
+                    s.write(&f).context("writing pcapng")?;
+                }
+                if print {
+                    writeln!(out, "{}", line(&f, &names[f.iface as usize])).context("stdout")?;
+                }
+                delivered[f.iface as usize] += 1;
+            }
+            // Plaintext never goes to the pcapng file: it holds no TLS records.
+            Captured::Plaintext(p) => {
+                let Some(r) = resolver.as_mut().filter(|r| r.wanted(&p)) else {
+                    return Ok(());
+                };
+                let conn = p.conn.map(|c| (c.local, c.peer)).or_else(|| r.resolve(&p));
+                if print {
+                    writeln!(out, "{}", tls_line(&p, conn)).context("stdout")?;
+                }
+                chunks += 1;
+            }
         }
-        if print {
-            writeln!(out, "{}", line(&f, &names[f.iface as usize])).context("stdout")?;
-        }
-        delivered[f.iface as usize] += 1;
         Ok(())
     };
     while args.count.is_none_or(|c| seen < c) {
-        let frame = tokio::select! {
-            f = cap.next_frame() => f?,
+        let item = tokio::select! {
+            c = cap.next() => c?,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sleep_until(deadline) => break,
             why = &mut gone => anyhow::bail!(why),
         };
-        seen += 1;
-        handle(frame)?;
+        // -c counts packets only.
+        seen += u64::from(matches!(item, Captured::Frame(_)));
+        handle(item)?;
     }
     // What the kernel wrote since the last poll is still in the ring: keep it.
-    for frame in cap.take_pending() {
+    for item in cap.take_pending_all() {
         if args.count.is_some_and(|c| seen >= c) {
             break;
         }
-        seen += 1;
-        handle(frame)?;
+        seen += u64::from(matches!(item, Captured::Frame(_)));
+        handle(item)?;
     }
     let counters = cap.counters()?;
     let dropped = counters.lost_records + cap.incomplete();
@@ -139,7 +174,15 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
             .collect();
         s.finish(now_ns(), &stats).context("writing pcapng")?;
     }
-    eprintln!("mail-trace: {}", summary(&counters, delivered.iter().sum()));
+    let tls = if args.tls.tls_plaintext {
+        format!(", {chunks} TLS plaintext chunks")
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "mail-trace: {}{tls}",
+        summary(&counters, delivered.iter().sum())
+    );
     Ok(())
 }
 
@@ -186,6 +229,30 @@ pub fn line(f: &Frame, iface: &str) -> String {
         Ok(None) => format!("{head} {} bytes, not TCP", f.orig_len),
         Err(e) => format!("{head} {} bytes, {e}", f.orig_len),
     }
+}
+
+/// One line per TLS plaintext chunk: process, connection (source > destination
+/// as the data flows) and length; never the bytes.
+pub fn tls_line(p: &Plaintext, conn: Option<(SocketAddr, SocketAddr)>) -> String {
+    let call = if p.from_peer { "SSL_read" } else { "SSL_write" };
+    let head = format!("{} TLS {}[{}]", clock(p.ts), p.comm, p.pid);
+    let len = p.data.len();
+    let Some((local, peer)) = conn else {
+        return format!("{head} connection unknown: {call}, length {len}");
+    };
+    let (src, dst) = if p.from_peer {
+        (peer, local)
+    } else {
+        (local, peer)
+    };
+    let ip = if src.is_ipv4() { "IP" } else { "IP6" };
+    format!(
+        "{head} {ip} {}.{} > {}.{}: {call}, length {len}",
+        src.ip(),
+        src.port(),
+        dst.ip(),
+        dst.port()
+    )
 }
 
 fn clock(ts: u64) -> String {
@@ -277,6 +344,46 @@ mod tests {
         assert_eq!(
             tcp_summary(&syn),
             "IP6 fd99::1.587 > fd99::2.40000: Flags [S], seq 4294967295, length 0"
+        );
+    }
+
+    #[test]
+    fn tls_line_names_process_and_flow_never_the_bytes() {
+        let mut p = Plaintext {
+            ts: 1_795_906_900_123_456_789,
+            pid: 1234,
+            tid: 1234,
+            comm: "smtpd".into(),
+            ssl: 0x5555_0000,
+            fd: Some(12),
+            from_peer: true,
+            conn: None,
+            data: b"AUTH PLAIN c2VjcmV0\r\n".to_vec(),
+        };
+        let conn = Some((
+            "10.99.0.2:25".parse().unwrap(),
+            "10.99.0.1:45678".parse().unwrap(),
+        ));
+        assert_eq!(
+            tls_line(&p, conn),
+            "23:01:40.123456 TLS smtpd[1234] IP 10.99.0.1.45678 > 10.99.0.2.25: SSL_read, length 21"
+        );
+        p.from_peer = false;
+        assert_eq!(
+            tls_line(&p, conn),
+            "23:01:40.123456 TLS smtpd[1234] IP 10.99.0.2.25 > 10.99.0.1.45678: SSL_write, length 21"
+        );
+        let v6 = Some((
+            "[fd99::2]:993".parse().unwrap(),
+            "[fd99::1]:40000".parse().unwrap(),
+        ));
+        assert_eq!(
+            tls_line(&p, v6),
+            "23:01:40.123456 TLS smtpd[1234] IP6 fd99::2.993 > fd99::1.40000: SSL_write, length 21"
+        );
+        assert_eq!(
+            tls_line(&p, None),
+            "23:01:40.123456 TLS smtpd[1234] connection unknown: SSL_write, length 21"
         );
     }
 

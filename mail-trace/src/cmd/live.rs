@@ -1,9 +1,10 @@
 //! Options shared by the commands that read live traffic (`capture`, `tail`).
-use std::str::FromStr;
+use std::{path::PathBuf, str::FromStr};
 
 use mail_trace_common::DEFAULT_PORTS;
 
 use crate::capture::ebpf::{Cidr, LiveConfig};
+use crate::capture::uprobe::TlsConfig;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct LiveArgs {
@@ -69,6 +70,36 @@ impl LiveArgs {
             xdp: self.xdp,
             force_netlink: self.tc_netlink,
             full_payload: self.full_payload,
+        }
+    }
+}
+
+/// The TLS plaintext options of `tail` and `capture`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TlsArgs {
+    /// See inside TLS: read the plaintext of STARTTLS and implicit-TLS sessions
+    /// from uprobes on the mail daemons' libssl (SSL_read/SSL_write). `capture`
+    /// prints one line per plaintext chunk, never its bytes, and does not write
+    /// plaintext to the -w pcapng file.
+    #[arg(long)]
+    pub tls_plaintext: bool,
+    /// The libssl to probe (repeatable); default: the one the mail daemons map.
+    #[arg(long, value_name = "PATH", requires = "tls_plaintext")]
+    pub libssl: Vec<PathBuf>,
+    /// Only TLS plaintext of this process.
+    #[arg(long, value_name = "PID", requires = "tls_plaintext")]
+    pub pid: Option<u32>,
+    /// Only TLS plaintext of processes with this comm (repeatable).
+    #[arg(long, value_name = "COMM", requires = "tls_plaintext")]
+    pub comm: Vec<String>,
+}
+
+impl TlsArgs {
+    pub fn to_config(&self) -> TlsConfig {
+        TlsConfig {
+            libssl: self.libssl.clone(),
+            pid: self.pid,
+            comms: self.comm.clone(),
         }
     }
 }

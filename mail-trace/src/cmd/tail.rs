@@ -11,7 +11,7 @@ use tokio::time::{interval, Instant, MissedTickBehavior};
 
 use crate::capture::ebpf::{Captured, EbpfCapture};
 use crate::capture::procfs;
-use crate::capture::uprobe::{ConnHow, ConnResolver, Plaintext, TlsConfig};
+use crate::capture::uprobe::{ConnHow, ConnResolver, Plaintext};
 use crate::capture::Frame;
 use crate::cmd::capture::{now_ns, sleep_until};
 use crate::cmd::live::LiveArgs;
@@ -51,19 +51,8 @@ pub struct TailArgs {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<u64>,
-    /// See inside TLS: read the plaintext of STARTTLS and implicit-TLS sessions
-    /// from uprobes on the mail daemons' libssl (SSL_read/SSL_write).
-    #[arg(long)]
-    pub tls_plaintext: bool,
-    /// The libssl to probe (repeatable); default: the one the mail daemons map.
-    #[arg(long, value_name = "PATH", requires = "tls_plaintext")]
-    pub libssl: Vec<PathBuf>,
-    /// Only TLS plaintext of this process.
-    #[arg(long, value_name = "PID", requires = "tls_plaintext")]
-    pub pid: Option<u32>,
-    /// Only TLS plaintext of processes with this comm (repeatable).
-    #[arg(long, value_name = "COMM", requires = "tls_plaintext")]
-    pub comm: Vec<String>,
+    #[command(flatten)]
+    pub tls: crate::cmd::live::TlsArgs,
     #[command(flatten)]
     pub logs: crate::cmd::maillog::LogArgs,
 }
@@ -267,7 +256,7 @@ pub(crate) async fn trace<W: Write>(
     // TLS plaintext); without them, /proc alone, which misses short-lived daemons.
     let owners = match cap.attach_sock_probes() {
         Ok(o) => Some(o),
-        Err(e) if args.tls_plaintext => return Err(e.into()),
+        Err(e) if args.tls.tls_plaintext => return Err(e.into()),
         Err(e) => {
             eprintln!("mail-trace: owning processes from /proc only: {e}");
             None
@@ -275,16 +264,12 @@ pub(crate) async fn trace<W: Write>(
     };
     let mut resolver = None;
     let mut pt_tally = PlaintextTally::default();
-    if args.tls_plaintext {
-        let libs = cap.attach_tls(&TlsConfig {
-            libssl: args.libssl.clone(),
-            pid: args.pid,
-            comms: args.comm.clone(),
-        })?;
+    if args.tls.tls_plaintext {
+        let libs = cap.attach_tls(&args.tls.to_config())?;
         let libs: Vec<String> = libs.iter().map(|l| l.display().to_string()).collect();
         eprintln!("mail-trace: TLS plaintext from {}", libs.join(", "));
         resolver = Some(ConnResolver::new(
-            args.comm.clone(),
+            args.tls.comm.clone(),
             PortMap::default().ports(),
         ));
     }
