@@ -416,10 +416,12 @@ fn run_live(args: WhyArgs) -> anyhow::Result<u8> {
         errors: false,
         write: None,
         duration: args.duration,
-        tls_plaintext: false,
-        libssl: Vec::new(),
-        pid: None,
-        comm: Vec::new(),
+        tls: crate::cmd::live::TlsArgs {
+            tls_plaintext: false,
+            libssl: Vec::new(),
+            pid: None,
+            comm: Vec::new(),
+        },
         logs: args.logs,
     };
     let raw = Rc::new(RefCell::new(Vec::new()));
