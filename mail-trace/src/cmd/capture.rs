@@ -17,7 +17,7 @@ use crate::{
         uprobe::{ConnResolver, Plaintext},
         Direction, Frame,
     },
-    output::pcapng::{IfaceDesc, IfaceStats, PcapngSink},
+    output::pcapng::IfaceStats,
     wire::{self, Segment},
 };
 
@@ -81,21 +81,10 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
     // After the TLS probes too: attaching them needs the privileges.
     args.live.drop_privileges()?;
     let names: Vec<String> = cap.interfaces().iter().map(|i| i.name.clone()).collect();
-    let mut sink = match file.take() {
-        Some(f) => {
-            let descs: Vec<IfaceDesc> = cap
-                .interfaces()
-                .iter()
-                .map(|i| IfaceDesc {
-                    name: i.name.clone(),
-                    link: i.link,
-                    snaplen: cfg.snaplen,
-                })
-                .collect();
-            Some(PcapngSink::new(f, &descs).context("writing pcapng")?)
-        }
-        None => None,
-    };
+    let mut sink = file
+        .take()
+        .map(|f| crate::cmd::live::pcapng_for(&cap, cfg.snaplen, f))
+        .transpose()?;
     let print = sink.is_none() || args.print;
     let mut delivered = vec![0u64; names.len()];
     let mut out = std::io::stdout().lock();

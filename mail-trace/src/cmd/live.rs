@@ -170,6 +170,25 @@ fn parse_bytes(s: &str) -> Option<u32> {
     u32::try_from(n).ok()
 }
 
+/// A pcapng writer with one interface block per attached interface, in attach order.
+pub fn pcapng_for<W: std::io::Write>(
+    cap: &crate::capture::ebpf::EbpfCapture,
+    snaplen: u32,
+    out: W,
+) -> anyhow::Result<crate::output::pcapng::PcapngSink<W>> {
+    use anyhow::Context;
+    let descs: Vec<crate::output::pcapng::IfaceDesc> = cap
+        .interfaces()
+        .iter()
+        .map(|i| crate::output::pcapng::IfaceDesc {
+            name: i.name.clone(),
+            link: i.link,
+            snaplen,
+        })
+        .collect();
+    crate::output::pcapng::PcapngSink::new(out, &descs).context("writing pcapng")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

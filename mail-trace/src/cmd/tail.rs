@@ -19,7 +19,7 @@ use crate::cmd::output::OutputArgs;
 use crate::flow::Dir;
 use crate::maillog::join::{Joined, Joiner};
 use crate::output::filter::{Criteria, Filter, FrameSink, Selected};
-use crate::output::pcapng::{IfaceDesc, IfaceStats, PcapngSink};
+use crate::output::pcapng::{IfaceStats, PcapngSink};
 use crate::output::Outputs;
 use crate::proto::{Event, Proto};
 use crate::session::{Engine, EngineConfig, PortMap, SessionInfo, SessionRecord, Sink};
@@ -277,21 +277,9 @@ pub(crate) async fn trace<W: Write>(
     args.live.drop_privileges()?;
     let names: Vec<String> = cap.interfaces().iter().map(|i| i.name.clone()).collect();
     let mut frames = PcapFrames {
-        sink: match file {
-            Some(f) => {
-                let descs: Vec<IfaceDesc> = cap
-                    .interfaces()
-                    .iter()
-                    .map(|i| IfaceDesc {
-                        name: i.name.clone(),
-                        link: i.link,
-                        snaplen: cfg.snaplen,
-                    })
-                    .collect();
-                Some(PcapngSink::new(f, &descs).context("writing pcapng")?)
-            }
-            None => None,
-        },
+        sink: file
+            .map(|f| crate::cmd::live::pcapng_for(&cap, cfg.snaplen, f))
+            .transpose()?,
         written: vec![0; names.len()],
         error: None,
     };

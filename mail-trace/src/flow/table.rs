@@ -41,6 +41,35 @@ fn buffered(c: &Conn) -> usize {
     c.halves.iter().map(Half::buffered).sum()
 }
 
+/// One reassembly output as the flow event it stands for, counted in the stats.
+fn report(
+    o: Out<'_>,
+    id: ConnId,
+    dir: Dir,
+    ts: Ts,
+    stats: &mut FlowStats,
+    out: &mut dyn FnMut(FlowEvent<'_>),
+) {
+    let anomaly = |kind| FlowEvent::Anomaly { id, kind, ts };
+    match o {
+        Out::Data(data) => out(FlowEvent::Data { id, dir, data, ts }),
+        Out::Gap(len) => {
+            stats.gap_bytes += len;
+            stats.gaps += 1;
+            out(FlowEvent::Gap { id, dir, len, ts });
+        }
+        Out::Skipped(len) => out(FlowEvent::Skipped { id, dir, len, ts }),
+        Out::Mismatch => {
+            stats.anomalies += 1;
+            out(anomaly("retransmit-mismatch"));
+        }
+        Out::OutOfWindow => {
+            stats.anomalies += 1;
+            out(anomaly("seq-out-of-window"));
+        }
+    }
+}
+
 fn idx(d: Dir) -> usize {
     match d {
         Dir::ToServer => 0,
@@ -139,46 +168,7 @@ impl FlowTable {
         let me = idx(dir);
         let max_buffer = self.cfg.max_buffer_per_dir;
         let stats = &mut self.stats;
-        let mut emit_for = |d: Dir, o: Out<'_>| match o {
-            Out::Data(data) => out(FlowEvent::Data {
-                id,
-                dir: d,
-                data,
-                ts,
-            }),
-            Out::Gap(len) => {
-                stats.gap_bytes += len;
-                stats.gaps += 1;
-                out(FlowEvent::Gap {
-                    id,
-                    dir: d,
-                    len,
-                    ts,
-                });
-            }
-            Out::Skipped(len) => out(FlowEvent::Skipped {
-                id,
-                dir: d,
-                len,
-                ts,
-            }),
-            Out::Mismatch => {
-                stats.anomalies += 1;
-                out(FlowEvent::Anomaly {
-                    id,
-                    kind: "retransmit-mismatch",
-                    ts,
-                });
-            }
-            Out::OutOfWindow => {
-                stats.anomalies += 1;
-                out(FlowEvent::Anomaly {
-                    id,
-                    kind: "seq-out-of-window",
-                    ts,
-                });
-            }
-        };
+        let mut emit_for = |d: Dir, o: Out<'_>| report(o, id, d, ts, stats, out);
 
         if seg.flags.syn {
             if syn_only && dir == Dir::ToServer && !c.used {
@@ -348,31 +338,7 @@ impl FlowTable {
         let stats = &mut self.stats;
         stats.buffered_bytes = stats.buffered_bytes.saturating_sub(buffered(&c) as u64);
         for d in [Dir::ToServer, Dir::ToClient] {
-            c.halves[idx(d)].flush(&mut |o| match o {
-                Out::Data(data) => out(FlowEvent::Data {
-                    id,
-                    dir: d,
-                    data,
-                    ts,
-                }),
-                Out::Gap(len) => {
-                    stats.gap_bytes += len;
-                    stats.gaps += 1;
-                    out(FlowEvent::Gap {
-                        id,
-                        dir: d,
-                        len,
-                        ts,
-                    });
-                }
-                Out::Skipped(len) => out(FlowEvent::Skipped {
-                    id,
-                    dir: d,
-                    len,
-                    ts,
-                }),
-                Out::Mismatch | Out::OutOfWindow => {}
-            });
+            c.halves[idx(d)].flush(&mut |o| report(o, id, d, ts, stats, out));
         }
         self.stats.closed += 1;
         out(FlowEvent::Closed { id, ts, reason });

@@ -229,6 +229,20 @@ impl Engine {
                 return None;
             }
         };
+        // Looked up before and after: a FIN or RST removes the connection.
+        let before = self.flows.conn_id(seg.src, seg.dst);
+        self.drive(sink, |flows, on_event| {
+            flows.segment(&seg, frame.ts, on_event)
+        });
+        self.flows.conn_id(seg.src, seg.dst).or(before)
+    }
+
+    /// Runs one flow-table call with every event it reports handled in order.
+    fn drive(
+        &mut self,
+        sink: &mut dyn Sink,
+        call: impl FnOnce(&mut FlowTable, &mut dyn FnMut(FlowEvent<'_>)),
+    ) {
         let Engine {
             cfg,
             flows,
@@ -237,12 +251,9 @@ impl Engine {
             lookup,
             tls_memory,
         } = self;
-        // Looked up before and after: a FIN or RST removes the connection.
-        let before = flows.conn_id(seg.src, seg.dst);
-        flows.segment(&seg, frame.ts, &mut |ev| {
-            handle(cfg, sessions, stats, lookup, tls_memory, ev, sink);
+        call(flows, &mut |ev| {
+            handle(cfg, sessions, stats, lookup, tls_memory, ev, sink)
         });
-        flows.conn_id(seg.src, seg.dst).or(before)
     }
 
     /// Sets how the owning process of a new session is found (live capture).
@@ -330,32 +341,12 @@ impl Engine {
 
     /// Lets time pass: ends sessions idle for longer than the flow idle timeout.
     pub fn tick(&mut self, now: Ts, sink: &mut dyn Sink) {
-        let Engine {
-            cfg,
-            flows,
-            sessions,
-            stats,
-            lookup,
-            tls_memory,
-        } = self;
-        flows.expire(now, &mut |ev| {
-            handle(cfg, sessions, stats, lookup, tls_memory, ev, sink)
-        });
+        self.drive(sink, |flows, on_event| flows.expire(now, on_event));
     }
 
     /// Ends every open session (end of file, or the capture stopped).
     pub fn finish(&mut self, now: Ts, sink: &mut dyn Sink) {
-        let Engine {
-            cfg,
-            flows,
-            sessions,
-            stats,
-            lookup,
-            tls_memory,
-        } = self;
-        flows.finish(now, &mut |ev| {
-            handle(cfg, sessions, stats, lookup, tls_memory, ev, sink)
-        });
+        self.drive(sink, |flows, on_event| flows.finish(now, on_event));
     }
 }
 
