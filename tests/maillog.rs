@@ -446,3 +446,83 @@ fn why_live_tells_the_story_once_delivered() {
         .log()
         .contains(&format!("{queue_id}: to=<alice@mx.test>")));
 }
+
+/// `--journal`: Postfix and Dovecot log through syslog(3) into a real systemd-journald (the
+/// host's, or a standalone one the harness starts), `tail --journal` follows it with
+/// `journalctl`, and the records carry the same lines as with `--maillog`.
+#[test]
+fn tail_joins_the_systemd_journal() {
+    common::require_root("tail_joins_the_systemd_journal");
+    let journald = common::journal::Journald::start();
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let tb = Testbed::start_logging(common::Logs::Syslog);
+    let dir = TempDir::new("journal");
+    let stdout = dir.path().join("tail.json");
+    let args: Vec<String> = vec![
+        "--json".into(),
+        "-i".into(),
+        tb.ns.host_if.clone(),
+        "--journal".into(),
+    ];
+    let tail = Tail::start(&args, &stdout, &dir.path().join("tail.stderr"));
+    let server = std::net::IpAddr::from(tb.ns.server_v4());
+
+    let ok = swaks(server, 25, &["--to", "alice@mx.test"]);
+    let queue_id = ok.queue_ids().pop().expect("queued");
+    let rej = swaks(server, 25, &["--to", "nobody@mx.test"]);
+    assert_eq!(rej.codes(), vec![220, 250, 250, 550, 221]);
+    let imap_client = imap_wrong_login(SocketAddr::new(server, 143));
+    let logs = wait_for(
+        Duration::from_secs(20),
+        "delivery and auth failed in the journal",
+        || {
+            let l = journald.mail_lines(since);
+            (l.contains(&format!("{queue_id}: removed")) && l.contains("auth failed")).then_some(l)
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let err = tail.interrupt();
+    assert!(!err.contains("--journal:"), "{err}");
+    let postfix_log: String = logs
+        .lines()
+        .filter(|l| l.contains(" postfix/"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dovecot_log: String = logs
+        .lines()
+        .filter(|l| l.contains(" dovecot"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let client_of = |needle: &str| -> SocketAddr {
+        let rest = postfix_log
+            .lines()
+            .find_map(|l| l.split(needle).nth(1))
+            .unwrap_or_else(|| panic!("{needle} not in the journal:\n{postfix_log}"));
+        let (ip, port) = rest.split_once("]:").expect("client address");
+        format!("{ip}:{}", port.split([' ', ':']).next().unwrap())
+            .parse()
+            .expect("client address")
+    };
+    let seen = Seen {
+        queued_client: client_of(&format!("{queue_id}: client=unknown[")),
+        queue_id,
+        rejected_client: client_of("NOQUEUE: reject: RCPT from unknown["),
+        imap_client,
+    };
+    let live = json_lines(&std::fs::read_to_string(&stdout).unwrap());
+    check(&live, &seen, &postfix_log, &dovecot_log);
+    // The journal's own fields: program and pid as journald recorded them.
+    let (_, log) = session_and_log(&live, seen.queued_client);
+    let delivery = log.iter().find(|e| e["event"] == "delivery").unwrap();
+    let pid = delivery["pid"].as_u64().expect("pid");
+    assert!(
+        postfix_log.contains(&format!(
+            " postfix/virtual[{pid}]: {}: to=<alice@mx.test>",
+            seen.queue_id
+        )),
+        "{postfix_log}"
+    );
+}

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::{children_of, chown, mkdir, reap, run, run_ok, wait_for, write, NetNs};
-use super::{DOMAIN, PASSWORD, USERS};
+use super::{Logs, DOMAIN, PASSWORD, USERS};
 
 pub struct Dovecot {
     config: PathBuf,
@@ -18,7 +18,7 @@ pub struct Dovecot {
 }
 
 impl Dovecot {
-    pub fn start(ns: &NetNs, root: &Path, cert: &Path, key: &Path) -> Dovecot {
+    pub fn start(ns: &NetNs, root: &Path, cert: &Path, key: &Path, logs: Logs) -> Dovecot {
         let base = mkdir(&root.join("run"));
         let state = mkdir(&root.join("state"));
         let mail = mkdir(&root.join("mail"));
@@ -42,7 +42,7 @@ listen = *, ::
 base_dir = {base}
 state_dir = {state}
 instance_name = dovecot-{ns}
-log_path = {log}
+log_path = {log_path}
 ssl = yes
 ssl_cert = <{cert}
 ssl_key = <{key}
@@ -97,7 +97,10 @@ service anvil {{
                 base = base.display(),
                 state = state.display(),
                 ns = ns.name,
-                log = log.display(),
+                log_path = match logs {
+                    Logs::Files => log.display().to_string(),
+                    Logs::Syslog => "syslog".to_string(),
+                },
                 cert = cert.display(),
                 key = key.display(),
                 users = users.display(),

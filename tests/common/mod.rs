@@ -11,6 +11,7 @@
 
 pub mod clients;
 pub mod dovecot;
+pub mod journal;
 pub mod netns;
 pub mod postfix;
 pub mod tailer;
@@ -313,19 +314,33 @@ pub struct Testbed {
     pub dir: TempDir,
 }
 
+/// Where the test bed's daemons log.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Logs {
+    /// Files of their own (`maillog_file`, `log_path`): `Postfix::log`, `Dovecot::log`.
+    Files,
+    /// syslog(3), i.e. `/dev/log`: the journal when a `journal::Journald` runs.
+    Syslog,
+}
+
 impl Testbed {
     pub fn start() -> Testbed {
+        Testbed::start_logging(Logs::Files)
+    }
+
+    pub fn start_logging(logs: Logs) -> Testbed {
         let dir = TempDir::new("tb");
         let ns = NetNs::new();
         let tls = dir.subdir("tls");
         let (cert, key) = self_signed_cert(&tls, &[ns.server_v4().into(), ns.server_v6().into()]);
-        let dovecot = Dovecot::start(&ns, &dir.subdir("dovecot"), &cert, &key);
+        let dovecot = Dovecot::start(&ns, &dir.subdir("dovecot"), &cert, &key, logs);
         let postfix = Postfix::start(
             &ns,
             &dir.subdir("postfix"),
             &cert,
             &key,
             &dovecot.auth_socket(),
+            logs,
         );
         Testbed {
             postfix,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use super::{children_of, chown, mkdir, reap, run, wait_for, write, NetNs, DOMAIN, USERS};
+use super::{children_of, chown, mkdir, reap, run, wait_for, write, Logs, NetNs, DOMAIN, USERS};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -25,7 +25,14 @@ pub struct Postfix {
 impl Postfix {
     /// Writes the configuration under `root` and starts Postfix in `ns`; returns once port 25
     /// answers with a greeting.
-    pub fn start(ns: &NetNs, root: &Path, cert: &Path, key: &Path, sasl_socket: &Path) -> Postfix {
+    pub fn start(
+        ns: &NetNs,
+        root: &Path,
+        cert: &Path,
+        key: &Path,
+        sasl_socket: &Path,
+        logs: Logs,
+    ) -> Postfix {
         let config = mkdir(&root.join("etc"));
         let queue = mkdir(&root.join("queue"));
         let data = mkdir(&root.join("data"));
@@ -54,6 +61,16 @@ impl Postfix {
                 sasl_socket,
             ),
         );
+        if logs == Logs::Syslog {
+            // No maillog_file: Postfix's default, syslog(3) to /dev/log.
+            let cf = std::fs::read_to_string(config.join("main.cf")).expect("read main.cf");
+            let cf: String = cf
+                .lines()
+                .filter(|l| !l.starts_with("maillog_file"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            write(&config.join("main.cf"), cf);
+        }
         write(&config.join("master.cf"), MASTER_CF);
         // master re-reads a main.cf younger than about a second and restarts its children.
         backdate(&config.join("main.cf"));

@@ -19,6 +19,11 @@ pub struct Parsed {
     pub fields: Map<String, Value>,
 }
 
+/// Dovecot's syslog ident: `dovecot`, or `dovecot-NAME` for `instance_name = dovecot-NAME`.
+pub fn is_syslog_ident(program: &str) -> bool {
+    program == "dovecot" || program.starts_with("dovecot-")
+}
+
 const LEVELS: [&str; 6] = [
     "Info: ",
     "Warning: ",
@@ -29,9 +34,10 @@ const LEVELS: [&str; 6] = [
 ];
 
 /// `program` as split off the line (`imap-login`, `imap(alice)<14430><uLc8…>`, or `dovecot`
-/// with the real program at the start of the message, as syslog has it).
+/// with the real program at the start of the message, as syslog has it; a named instance logs
+/// as `dovecot-NAME`, its `instance_name`).
 pub fn parse(program: &str, message: &str) -> Option<Parsed> {
-    let (program, message) = if program == "dovecot" {
+    let (program, message) = if is_syslog_ident(program) {
         let (p, m) = message.split_once(": ")?;
         (p, m)
     } else {

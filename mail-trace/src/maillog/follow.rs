@@ -129,7 +129,7 @@ impl Journal {
             .args(["-f", "-o", "json", "-n", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => {
@@ -138,10 +138,25 @@ impl Journal {
                 }
                 _ => format!("--journal: cannot run journalctl: {e}"),
             })?;
+        if !JOURNAL_DIRS.iter().any(|d| has_journal_files(Path::new(d))) {
+            // journalctl -f waits silently when there is no journal at all.
+            eprintln!(
+                "mail-trace: --journal: no journal files under {} yet (is systemd-journald running?)",
+                JOURNAL_DIRS.join(" or ")
+            );
+        }
         let out = child
             .stdout
             .take()
             .ok_or("--journal: no journalctl output")?;
+        if let Some(err) = child.stderr.take() {
+            // What journalctl says (no permission, corrupt file) reaches the operator, a line each.
+            std::thread::spawn(move || {
+                for l in BufReader::new(err).lines().map_while(Result::ok) {
+                    eprintln!("mail-trace: --journal: journalctl: {l}");
+                }
+            });
+        }
         std::thread::spawn(move || {
             let mut r = BufReader::new(out);
             let mut line = String::new();
@@ -169,17 +184,50 @@ impl Drop for Journal {
     }
 }
 
+/// Where systemd-journald keeps the volatile and the persistent journal.
+const JOURNAL_DIRS: [&str; 2] = ["/run/log/journal", "/var/log/journal"];
+
+/// A `*.journal` file in `dir` or one level down (the machine-id directory).
+fn has_journal_files(dir: &Path) -> bool {
+    let is_journal = |p: &Path| p.extension().is_some_and(|e| e == "journal");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let p = e.path();
+        is_journal(&p)
+            || std::fs::read_dir(&p)
+                .map(|sub| sub.flatten().any(|f| is_journal(&f.path())))
+                .unwrap_or(false)
+    })
+}
+
 /// A journal JSON entry as a log line with an RFC 3339 timestamp, or None when it is not
 /// from Postfix or Dovecot.
 pub fn journal_line(json: &str) -> Option<String> {
     let v: Value = serde_json::from_str(json).ok()?;
     let ident = v.get("SYSLOG_IDENTIFIER")?.as_str()?;
-    let ours = ident.starts_with("postfix") || ident == "dovecot" || ident.ends_with("-login");
+    let ours = ident.starts_with("postfix")
+        || super::dovecot::is_syslog_ident(ident)
+        || ident.ends_with("-login");
     if !ours {
         return None;
     }
-    // MESSAGE is an array of bytes when it is not UTF-8: skipped.
-    let msg = v.get("MESSAGE")?.as_str()?;
+    // MESSAGE is an array of bytes when it is not UTF-8 (an 8-bit address in a Postfix line):
+    // kept, with the bad bytes replaced, as a log file reader would show them.
+    let msg = match v.get("MESSAGE")? {
+        Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+        Value::Array(a) => {
+            let bytes: Vec<u8> = a
+                .iter()
+                .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect::<Option<_>>()?;
+            std::borrow::Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
+        }
+        _ => return None,
+    };
+    // One entry is one line: an embedded newline would forge a second one.
+    let msg = msg.replace(['\n', '\r'], " ");
     let micros: u64 = v.get("__REALTIME_TIMESTAMP")?.as_str()?.parse().ok()?;
     let host = v
         .get("_HOSTNAME")
@@ -330,12 +378,27 @@ mod tests {
             ),
             None
         );
+        // Not UTF-8: the bad byte replaced, the line kept; a newline cannot start a new line.
         assert_eq!(
             journal_line(
-                r#"{"SYSLOG_IDENTIFIER":"postfix/qmgr","MESSAGE":[1,2],"__REALTIME_TIMESTAMP":"1"}"#
+                r#"{"SYSLOG_IDENTIFIER":"postfix/qmgr","MESSAGE":[65,255,10,66],"__REALTIME_TIMESTAMP":"1000000"}"#
+            )
+            .as_deref(),
+            Some("1970-01-01T00:00:01.000000+00:00 localhost postfix/qmgr: A\u{fffd} B")
+        );
+        assert_eq!(
+            journal_line(
+                r#"{"SYSLOG_IDENTIFIER":"postfix/qmgr","MESSAGE":[1,300],"__REALTIME_TIMESTAMP":"1"}"#
             ),
             None
         );
+        // A named Dovecot instance logs as dovecot-NAME, with the real program in the message.
+        let line = journal_line(
+            r#"{"__REALTIME_TIMESTAMP":"1795822796118183","_HOSTNAME":"mx","SYSLOG_IDENTIFIER":"dovecot-mt1","SYSLOG_PID":"90","MESSAGE":"imap-login: Disconnected (auth failed, 1 attempts in 0 secs): user=<alice@mx.test>, method=PLAIN, rip=10.99.1.1, lip=10.99.1.2, session=<x>"}"#,
+        )
+        .unwrap();
+        let l = parse(&line, &Clock::utc(0)).unwrap();
+        assert_eq!(l.kind, super::super::Kind::LoginFailed);
         assert_eq!(journal_line("not json"), None);
     }
 
