@@ -15,7 +15,8 @@ mod fuzz;
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
 /// What the integration tests run: Postfix, Dovecot, swaks (+ Perl TLS and SASL modules), tshark,
-/// tcpdump, bpftool (what is attached to an interface), curl, openssl, iproute2.
+/// tcpdump, bpftool (what is attached to an interface), curl, openssl, iproute2, systemd (journald
+/// and journalctl for `--journal`).
 const DEBIAN_PACKAGES: &[&str] = &[
     "postfix",
     "dovecot-core",
@@ -33,6 +34,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "python3",
     "bsdutils",
+    "systemd",
 ];
 
 #[derive(Parser)]
