@@ -89,6 +89,9 @@ impl<'a> Script<'a> {
     }
 }
 
+/// Bytes all long runs of one dissector script may add up to.
+const LONG_RUN_BUDGET: usize = 256 * 1024;
+
 /// Drives one dissector: each operation is a direction's data, a gap, or a poll, picked by the
 /// script; events are drained after every step, as the engine does.
 pub fn drive_dissector(
@@ -110,6 +113,10 @@ pub fn drive_dissector(
     let mut d = make(privacy, start);
     let mut ts = 1_000u64;
     let mut events = 0usize;
+    // Long runs are for line caps and buffer bounds (8 KiB lines, 32 KiB TLS hellos): a few
+    // hundred KiB reach them all. Without a budget one 64 KiB input fed gigabytes and ran at
+    // ~30 execs/s.
+    let mut run_budget = LONG_RUN_BUDGET;
     while !s.is_empty() {
         let op = s.u8();
         ts += u64::from(op >> 3);
@@ -125,7 +132,8 @@ pub fn drive_dissector(
             _ => {
                 // A long run of one repeated byte: line caps and buffer bounds.
                 let b = s.u8();
-                let n = usize::from(s.u16());
+                let n = usize::from(s.u16()).min(run_budget);
+                run_budget -= n;
                 d.data(dir, &vec![b; n], ts);
             }
         }

@@ -3,7 +3,7 @@
 //! session is known to pass (then they are written, and later lines pass straight
 //! through) or ends without passing (then they are dropped). What is held is
 //! bounded per session; frames for `-w` are held and released the same way.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::capture::Frame;
 use crate::flow::{ConnId, Dir};
@@ -15,6 +15,9 @@ use crate::time::Ts;
 pub const MAX_HELD_EVENTS: usize = 512;
 /// Frame bytes held for one undecided session (for `-w`).
 pub const MAX_HELD_FRAME_BYTES: usize = 4 << 20;
+/// Ended sessions remembered as shown, so that log lines arriving after the end (deliveries,
+/// minutes later) follow them; as many as the log joiner remembers queue ids.
+pub const MAX_ENDED_SHOWN: usize = 100_000;
 
 /// What a session must show to be selected. Empty criteria select everything.
 #[derive(Clone, Debug, Default)]
@@ -112,6 +115,9 @@ pub struct Filter<S: Sink> {
     pub inner: S,
     criteria: Criteria,
     sessions: HashMap<ConnId, State>,
+    /// Shown sessions that have ended, oldest first, at most [`MAX_ENDED_SHOWN`].
+    ended_shown: HashSet<ConnId>,
+    ended_order: VecDeque<ConnId>,
     /// Sessions shown and hidden so far.
     pub shown: u64,
     pub hidden: u64,
@@ -123,6 +129,8 @@ impl<S: Sink> Filter<S> {
             inner,
             criteria,
             sessions: HashMap::new(),
+            ended_shown: HashSet::new(),
+            ended_order: VecDeque::new(),
             shown: 0,
             hidden: 0,
         }
@@ -279,20 +287,34 @@ impl<S: Sink> Sink for Selected<'_, S> {
         }
     }
 
-    /// Log lines of shown sessions; after the end only without criteria (which sessions
-    /// were shown is not remembered).
+    /// Log lines of shown sessions, also those that arrive after the session ended (the
+    /// delivery of a message selected by `--from` is what the operator waits for).
     fn log(&mut self, session: ConnId, line: &crate::maillog::LogLine, late: bool) {
         let f = &mut *self.filter;
         match f.sessions.get(&session) {
             Some(State::Shown) => f.inner.log(session, line, late),
-            None if f.criteria.is_empty() => f.inner.log(session, line, late),
+            None if f.criteria.is_empty() || f.ended_shown.contains(&session) => {
+                f.inner.log(session, line, late)
+            }
             _ => {}
         }
     }
 
     fn session_end(&mut self, info: &SessionInfo, record: &SessionRecord) {
         match self.filter.sessions.remove(&info.id) {
-            Some(State::Shown) => self.filter.inner.session_end(info, record),
+            Some(State::Shown) => {
+                let f = &mut *self.filter;
+                if !f.criteria.is_empty() {
+                    if f.ended_order.len() >= MAX_ENDED_SHOWN {
+                        if let Some(old) = f.ended_order.pop_front() {
+                            f.ended_shown.remove(&old);
+                        }
+                    }
+                    f.ended_order.push_back(info.id);
+                    f.ended_shown.insert(info.id);
+                }
+                f.inner.session_end(info, record)
+            }
             Some(State::Pending(_)) => self.filter.hidden += 1,
             _ => {}
         }
@@ -332,6 +354,56 @@ mod tests {
         fn session_end(&mut self, i: &SessionInfo, _: &SessionRecord) {
             self.0.push(format!("end {}", i.id));
         }
+        fn log(&mut self, session: ConnId, line: &crate::maillog::LogLine, late: bool) {
+            self.0
+                .push(format!("log {session} {} late={late}", line.program));
+        }
+    }
+
+    #[test]
+    fn late_log_lines_follow_shown_sessions_only() {
+        let criteria = Criteria {
+            from: vec!["*@wanted.test".into()],
+            ..Default::default()
+        };
+        let mut f = Filter::new(Rec::default(), criteria);
+        let mut s = Selected {
+            filter: &mut f,
+            frames: &mut NoFrames,
+        };
+        let line = crate::maillog::parse(
+            "2026-11-27T23:39:56.000000+00:00 mx postfix/virtual[14354]: A74CF98E292: to=<alice@mx.test>, relay=virtual, dsn=2.0.0, status=sent (delivered)",
+            &crate::maillog::Clock::utc(0),
+        )
+        .unwrap();
+        for (id, from) in [(1, "FROM:<x@other.test>"), (2, "FROM:<y@wanted.test>")] {
+            s.session_start(&info(id));
+            s.event(&info(id), &cmd("MAIL", from));
+            let i = info(id);
+            let rec = SessionRecord {
+                id,
+                proto: i.proto,
+                start: 0,
+                end: 0,
+                client: i.client,
+                server: i.server,
+                partial: false,
+                gaps: 0,
+                close: crate::flow::CloseReason::Fin,
+                commands: 1,
+                replies: 0,
+                bytes: [0, 0],
+                anomalies: vec![],
+                fields: Default::default(),
+            };
+            s.session_end(&i, &rec);
+        }
+        s.log(1, &line, true);
+        s.log(2, &line, true);
+        s.log(3, &line, true);
+        let logs: Vec<&String> = f.inner.0.iter().filter(|l| l.starts_with("log")).collect();
+        assert_eq!(logs, ["log 2 postfix/virtual late=true"]);
+        assert_eq!(f.ended_order.len(), 1);
     }
 
     fn info(id: u64) -> SessionInfo {
