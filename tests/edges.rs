@@ -87,6 +87,14 @@ fn bad_ports_cidrs_and_sizes_are_one_line() {
         &["tail", "--ring-size", "3000"],
         "mail-trace: error: invalid value '3000' for '--ring-size <BYTES>': bad size \"3000\": a power of two of at least 4096 bytes, e.g. 16M",
     );
+    usage_error(
+        &["why", "4Xyz", "--json", "/dev/null", "-i", "eth0"],
+        "mail-trace: error: why: capture options (-i, --ports, --host, …) need --live",
+    );
+    usage_error(
+        &["why", "4Xyz", "--json", "/dev/null", "--journal"],
+        "mail-trace: error: why: --journal needs --live; give --maillog=PATH for saved logs",
+    );
 }
 
 #[test]

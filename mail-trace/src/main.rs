@@ -56,7 +56,19 @@ const USAGE: u8 = 2;
 fn parse() -> Result<Cli, ExitCode> {
     use clap::error::ErrorKind;
     match Cli::try_parse_from(args()) {
-        Ok(cli) => Ok(cli),
+        Ok(cli) => {
+            let problem = match &cli.command {
+                Command::Why(w) => w.usage_problem(),
+                _ => None,
+            };
+            match problem {
+                Some(p) => {
+                    let _ = writeln!(std::io::stderr(), "mail-trace: error: {p}");
+                    Err(ExitCode::from(USAGE))
+                }
+                None => Ok(cli),
+            }
+        }
         Err(e) => match e.kind() {
             ErrorKind::DisplayHelp
             | ErrorKind::DisplayVersion

@@ -456,6 +456,28 @@ fn print_story(queue_id: &str, records: &[Value], log: &[Value]) -> anyhow::Resu
     })
 }
 
+impl WhyArgs {
+    /// What clap cannot say: options that mean something only with `--live`.
+    pub fn usage_problem(&self) -> Option<&'static str> {
+        if self.live {
+            return None;
+        }
+        if self.logs.journal {
+            return Some("why: --journal needs --live; give --maillog=PATH for saved logs");
+        }
+        let c = &self.capture;
+        let capturing = !c.interfaces.is_empty()
+            || c.ports.is_some()
+            || !c.hosts.is_empty()
+            || c.snaplen != 0
+            || c.xdp
+            || c.tc_netlink
+            || c.full_payload
+            || c.user.is_some();
+        capturing.then_some("why: capture options (-i, --ports, --host, …) need --live")
+    }
+}
+
 /// Reads the inputs and prints the story; exit code 1 when nothing was found.
 pub fn run(args: WhyArgs) -> anyhow::Result<u8> {
     if args.live {
@@ -464,9 +486,7 @@ pub fn run(args: WhyArgs) -> anyhow::Result<u8> {
     let Some(queue_id) = args.queue_id.as_deref() else {
         anyhow::bail!("why: --from needs --live; give the queue id");
     };
-    if args.logs.journal {
-        anyhow::bail!("why: --journal needs --live; give --maillog=PATH for saved logs");
-    }
+
     let maillog = args.logs.paths()?;
     if args.json.is_empty() && maillog.is_empty() {
         anyhow::bail!(
