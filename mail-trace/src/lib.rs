@@ -15,6 +15,7 @@ pub mod cmd;
 pub mod explain;
 pub mod findings;
 pub mod flow;
+pub mod guard;
 pub mod maillog;
 pub mod output;
 pub mod proto;

@@ -104,6 +104,7 @@ fn first_paragraph(rendered: &str) -> String {
 }
 
 fn main() -> ExitCode {
+    mail_trace::guard::install_panic_hook();
     let cli = match parse() {
         Ok(cli) => cli,
         Err(code) => return code,

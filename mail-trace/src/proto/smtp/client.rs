@@ -314,6 +314,7 @@ impl Smtp {
             (facts.long_lines, "line-too-long"),
             (facts.nul_bytes, "nul-byte"),
             (facts.fake_end_markers, "fake-end-of-data"),
+            (facts.header_parse_failed, "header-parse-failed"),
         ] {
             if n > 0 {
                 self.anomaly(id, ts);
