@@ -104,6 +104,16 @@ fn imap_wrong_login(server: SocketAddr) -> SocketAddr {
     local
 }
 
+/// The three things the log join is checked on: a queued message, a rejected recipient and
+/// an IMAP login failure. Returns the queue id and the IMAP client's address.
+fn queued_rejected_and_failed_login(server: std::net::IpAddr) -> (String, SocketAddr) {
+    let ok = swaks(server, 25, &["--to", "alice@mx.test"]);
+    let queue_id = ok.queue_ids().pop().expect("queued");
+    let rej = swaks(server, 25, &["--to", "nobody@mx.test"]);
+    assert_eq!(rej.codes(), vec![220, 250, 250, 550, 221]);
+    (queue_id, imap_wrong_login(SocketAddr::new(server, 143)))
+}
+
 fn json_lines(text: &str) -> Vec<Value> {
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -261,11 +271,7 @@ fn tail_and_replay_join_postfix_and_dovecot_lines() {
     let tail = Tail::start(&args, &stdout, &dir.path().join("tail.stderr"));
     let server = std::net::IpAddr::from(tb.ns.server_v4());
 
-    let ok = swaks(server, 25, &["--to", "alice@mx.test"]);
-    let queue_id = ok.queue_ids().pop().expect("queued");
-    let rej = swaks(server, 25, &["--to", "nobody@mx.test"]);
-    assert_eq!(rej.codes(), vec![220, 250, 250, 550, 221]);
-    let imap_client = imap_wrong_login(SocketAddr::new(server, 143));
+    let (queue_id, imap_client) = queued_rejected_and_failed_login(server);
     // The clients' ports, from Postfix's own log.
     let clients: Vec<SocketAddr> = tb
         .postfix
@@ -470,11 +476,7 @@ fn tail_joins_the_systemd_journal() {
     let tail = Tail::start(&args, &stdout, &dir.path().join("tail.stderr"));
     let server = std::net::IpAddr::from(tb.ns.server_v4());
 
-    let ok = swaks(server, 25, &["--to", "alice@mx.test"]);
-    let queue_id = ok.queue_ids().pop().expect("queued");
-    let rej = swaks(server, 25, &["--to", "nobody@mx.test"]);
-    assert_eq!(rej.codes(), vec![220, 250, 250, 550, 221]);
-    let imap_client = imap_wrong_login(SocketAddr::new(server, 143));
+    let (queue_id, imap_client) = queued_rejected_and_failed_login(server);
     let logs = wait_for(
         Duration::from_secs(20),
         "delivery and auth failed in the journal",

@@ -360,13 +360,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn late_log_lines_follow_shown_sessions_only() {
+    fn wanted_from_filter() -> Filter<Rec> {
         let criteria = Criteria {
             from: vec!["*@wanted.test".into()],
             ..Default::default()
         };
-        let mut f = Filter::new(Rec::default(), criteria);
+        Filter::new(Rec::default(), criteria)
+    }
+
+    #[test]
+    fn late_log_lines_follow_shown_sessions_only() {
+        let mut f = wanted_from_filter();
         let mut s = Selected {
             filter: &mut f,
             frames: &mut NoFrames,
@@ -429,11 +433,7 @@ mod tests {
 
     #[test]
     fn from_filter_holds_lines_until_mail_from_matches() {
-        let criteria = Criteria {
-            from: vec!["*@wanted.test".into()],
-            ..Default::default()
-        };
-        let mut f = Filter::new(Rec::default(), criteria);
+        let mut f = wanted_from_filter();
         let mut s = Selected {
             filter: &mut f,
             frames: &mut NoFrames,
