@@ -375,7 +375,12 @@ impl SlowServer {
              if q: break\nc.close()\n",
             ns.server_v4()
         );
-        SlowServer(ns.exec("python3").args(["-c", &script]).spawn().expect("spawn server"))
+        SlowServer(
+            ns.exec("python3")
+                .args(["-c", &script])
+                .spawn()
+                .expect("spawn server"),
+        )
     }
 }
 impl Drop for SlowServer {
@@ -433,7 +438,8 @@ fn kill9_with_netlink_filters_next_start_removes_only_the_dead_ones() {
     let mut conn = wait_for(Duration::from_secs(10), "server listening", || {
         std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()
     });
-    conn.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
     assert_eq!(read_line(&mut conn), "220 mt.test ESMTP\r\n");
     conn.write_all(b"EHLO client.test\r\n").expect("EHLO");
     assert_eq!(read_line(&mut conn), "250 mt.test\r\n");
@@ -442,7 +448,10 @@ fn kill9_with_netlink_filters_next_start_removes_only_the_dead_ones() {
     common::signal(doomed_pid, libc::SIGKILL);
     let mut doomed = doomed;
     let child = doomed.child.as_mut().expect("running");
-    assert!(wait_child(child, Duration::from_secs(10)).is_some(), "kill -9");
+    assert!(
+        wait_child(child, Duration::from_secs(10)).is_some(),
+        "kill -9"
+    );
     doomed.child = None;
     assert_eq!(
         owners(&iface),

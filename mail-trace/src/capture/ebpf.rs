@@ -491,13 +491,9 @@ fn remove_stale_filters(iface: &Iface, kind: TcAttachType, name: &str) {
     };
     for f in filters {
         if f.name == name && !owner_running(f.handle) {
-            if let Ok(link) = tc::SchedClassifierLink::attached(
-                &iface.name,
-                kind,
-                f.prio,
-                f.handle.into(),
-                None,
-            ) {
+            if let Ok(link) =
+                tc::SchedClassifierLink::attached(&iface.name, kind, f.prio, f.handle.into(), None)
+            {
                 let _ = link.detach();
             }
         }

@@ -68,7 +68,10 @@ pub fn bpf_filters(ifindex: u32, parent: u32) -> io::Result<Vec<BpfFilter>> {
         }
         let n = n as usize;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "netlink closed"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "netlink closed",
+            ));
         }
         if parse(&buf[..n], &mut found)? {
             return Ok(found);
@@ -219,7 +222,13 @@ mod tests {
             49151 << 16,
             &[attr(TCA_KIND, b"u32\0"), attr(TCA_OPTIONS, &[])],
         );
-        let dgram = [head, bpf(4242, 49152, "mail_trace_in"), other, bpf(7, 49150, "x")].concat();
+        let dgram = [
+            head,
+            bpf(4242, 49152, "mail_trace_in"),
+            other,
+            bpf(7, 49150, "x"),
+        ]
+        .concat();
         let mut found = Vec::new();
         assert!(!parse(&dgram, &mut found).unwrap(), "no NLMSG_DONE yet");
         assert_eq!(
