@@ -403,6 +403,10 @@ fn read_line(conn: &mut std::net::TcpStream) -> String {
     String::from_utf8_lossy(&line).into_owned()
 }
 
+/// The netlink fallback (`--tc-netlink`): filters carry the owner's PID as handle. A `kill -9`
+/// in the middle of a session leaves them attached; the next start removes exactly those, while
+/// the filters of an instance that is still running stay, and both running instances go on
+/// capturing the session and remove their own at exit.
 #[test]
 fn kill9_with_netlink_filters_next_start_removes_only_the_dead_ones() {
     common::require_root("kill9_with_netlink_filters_next_start_removes_only_the_dead_ones");

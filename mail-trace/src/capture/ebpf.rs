@@ -831,6 +831,16 @@ mod tests {
     }
 
     #[test]
+    fn only_filters_of_a_running_mail_trace_are_kept() {
+        // Our own PID as a handle is a predecessor's: nothing is attached yet.
+        assert!(!owner_running(std::process::id()));
+        assert!(!owner_running(1), "init is not a mail-trace");
+        assert!(!owner_running(u32::MAX), "no such process");
+        assert_eq!(clsact_parent(TcAttachType::Ingress), 0xffff_fff2);
+        assert_eq!(clsact_parent(TcAttachType::Egress), 0xffff_fff3);
+    }
+
+    #[test]
     fn missing_interface_is_a_clear_error() {
         let e = lookup_iface("mtnosuch0").unwrap_err();
         assert_eq!(e.to_string(), "interface mtnosuch0 does not exist");
