@@ -321,3 +321,165 @@ fn tail_runs_without_capabilities_and_as_the_user_given() {
         );
     }
 }
+
+/// The mail-trace BPF filters on one clsact hook of `iface` as `tc filter show` lists them:
+/// `(handle, name)`; each of ours has its owner's PID as handle.
+fn tc_filters(iface: &str, hook: &str) -> Vec<(u32, String)> {
+    let out = run_ok(
+        Command::new("tc").args(["filter", "show", "dev", iface, hook]),
+        Duration::from_secs(20),
+        "tc filter show",
+    );
+    let mut found: Vec<(u32, String)> = out
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace().skip_while(|&w| w != "handle").skip(1);
+            let handle = u32::from_str_radix(words.next()?.strip_prefix("0x")?, 16).ok()?;
+            let name = words.next()?;
+            name.starts_with("mail_trace")
+                .then(|| (handle, name.to_owned()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Both hooks: `[(pid, "mail_trace_in")]` for ingress then egress, per owner.
+fn owners(iface: &str) -> Vec<(u32, String)> {
+    let mut all = tc_filters(iface, "ingress");
+    all.extend(tc_filters(iface, "egress"));
+    all.sort();
+    all
+}
+
+fn ours(pids: &[u32]) -> Vec<(u32, String)> {
+    let mut v: Vec<(u32, String)> = pids
+        .iter()
+        .flat_map(|&p| [(p, "mail_trace_in".into()), (p, "mail_trace_out".into())])
+        .collect();
+    v.sort();
+    v
+}
+
+/// An SMTP-ish server on port 25 in the namespace that greets, answers each line with 250
+/// (221 to QUIT, then closes) and gives up after 60 s (python3, killed on drop).
+struct SlowServer(Child);
+impl SlowServer {
+    fn start(ns: &NetNs) -> SlowServer {
+        let script = format!(
+            "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             s.bind(('{}',25));s.listen(1);s.settimeout(60);c,_=s.accept();c.settimeout(60)\n\
+             c.sendall(b'220 mt.test ESMTP\\r\\n');f=c.makefile('rb')\n\
+             for l in f:\n  q=l.strip().upper()==b'QUIT'\n  c.sendall(b'221 bye\\r\\n' if q else b'250 mt.test\\r\\n')\n  \
+             if q: break\nc.close()\n",
+            ns.server_v4()
+        );
+        SlowServer(
+            ns.exec("python3")
+                .args(["-c", &script])
+                .spawn()
+                .expect("spawn server"),
+        )
+    }
+}
+impl Drop for SlowServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads one CRLF line (bounded by the stream's timeout).
+fn read_line(conn: &mut std::net::TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut b = [0u8];
+    while !line.ends_with(b"\r\n") {
+        match conn.read(&mut b) {
+            Ok(1) => line.push(b[0]),
+            other => panic!("reading from the server: {other:?} after {line:?}"),
+        }
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// The netlink fallback (`--tc-netlink`): filters carry the owner's PID as handle. A `kill -9`
+/// in the middle of a session leaves them attached; the next start removes exactly those, while
+/// the filters of an instance that is still running stay, and both running instances go on
+/// capturing the session and remove their own at exit.
+#[test]
+fn kill9_with_netlink_filters_next_start_removes_only_the_dead_ones() {
+    common::require_root("kill9_with_netlink_filters_next_start_removes_only_the_dead_ones");
+    let tmp = TempDir::new("k9nl");
+    let ns = NetNs::new();
+    let iface = ns.host_if.clone();
+    let start = |tag: &str, before: &[u32]| {
+        let mut mt = MailTrace::start(
+            &["tail", "-i", &iface, "--tc-netlink", "--json"],
+            tmp.path(),
+            tag,
+        );
+        let pid = mt.child.as_ref().map(Child::id).expect("running");
+        let mut want = before.to_vec();
+        want.push(pid);
+        wait_for(Duration::from_secs(30), "netlink filters attached", || {
+            if let Some(Ok(Some(st))) = mt.child.as_mut().map(Child::try_wait) {
+                panic!("mail-trace exited early ({st}): {}", mt.stderr_text());
+            }
+            owners(&iface).iter().any(|(p, _)| *p == pid).then_some(())
+        });
+        // Both hooks are attached before the tail starts reading.
+        wait_for(Duration::from_secs(10), "both hooks", || {
+            (owners(&iface) == ours(&want)).then_some(())
+        });
+        (mt, pid)
+    };
+
+    // A session is open (greeting and EHLO done) when the first instance is killed.
+    let _server = SlowServer::start(&ns);
+    let (doomed, doomed_pid) = start("doomed", &[]);
+    let addr = std::net::SocketAddr::from((ns.server_v4(), 25));
+    let mut conn = wait_for(Duration::from_secs(10), "server listening", || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()
+    });
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    assert_eq!(read_line(&mut conn), "220 mt.test ESMTP\r\n");
+    conn.write_all(b"EHLO client.test\r\n").expect("EHLO");
+    assert_eq!(read_line(&mut conn), "250 mt.test\r\n");
+    let (mut other, other_pid) = start("other", &[doomed_pid]);
+
+    common::signal(doomed_pid, libc::SIGKILL);
+    let mut doomed = doomed;
+    let child = doomed.child.as_mut().expect("running");
+    assert!(
+        wait_child(child, Duration::from_secs(10)).is_some(),
+        "kill -9"
+    );
+    doomed.child = None;
+    assert_eq!(
+        owners(&iface),
+        ours(&[doomed_pid, other_pid]),
+        "netlink filters survive kill -9"
+    );
+
+    // The next start removes the dead instance's filters, not the running one's.
+    let (mut next, next_pid) = start("next", &[other_pid]);
+    assert_eq!(owners(&iface), ours(&[other_pid, next_pid]));
+
+    // Both running instances still capture: the session goes on and ends.
+    conn.write_all(b"QUIT\r\n").expect("QUIT");
+    assert_eq!(read_line(&mut conn), "221 bye\r\n");
+    drop(conn);
+    std::thread::sleep(Duration::from_millis(500));
+    for (mt, pid) in [(&mut other, other_pid), (&mut next, next_pid)] {
+        common::signal(pid, libc::SIGINT);
+        let (code, stderr) = mt.wait_exit(Duration::from_secs(20));
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(
+            stderr.contains("mail-trace: 1 sessions (smtp 1, pop3 0, imap 0)"),
+            "{pid}: {stderr}"
+        );
+    }
+    assert_eq!(owners(&iface), vec![], "both removed their own at exit");
+}

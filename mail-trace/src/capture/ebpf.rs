@@ -4,8 +4,9 @@
 //!
 //! Attachment uses TCX links (Linux ≥ 6.6), which vanish with the process. On
 //! older kernels it falls back to netlink clsact filters, which survive a
-//! `kill -9`; those are named after our programs, so a later run removes the
-//! ones a dead mail-trace left behind.
+//! `kill -9`; those are named after our programs and carry the owner's PID as
+//! their handle, so a later run removes the ones a dead mail-trace left behind
+//! and never those of one still running.
 use std::{fmt, io, net::IpAddr, str::FromStr, time::Duration};
 
 use aya::{
@@ -449,8 +450,11 @@ fn attach(ebpf: &mut Ebpf, cfg: &LiveConfig, ifaces: &[Iface]) -> Result<(), Cap
                         return Err(fail(chain(&e)));
                     }
                 }
-                remove_stale_filters(&i.name, kind, name);
-                TcAttachOptions::Netlink(NlOptions::default())
+                remove_stale_filters(i, kind, name);
+                TcAttachOptions::Netlink(NlOptions {
+                    handle: std::process::id().into(),
+                    ..NlOptions::default()
+                })
             };
             prog.attach_with_options(&i.name, kind, opts)
                 .map_err(|e| match os_error(&e) {
@@ -477,29 +481,40 @@ fn attach(ebpf: &mut Ebpf, cfg: &LiveConfig, ifaces: &[Iface]) -> Result<(), Cap
     Ok(())
 }
 
-/// Netlink filters outlive a killed process. Ours carry the program's name; they
-/// are stale when no other mail-trace is running (a live one still owns its own).
-fn remove_stale_filters(iface: &str, kind: TcAttachType, name: &str) {
-    if other_mail_trace_running() {
+/// Netlink filters outlive a killed process. Ours carry the program's name and the
+/// owner's PID as handle: those whose owner is gone are stale. A failure here only
+/// leaves a stale filter in place (it sees the same packets as ours, harmlessly).
+fn remove_stale_filters(iface: &Iface, kind: TcAttachType, name: &str) {
+    use aya::programs::links::Link;
+    let Ok(filters) = super::tcfilter::bpf_filters(iface.ifindex, clsact_parent(kind)) else {
         return;
+    };
+    for f in filters {
+        if f.name == name && !owner_running(f.handle) {
+            if let Ok(link) =
+                tc::SchedClassifierLink::attached(&iface.name, kind, f.prio, f.handle.into(), None)
+            {
+                let _ = link.detach();
+            }
+        }
     }
-    // NotFound just means there was nothing to clean.
-    let _ = tc::qdisc_detach_program(iface, kind, name);
 }
 
-fn other_mail_trace_running() -> bool {
-    let me = std::process::id().to_string();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    dir.flatten().any(|e| {
-        let pid = e.file_name();
-        let pid = pid.to_string_lossy();
-        pid.bytes().all(|b| b.is_ascii_digit())
-            && pid != me
-            && std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim_end() == "mail-trace")
-    })
+/// The clsact hook `kind` as a netlink parent (TC_H_CLSACT with the hook's minor).
+fn clsact_parent(kind: TcAttachType) -> u32 {
+    match kind {
+        TcAttachType::Ingress => 0xffff_fff2,
+        TcAttachType::Egress => 0xffff_fff3,
+        TcAttachType::Custom(parent) => parent,
+    }
+}
+
+/// A mail-trace other than this one runs as `pid` (a filter with our own PID as handle
+/// was left by an earlier process that had it: we have attached nothing yet).
+fn owner_running(pid: u32) -> bool {
+    pid != std::process::id()
+        && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim_end() == "mail-trace")
 }
 
 fn epoch_offset() -> i128 {
@@ -813,6 +828,16 @@ mod tests {
             to_frame(&ifaces, 0, &PacketHeader { ifindex: 99, ..h }, vec![]),
             None
         );
+    }
+
+    #[test]
+    fn only_filters_of_a_running_mail_trace_are_kept() {
+        // Our own PID as a handle is a predecessor's: nothing is attached yet.
+        assert!(!owner_running(std::process::id()));
+        assert!(!owner_running(1), "init is not a mail-trace");
+        assert!(!owner_running(u32::MAX), "no such process");
+        assert_eq!(clsact_parent(TcAttachType::Ingress), 0xffff_fff2);
+        assert_eq!(clsact_parent(TcAttachType::Egress), 0xffff_fff3);
     }
 
     #[test]

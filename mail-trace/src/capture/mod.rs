@@ -49,4 +49,5 @@ pub struct Frame {
 pub mod btf;
 pub mod ebpf;
 pub mod procfs;
+mod tcfilter;
 pub mod uprobe;

@@ -2,7 +2,7 @@
 //! has a default sized for a busy relay; what a bound drops is counted (gaps,
 //! evictions) and reported, never silently lost.
 use crate::cmd::live::parse_buffer;
-use crate::flow::FlowConfig;
+use crate::flow::{FlowConfig, FlowStats};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct EngineArgs {
@@ -26,5 +26,47 @@ impl EngineArgs {
             idle_timeout_ns: u64::from(self.idle_timeout) * 1_000_000_000,
             ..FlowConfig::default()
         }
+    }
+
+    /// The line that reports evictions at exit (none when nothing was evicted): each
+    /// evicted session was still written, with `close: "evicted"`.
+    pub fn eviction_report(&self, stats: &FlowStats) -> Option<String> {
+        (stats.evicted > 0).then(|| {
+            format!(
+                "mail-trace: {} sessions evicted (more than --max-sessions {} open at once); \
+                 their records end with close \"evicted\"",
+                stats.evicted, self.max_sessions
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        engine: EngineArgs,
+    }
+
+    #[test]
+    fn evictions_are_reported_in_one_line_only_when_there_are_some() {
+        let args = Cli::parse_from(["t", "--max-sessions", "10000"]).engine;
+        assert_eq!(args.flow_config().max_connections, 10_000);
+        let mut stats = FlowStats::default();
+        assert_eq!(args.eviction_report(&stats), None);
+        stats.evicted = 90_001;
+        assert_eq!(
+            args.eviction_report(&stats).as_deref(),
+            Some(
+                "mail-trace: 90001 sessions evicted (more than --max-sessions 10000 open at \
+                 once); their records end with close \"evicted\""
+            )
+        );
+        let default = Cli::parse_from(["t"]).engine;
+        assert_eq!(default.flow_config().max_connections, 100_000);
     }
 }

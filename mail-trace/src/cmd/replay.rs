@@ -104,6 +104,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
         l.finish(&mut out);
     }
     finish_output(filter.inner)?;
+    if let Some(line) = args.engine.eviction_report(&engine.flow_stats()) {
+        eprintln!("{line}");
+    }
     Ok(status)
 }
 

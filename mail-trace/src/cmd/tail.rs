@@ -507,5 +507,8 @@ pub(crate) async fn trace<W: Write>(
         counters.records,
         counters.lost_records
     );
+    if let Some(line) = args.engine.eviction_report(&engine.flow_stats()) {
+        eprintln!("{line}");
+    }
     Ok(filter.inner)
 }

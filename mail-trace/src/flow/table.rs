@@ -87,7 +87,8 @@ fn other(d: Dir) -> Dir {
 /// TCP connections by address pair. See the [module docs](super) for the event contract.
 pub struct FlowTable {
     cfg: FlowConfig,
-    conns: HashMap<Key, Conn>,
+    /// Boxed for the same reason as the engine's sessions: table slots stay small.
+    conns: HashMap<Key, Box<Conn>>,
     /// `(indexed_ts, id) → key`, oldest first: eviction and idle expiry.
     idle: BTreeMap<(Ts, ConnId), Key>,
     /// Recently closed address pairs: late ACKs and retransmitted FINs must not reopen them.
@@ -307,14 +308,14 @@ impl FlowTable {
         self.stats.opened += 1;
         self.conns.insert(
             key,
-            Conn {
+            Box::new(Conn {
                 id,
                 client,
                 halves: [Half::default(), Half::default()],
                 last_ts: ts,
                 indexed_ts: ts,
                 used: false,
-            },
+            }),
         );
         self.idle.insert((ts, id), key);
         let syn_ts = (seg.flags.syn && !seg.flags.ack).then_some(ts);

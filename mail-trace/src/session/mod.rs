@@ -181,7 +181,10 @@ impl TlsMemory {
 pub struct Engine {
     cfg: EngineConfig,
     flows: FlowTable,
-    sessions: HashMap<ConnId, Session>,
+    /// Boxed: a map's table is sized in powers of two and doubles while it still holds
+    /// the old one, so the ~400-byte session inline would cost up to 3 × its size per
+    /// slot at the peak; a box costs one pointer per slot and the session once.
+    sessions: HashMap<ConnId, Box<Session>>,
     stats: EngineStats,
     lookup: Option<ProcessLookup>,
     tls_memory: TlsMemory,
@@ -352,7 +355,7 @@ impl Engine {
 
 fn handle(
     cfg: &EngineConfig,
-    sessions: &mut HashMap<ConnId, Session>,
+    sessions: &mut HashMap<ConnId, Box<Session>>,
     stats: &mut EngineStats,
     lookup: &mut Option<ProcessLookup>,
     tls_memory: &mut TlsMemory,
@@ -395,7 +398,7 @@ fn handle(
                 None if cfg.ports.sniff_other_ports => {}
                 None => s.dissect = Dissect::Ignored,
             }
-            sessions.insert(id, s);
+            sessions.insert(id, Box::new(s));
         }
         FlowEvent::Data { id, dir, data, ts } => {
             let Some(s) = sessions.get_mut(&id) else {
