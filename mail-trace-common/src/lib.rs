@@ -149,6 +149,10 @@ pub const CFG_TLS_SUPPRESS: u32 = 1 << 1;
 /// `Config::flags`: only packets whose source or destination is in `HOSTS4`/`HOSTS6`.
 pub const CFG_HOST_FILTER: u32 = 1 << 0;
 
+/// `Config::flags`: some attached interface has an `IFACES` entry; without it every packet
+/// is Ethernet and the programs skip that hash lookup.
+pub const CFG_ANY_IFACE_FLAGS: u32 = 1 << 2;
+
 /// Settings userspace writes before attaching (index 0 of `CONFIG`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
