@@ -78,10 +78,11 @@ pub const PORT_IMPLICIT_TLS: u8 = 1 << 1;
 
 /// Entries of `TLS_FLOWS` (two per connection, one per direction); LRU evicts the oldest.
 pub const MAX_TLS_FLOWS: u32 = 65536;
-/// Once a flow is encrypted, each direction is copied in full until its first segment that
-/// starts with a TLS application-data record (`17 03`), or until this many payload bytes
-/// were copied: the ClientHello (SNI, offered versions) and the ServerHello (chosen version
-/// and cipher) come before; everything after is sent header-only.
+/// Once a flow is encrypted, each direction copies its first TLS record when that record
+/// holds a whole hello (the ClientHello's SNI, the ServerHello's version and cipher: all
+/// the dissector reads) and sends everything after header-only. A direction that does not
+/// start that way is copied in full until its first segment that starts with a TLS
+/// application-data record (`17 03`), or until this many payload bytes were copied.
 pub const TLS_KEEP_BYTES: u32 = 16384;
 
 /// `TlsFlow::state`: the client sent `STARTTLS`; the server's reply decides.
@@ -90,6 +91,32 @@ pub const TLS_ARMED: u32 = 1;
 pub const TLS_ON: u32 = 2;
 /// `TlsFlow::state`: past the handshake: header-only.
 pub const TLS_DONE: u32 = 3;
+/// `TlsFlow::state`: the first segment began the hello record, which continues in later
+/// segments; `TlsFlow::kept` counts the record's bytes still to copy.
+pub const TLS_HELLO: u32 = 4;
+
+/// Bytes of a TLS direction to copy from its first byte on: given the first 9 payload bytes
+/// (record header, handshake header), the length of the first record, header included, when
+/// it is a handshake record holding a whole ClientHello or ServerHello, the only messages the
+/// dissector reads. `None` when the direction does not start that way (a hello split over
+/// records, or not TLS at all): the caller then falls back to [`TLS_KEEP_BYTES`].
+#[inline(always)]
+pub fn hello_record_len(h: &[u8; 9]) -> Option<u32> {
+    const HANDSHAKE: u8 = 22;
+    const CLIENT_HELLO: u8 = 1;
+    const SERVER_HELLO: u8 = 2;
+    // The dissector refuses longer records too (16 KiB of plaintext plus expansion).
+    const MAX_RECORD: u32 = 16384 + 2048;
+    if h[0] != HANDSHAKE || h[1] != 3 || (h[5] != CLIENT_HELLO && h[5] != SERVER_HELLO) {
+        return None;
+    }
+    let record = u32::from(u16::from_be_bytes([h[3], h[4]]));
+    let msg = (u32::from(h[6]) << 16) | (u32::from(h[7]) << 8) | u32::from(h[8]);
+    if record > MAX_RECORD || 4 + msg > record {
+        return None;
+    }
+    Some(5 + record)
+}
 
 /// One direction of a TCP connection, as the packet carries it (source first). IPv4
 /// addresses use the first 4 bytes, the rest zero.
@@ -110,7 +137,8 @@ pub struct FlowKey {
 pub struct TlsFlow {
     /// `TLS_ARMED`, `TLS_ON` or `TLS_DONE`.
     pub state: u32,
-    /// Payload bytes of this direction copied since the flow became `TLS_ON`.
+    /// Payload bytes of this direction copied since the flow became `TLS_ON`; in
+    /// `TLS_HELLO`, bytes of the hello record still to copy.
     pub kept: u32,
 }
 
@@ -120,6 +148,10 @@ pub const CFG_TLS_SUPPRESS: u32 = 1 << 1;
 
 /// `Config::flags`: only packets whose source or destination is in `HOSTS4`/`HOSTS6`.
 pub const CFG_HOST_FILTER: u32 = 1 << 0;
+
+/// `Config::flags`: some attached interface has an `IFACES` entry; without it every packet
+/// is Ethernet and the programs skip that hash lookup.
+pub const CFG_ANY_IFACE_FLAGS: u32 = 1 << 2;
 
 /// Settings userspace writes before attaching (index 0 of `CONFIG`).
 #[repr(C)]
@@ -246,5 +278,29 @@ mod tests {
         assert_eq!(align_of::<Config>(), 4);
         assert!(CHUNK_LEN.is_power_of_two());
         assert!(MAX_PACKET_LEN.is_power_of_two());
+    }
+
+    #[test]
+    fn hello_record_len_keeps_only_a_whole_hello_record() {
+        // ClientHello of 0x1f0 bytes in a record of 0x1f4: copy header + record.
+        let ch = [22, 3, 1, 0x01, 0xf4, 1, 0, 0x01, 0xf0];
+        assert_eq!(hello_record_len(&ch), Some(5 + 0x1f4));
+        // ServerHello filling its record exactly.
+        let sh = [22, 3, 3, 0, 0x7a, 2, 0, 0, 0x76];
+        assert_eq!(hello_record_len(&sh), Some(5 + 0x7a));
+        // The hello continues in the next record: no cut.
+        assert_eq!(
+            hello_record_len(&[22, 3, 1, 0, 0x40, 1, 0, 0x01, 0xf0]),
+            None
+        );
+        // Not a handshake record, not a hello, not TLS 3.x, or an oversized record.
+        assert_eq!(hello_record_len(&[23, 3, 3, 0, 0x40, 1, 0, 0, 0x10]), None);
+        assert_eq!(hello_record_len(&[22, 3, 3, 0, 0x40, 11, 0, 0, 0x10]), None);
+        assert_eq!(hello_record_len(&[22, 2, 0, 0, 0x40, 1, 0, 0, 0x10]), None);
+        assert_eq!(
+            hello_record_len(&[22, 3, 3, 0x48, 0x01, 1, 0, 0, 0x10]),
+            None
+        );
+        assert_eq!(hello_record_len(b"220 ready"), None);
     }
 }

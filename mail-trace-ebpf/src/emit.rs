@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use mail_trace_common::{
-    Counters, PacketHeader, CFG_HOST_FILTER, CHUNK_LEN, FLAG_SUPPRESSED, IFACE_L3, MAX_PACKET_LEN,
-    SMALL_CHUNK_LEN,
+    Counters, PacketHeader, CFG_ANY_IFACE_FLAGS, CFG_HOST_FILTER, CHUNK_LEN, FLAG_SUPPRESSED,
+    IFACE_L3, MAX_PACKET_LEN, SMALL_CHUNK_LEN,
 };
 
 use crate::{
@@ -26,8 +26,19 @@ pub fn counters() -> Option<&'static mut Counters> {
 
 #[inline(always)]
 pub fn iface_is_l3(ifindex: u32) -> bool {
+    // Every packet pays this: the array lookup is inlined, the hash lookup is not, and most
+    // hosts attach to Ethernet devices only.
+    let any = CONFIG
+        .get(0)
+        .is_some_and(|cfg| cfg.flags & CFG_ANY_IFACE_FLAGS != 0);
     // SAFETY: plain u32 value, only read.
-    unsafe { IFACES.get(&ifindex) }.is_some_and(|f| f & IFACE_L3 != 0)
+    any && unsafe { IFACES.get(&ifindex) }.is_some_and(|f| f & IFACE_L3 != 0)
+}
+
+/// A mail port (`PORTS`: an array, so the lookup is inlined).
+#[inline(always)]
+pub fn port_hit(p: u16) -> bool {
+    PORTS.get(p as u32).is_some_and(|v| *v != 0)
 }
 
 /// Whether a parsed packet is one of ours; counts what is not parseable.
@@ -45,7 +56,6 @@ pub fn wanted(c: &mut Counters, v: Verdict, t: &Tcp) -> bool {
             return false;
         }
     }
-    let port_hit = |p: u16| PORTS.get(p as u32).is_some_and(|v| *v != 0);
     if !port_hit(t.sport) && !port_hit(t.dport) {
         return false;
     }

@@ -51,6 +51,10 @@ fn tc(ctx: &TcContext, dir: u32) {
         start: ctx.data(),
         end: ctx.data_end(),
     };
+    // Most packets on a relay are not mail: they cost no more than this.
+    if parse::not_mail(&direct, l3, emit::port_hit) {
+        return;
+    }
     // Headers normally sit in the linear part; load them when they do not.
     let mut t = Tcp::new();
     let mut v = parse::parse(&direct, l3, &mut t);
@@ -80,6 +84,9 @@ fn xdp_in(ctx: &XdpContext) {
         start: ctx.data(),
         end: ctx.data_end(),
     };
+    if parse::not_mail(&direct, l3, emit::port_hit) {
+        return;
+    }
     let mut t = Tcp::new();
     let v = parse::parse(&direct, l3, &mut t);
     if !emit::wanted(c, v, &t) {

@@ -88,6 +88,48 @@ impl Tcp {
     }
 }
 
+/// The cheap look every packet gets: an untagged Ethernet frame carrying TCP over IPv4
+/// (unfragmented) or over IPv6 (no extension header) whose ports are not mail ports is not
+/// ours, decided from a few bytes without the full walk. Other traffic that is not IP is
+/// not ours either. `false` = walk it (`parse` decides and counts the oddities).
+#[inline(always)]
+pub fn not_mail<R: Reader, F: Fn(u16) -> bool>(r: &R, l3: bool, mail: F) -> bool {
+    if l3 {
+        return false;
+    }
+    let Some(et) = r.read::<[u8; 2]>(12) else {
+        return false;
+    };
+    let l4 = match u16::from_be_bytes(et) {
+        ETH_P_IP => {
+            // Unused bytes of the read are never loaded: the compiler drops them.
+            let Some(h) = r.read::<[u8; 10]>(14) else {
+                return false;
+            };
+            let ihl = ((h[0] & 0x0f) as usize) * 4;
+            if h[0] >> 4 != 4 || ihl < 20 || u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+                return false;
+            }
+            if h[9] != IPPROTO_TCP {
+                return true;
+            }
+            14 + ihl
+        }
+        ETH_P_IPV6 => match r.read::<[u8; 8]>(14) {
+            Some(h) if h[6] == IPPROTO_TCP => 14 + 40,
+            _ => return false,
+        },
+        ETH_P_8021Q | ETH_P_8021AD => return false,
+        _ => return true,
+    };
+    match r.read::<[u8; 4]>(l4) {
+        Some(p) => {
+            !mail(u16::from_be_bytes([p[0], p[1]])) && !mail(u16::from_be_bytes([p[2], p[3]]))
+        }
+        None => false,
+    }
+}
+
 #[inline(always)]
 pub fn parse<R: Reader>(r: &R, l3: bool, t: &mut Tcp) -> Verdict {
     match walk(r, l3, t) {

@@ -1,7 +1,10 @@
 //! In-kernel TLS suppression: once a flow is encrypted its payload is useless to the
-//! dissectors, so after the handshake records (until the first application-data record, at
-//! most `TLS_KEEP_BYTES` per direction) only the headers are copied; `orig_len` keeps the
-//! byte counts and the reassembly exact.
+//! dissectors, so each direction copies only its first record when that record holds the
+//! hello (`hello_record_len`: the SNI, version and cipher are all the dissector reads; of a
+//! ClientHello only up to its server name, `hello_cut`), and sends the rest of that segment
+//! and everything after header-only; `orig_len` keeps the
+//! byte counts and the reassembly exact. A direction that starts otherwise is copied until
+//! its first application-data record, at most `TLS_KEEP_BYTES`.
 //!
 //! The kernel arms a flow itself when a client segment is exactly `STARTTLS\r\n` and turns it
 //! on when the server's next segment starts with `220`; any other reply disarms it. On the
@@ -9,8 +12,8 @@
 //! be too late: it is woken every 20 ms, longer than a whole TLS session on a LAN. FIN or
 //! RST removes both directions; the LRU map is the backstop for flows whose end was missed.
 use mail_trace_common::{
-    FlowKey, TlsFlow, CFG_TLS_SUPPRESS, PORT_IMPLICIT_TLS, TLS_ARMED, TLS_DONE, TLS_KEEP_BYTES,
-    TLS_ON,
+    hello_record_len, FlowKey, TlsFlow, CFG_TLS_SUPPRESS, PORT_IMPLICIT_TLS, TLS_ARMED, TLS_DONE,
+    TLS_HELLO, TLS_KEEP_BYTES, TLS_ON,
 };
 
 use crate::{
@@ -22,6 +25,53 @@ const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
 const RST: u8 = 0x04;
 const ACK: u8 = 0x10;
+
+const CLIENT_HELLO: u8 = 1;
+/// Extensions looked at before the server name; OpenSSL and GnuTLS send it among the first.
+const MAX_EXTS: usize = 16;
+/// Deepest offset in a ClientHello searched for the server name.
+const MAX_SNI_OFF: u32 = 2048;
+
+/// Where to cut a ClientHello, counted from `base` (the record's first byte), when it lies
+/// within the first `limit` bytes: after its server_name extension, or after the handshake
+/// header when the walk found none (the dissector then takes the hello as seen, unnamed).
+#[inline(always)]
+fn hello_cut<R: Reader>(r: &R, base: usize, limit: u32) -> Option<u32> {
+    // Masked offsets keep the verifier's range bounded; the checks keep them exact.
+    let at = |off: u32| (base + (off as usize & 0xfff)) & 0x1fff;
+    // Record header 5, handshake header 4, version 2, random 32: the session id length.
+    let mut off = 43;
+    let sid: [u8; 2] = r.read(at(off))?;
+    off += 1 + sid[0] as u32;
+    let suites: [u8; 2] = r.read(at(off))?;
+    off += 2 + u16::from_be_bytes(suites) as u32;
+    if off > MAX_SNI_OFF {
+        return None;
+    }
+    let comp: [u8; 2] = r.read(at(off))?;
+    off += 1 + comp[0] as u32;
+    if off > MAX_SNI_OFF {
+        return None;
+    }
+    let block: [u8; 2] = r.read(at(off))?;
+    off += 2;
+    let block_end = off + u16::from_be_bytes(block) as u32;
+    for _ in 0..MAX_EXTS {
+        if off >= block_end {
+            return (block_end <= limit).then_some(9);
+        }
+        if off > MAX_SNI_OFF {
+            return None;
+        }
+        let e: [u8; 4] = r.read(at(off))?;
+        let end = off + 4 + u16::from_be_bytes([e[2], e[3]]) as u32;
+        if e[0] == 0 && e[1] == 0 {
+            return (end <= limit).then_some(end);
+        }
+        off = end;
+    }
+    None
+}
 
 #[inline(always)]
 fn keys(t: &Tcp) -> (FlowKey, FlowKey) {
@@ -72,6 +122,33 @@ pub fn copy_len<R: Reader>(r: &R, t: &Tcp, len: u32) -> u32 {
             let f = unsafe { &mut *f };
             if payload == 0 {
                 return 0;
+            }
+            if f.state == TLS_HELLO {
+                // The rest of the hello record, then header-only.
+                if payload < f.kept {
+                    f.kept -= payload;
+                    return 0;
+                }
+                f.state = TLS_DONE;
+                return t.payload_off + f.kept;
+            }
+            if f.state == TLS_ON && f.kept == 0 && payload >= 9 {
+                let off = (t.payload_off as usize) & 0xfff;
+                let head = r.read::<[u8; 9]>(off);
+                if let Some(mut need) = head.and_then(|h| hello_record_len(&h)) {
+                    if head.is_some_and(|h| h[5] == CLIENT_HELLO) {
+                        if let Some(end) = hello_cut(r, off, payload.min(need)) {
+                            need = end;
+                        }
+                    }
+                    if payload < need {
+                        f.state = TLS_HELLO;
+                        f.kept = need - payload;
+                        return 0;
+                    }
+                    f.state = TLS_DONE;
+                    return t.payload_off + need;
+                }
             }
             if f.state == TLS_ON {
                 let off = (t.payload_off as usize) & 0xfff;

@@ -19,9 +19,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use mail_trace_common::{
-    names, Config, Counters, PacketHeader, CFG_HOST_FILTER, CFG_TLS_SUPPRESS, CHUNK_LEN,
-    FLAG_EGRESS, FLAG_INGRESS, FLAG_L3, FLAG_SUPPRESSED, IFACE_L3, MAX_HOSTS, MAX_IFACES,
-    MAX_PACKET_LEN, PORT_IMPLICIT_TLS, PORT_MAIL,
+    names, Config, Counters, PacketHeader, CFG_ANY_IFACE_FLAGS, CFG_HOST_FILTER, CFG_TLS_SUPPRESS,
+    CHUNK_LEN, FLAG_EGRESS, FLAG_INGRESS, FLAG_L3, FLAG_SUPPRESSED, IFACE_L3, MAX_HOSTS,
+    MAX_IFACES, MAX_PACKET_LEN, PORT_IMPLICIT_TLS, PORT_MAIL,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -393,10 +393,12 @@ fn configure(ebpf: &mut Ebpf, cfg: &LiveConfig, ifaces: &[Iface]) -> Result<(), 
     }
     let mut flags: HashMap<_, u32, u32> =
         HashMap::try_from(map(ebpf, names::IFACES)?).map_err(|e| chain(&e))?;
+    let mut any_iface_flags = 0;
     for i in ifaces.iter().filter(|i| i.link == LinkType::RawIp) {
         flags
             .insert(i.ifindex, IFACE_L3, 0)
             .map_err(|e| chain(&e))?;
+        any_iface_flags = CFG_ANY_IFACE_FLAGS;
     }
     let mut config: Array<_, Config> =
         Array::try_from(map(ebpf, names::CONFIG)?).map_err(|e| chain(&e))?;
@@ -410,7 +412,7 @@ fn configure(ebpf: &mut Ebpf, cfg: &LiveConfig, ifaces: &[Iface]) -> Result<(), 
             0
         } else {
             CFG_TLS_SUPPRESS
-        },
+        } | any_iface_flags,
         // Wake the reader once an eighth of the ring is waiting: well before it fills.
         wake_bytes: cfg.ring_size / 8,
         reserved: 0,

@@ -128,16 +128,18 @@ impl FlowTable {
         let key = key_of(seg.src, seg.dst);
         let syn_only = seg.flags.syn && !seg.flags.ack;
 
-        if let Some(c) = self.conns.get(&key) {
-            let reused = syn_only
-                && seg.src == c.client
-                && c.used
-                && c.halves[0].base() != Some(seg.seq.wrapping_add(1));
+        // One lookup for the common segment of a known connection; SYNs look twice.
+        let mut known = self.conns.contains_key(&key);
+        if known && syn_only {
+            let reused = self.conns.get(&key).is_some_and(|c| {
+                seg.src == c.client && c.used && c.halves[0].base() != Some(seg.seq.wrapping_add(1))
+            });
             if reused {
                 self.close(key, ts, CloseReason::Reused, out);
+                known = false;
             }
         }
-        if !self.conns.contains_key(&key) {
+        if !known {
             if self.closed.contains_key(&key) {
                 if !syn_only {
                     return; // the tail of a connection already reported closed

@@ -94,6 +94,9 @@ pub trait Dissector: Send {
     fn data(&mut self, dir: Dir, data: &[u8], ts: Ts);
     /// `len` bytes of one direction are missing; resynchronise at the next line.
     fn gap(&mut self, dir: Dir, len: u64, ts: Ts);
+    /// `len` bytes of one direction crossed the wire but the kernel did not copy them
+    /// (encrypted, see [`crate::proto::tls::TlsHellos::skipped`]).
+    fn skipped(&mut self, _dir: Dir, _len: u64) {}
     /// Next pending event, if any.
     fn poll_event(&mut self) -> Option<Event>;
     /// The protocol's fields of the session record (flattened into it).

@@ -461,6 +461,10 @@ impl Dissector for Pop3 {
         self.feed(dir, data, ts);
     }
 
+    fn skipped(&mut self, dir: Dir, _len: u64) {
+        self.tls.skipped(dir);
+    }
+
     fn gap(&mut self, dir: Dir, _len: u64, ts: Ts) {
         if self.tls.hides_data() {
             self.tls.gap(dir);

@@ -228,6 +228,10 @@ impl TlsTrack {
         self.hellos.gap(dir);
     }
 
+    pub fn skipped(&mut self, dir: Dir) {
+        self.hellos.skipped(dir);
+    }
+
     /// A TLS ClientHello followed the switch.
     pub fn client_hello_seen(&self) -> bool {
         self.hellos.state().0 == super::tls::HelloState::Done

@@ -19,6 +19,8 @@ const SERVER_HELLO: u8 = 2;
 const EXT_SERVER_NAME: u16 = 0;
 const EXT_SUPPORTED_VERSIONS: u16 = 43;
 const MAX_SNI: usize = 255;
+/// Longest incomplete ClientHello searched for a server name.
+const MAX_PARTIAL: usize = 4096;
 
 /// What the hellos revealed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -122,6 +124,29 @@ impl Direction {
         None
     }
 
+    /// The server name of a ClientHello still incomplete, once its extension is complete.
+    fn partial_sni(&self) -> Option<String> {
+        if self.state != HelloState::Pending || self.record.len() <= 5 {
+            return None;
+        }
+        let body = &self.record[5..];
+        // Bounds the re-parse per segment: a server name sits in the first few hundred bytes.
+        if self.handshake.len() + body.len() > MAX_PARTIAL {
+            return None;
+        }
+        let joined;
+        let msg = if self.handshake.is_empty() {
+            body
+        } else {
+            joined = [self.handshake.as_slice(), body].concat();
+            &joined
+        };
+        if msg.len() < 4 || msg[0] != CLIENT_HELLO {
+            return None;
+        }
+        client_hello_sni(&msg[4..])
+    }
+
     fn fail(&mut self) {
         self.state = HelloState::Failed;
         self.record = Vec::new();
@@ -162,6 +187,13 @@ impl TlsHellos {
                     } else {
                         self.client.state = HelloState::Failed;
                     }
+                } else if let Some(sni) = self.client.partial_sni() {
+                    // The kernel copies a ClientHello only up to its server name (the rest
+                    // arrives as skipped bytes): the name is all there is to learn.
+                    self.info.sni = Some(sni);
+                    self.client.state = HelloState::Done;
+                    self.client.record = Vec::new();
+                    self.client.handshake = Vec::new();
                 }
             }
             Dir::ToClient => {
@@ -178,6 +210,19 @@ impl TlsHellos {
                     }
                 }
             }
+        }
+    }
+
+    /// The kernel sent the rest of this direction header-only (an encrypted flow): of a
+    /// ClientHello it copies the part up to the server name, or only the handshake header
+    /// when the hello names none, so a hello begun here was seen and is all there is.
+    pub fn skipped(&mut self, dir: Dir) {
+        let d = &mut self.client;
+        let began = d.handshake.first().or(d.record.get(5)) == Some(&CLIENT_HELLO);
+        if dir == Dir::ToServer && d.state == HelloState::Pending && began {
+            d.state = HelloState::Done;
+            d.record = Vec::new();
+            d.handshake = Vec::new();
         }
     }
 
@@ -229,10 +274,14 @@ impl<'a> Reader<'a> {
         let n = usize::from(self.u16()?);
         self.take(n)
     }
-    /// Extensions as (type, body) until the block ends or is malformed.
+    /// Extensions as (type, body) until the block ends, is malformed, or (in a hello cut
+    /// short) the bytes end.
     fn extensions(&mut self) -> Vec<(u16, &'a [u8])> {
         let mut out = Vec::new();
-        let Some(block) = self.vec16() else {
+        let Some(n) = self.u16() else {
+            return out;
+        };
+        let Some(block) = self.take(usize::from(n).min(self.0.len())) else {
             return out;
         };
         let mut r = Reader(block);
@@ -458,12 +507,14 @@ pub(crate) mod tests {
         huge.extend_from_slice(&[0; 100]);
         t.data(Dir::ToServer, &huge);
         assert_eq!(t.state().0, HelloState::Failed);
-        // Truncated inside the extensions: no SNI, no panic.
+        // Truncated before the server name ends: no SNI, no panic.
         let whole = client_hello("a.example");
-        for cut in 0..whole.len() {
+        let name_end = whole.windows(9).position(|w| w == b"a.example").unwrap() + 9;
+        for cut in 0..name_end {
             let mut t = TlsHellos::new();
             t.data(Dir::ToServer, &whole[..cut]);
-            assert_eq!(t.info().sni, None);
+            assert_eq!(t.info().sni, None, "{cut}");
+            assert_eq!(t.state().0, HelloState::Pending, "{cut}");
         }
         let mut t = TlsHellos::new();
         t.data(Dir::ToServer, &whole[..20]);
@@ -471,6 +522,58 @@ pub(crate) mod tests {
         t.data(Dir::ToServer, &whole[20..]);
         assert_eq!(t.info().sni, None);
         assert_eq!(t.state().0, HelloState::Failed);
+    }
+
+    #[test]
+    fn hello_cut_after_the_server_name_still_names_it() {
+        // What the kernel copies of a suppressed flow's ClientHello: up to the end of the
+        // server_name extension, the rest skipped.
+        let whole = client_hello("a.example");
+        let name_end = whole.windows(9).position(|w| w == b"a.example").unwrap() + 9;
+        assert!(name_end + 300 < whole.len());
+        for cut in name_end..=whole.len() {
+            let mut t = TlsHellos::new();
+            t.data(Dir::ToServer, &whole[..cut]);
+            assert_eq!(t.info().sni.as_deref(), Some("a.example"), "{cut}");
+            assert_eq!(t.state().0, HelloState::Done, "{cut}");
+        }
+        // Cut after the handshake header (the kernel found no server name): seen, unnamed.
+        let mut t = TlsHellos::new();
+        t.data(Dir::ToServer, &whole[..9]);
+        t.skipped(Dir::ToClient);
+        assert_eq!(t.state().0, HelloState::Pending);
+        t.skipped(Dir::ToServer);
+        assert_eq!(
+            (t.info().sni.as_deref(), t.state().0),
+            (None, HelloState::Done)
+        );
+        // Skipped bytes that follow no hello teach nothing.
+        let mut t = TlsHellos::new();
+        t.data(Dir::ToServer, &whole[..4]);
+        t.skipped(Dir::ToServer);
+        assert_eq!(t.state().0, HelloState::Pending);
+        // In two segments, the name completed by the second.
+        let mut t = TlsHellos::new();
+        t.data(Dir::ToServer, &whole[..name_end - 3]);
+        assert_eq!(t.info().sni, None);
+        t.data(Dir::ToServer, &whole[name_end - 3..name_end]);
+        assert_eq!(t.info().sni.as_deref(), Some("a.example"));
+        // A hello without a server name learns it only complete: none.
+        let mut t = TlsHellos::new();
+        let mut body = vec![3, 3];
+        body.extend_from_slice(&[7; 32]);
+        body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+        let exts = ext(0x000a, &[0, 2, 0, 29]);
+        body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+        body.extend(exts);
+        let rec = records(&handshake(CLIENT_HELLO, &body), 16384);
+        t.data(Dir::ToServer, &rec[..rec.len() - 1]);
+        assert_eq!(t.state().0, HelloState::Pending);
+        t.data(Dir::ToServer, &rec[rec.len() - 1..]);
+        assert_eq!(
+            (t.info().sni.as_deref(), t.state().0),
+            (None, HelloState::Done)
+        );
     }
 
     #[test]

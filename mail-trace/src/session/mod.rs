@@ -460,6 +460,7 @@ fn handle(
             if let Some(s) = sessions.get_mut(&id) {
                 s.last_ts = ts;
                 s.bytes[dir as usize] += len;
+                feed(s, |x| x.skipped(dir, len), sink);
             }
         }
         FlowEvent::Anomaly { id, kind, ts } => {

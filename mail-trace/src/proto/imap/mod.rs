@@ -863,6 +863,10 @@ impl Dissector for Imap {
         self.feed(dir, data, ts);
     }
 
+    fn skipped(&mut self, dir: Dir, _len: u64) {
+        self.tls.skipped(dir);
+    }
+
     fn gap(&mut self, dir: Dir, _len: u64, ts: Ts) {
         if self.tls.hides_data() {
             self.tls.gap(dir);

@@ -120,6 +120,9 @@ impl BodyScanner {
     /// Feeds message bytes. In DATA mode returns `Some(n)` when the end line
     /// was found after `n` bytes of `data` (the rest belongs to the commands).
     pub fn feed(&mut self, data: &[u8]) -> Option<usize> {
+        if !self.in_headers && self.report.is_none() {
+            return self.feed_body(data);
+        }
         for (i, &b) in data.iter().enumerate() {
             if b == b'\n' {
                 if self.end_line() {
@@ -143,6 +146,45 @@ impl BodyScanner {
                 self.keep_header_byte(b);
             } else if !self.in_headers && !stuffing {
                 self.keep_report_byte(b);
+            }
+        }
+        None
+    }
+
+    /// [`Self::feed`] past the headers when no byte is kept: whole line pieces at a time,
+    /// with the same counts as the byte loop (most of a message is body).
+    fn feed_body(&mut self, data: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < data.len() {
+            let rest = &data[i..];
+            let run = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+            if let Some(&last) = rest[..run].last() {
+                let piece = &rest[..run];
+                if self.line_len == 0 {
+                    self.first = piece[0];
+                }
+                // A line usually holds one CR (its last byte) and no NUL: search, don't scan.
+                let (mut crs, mut nuls) = (0u64, 0u64);
+                for at in memchr::memchr2_iter(b'\r', 0, piece) {
+                    if piece[at] == b'\r' {
+                        crs += 1;
+                    } else {
+                        nuls += 1;
+                    }
+                }
+                // A CR is bare when another byte than LF follows it (the last one waits).
+                let last_cr = last == b'\r';
+                self.facts.bare_cr += u64::from(self.last_cr) + crs - u64::from(last_cr);
+                self.facts.nul_bytes += nuls;
+                self.line_len += run as u64;
+                self.last_cr = last_cr;
+            }
+            i += run;
+            if i < data.len() {
+                i += 1;
+                if self.end_line() {
+                    return Some(i);
+                }
             }
         }
         None
@@ -422,6 +464,38 @@ mod tests {
             }
         );
         assert_eq!(s.size, 999 + 2 + 7);
+    }
+
+    #[test]
+    fn body_pieces_count_like_the_byte_loop_at_every_split() {
+        let msg: &[u8] = b"Subject: s\r\n\r\nab\rc\0\0\r\n\r\r\n.x\r\nline\nz\r.\r\n.\r\nQUIT\r\n";
+        let end = msg.len() - 6;
+        let want = BodyFacts {
+            bare_cr: 3,
+            nul_bytes: 2,
+            bare_lf: 1,
+            ..BodyFacts::default()
+        };
+        for size in 1..=msg.len() {
+            // Keeping a report's bytes takes the byte loop throughout: the reference.
+            for keep_report in [false, true] {
+                let mut s = BodyScanner::new(true);
+                let (mut fed, mut found) = (0, None);
+                for c in msg.chunks(size) {
+                    if keep_report && !s.in_headers {
+                        s.report.get_or_insert_with(Vec::new);
+                    }
+                    if let Some(n) = s.feed(c) {
+                        found = Some(fed + n);
+                        break;
+                    }
+                    fed += c.len();
+                }
+                assert_eq!(found, Some(end), "{size} {keep_report}");
+                assert_eq!(s.facts, want, "{size} {keep_report}");
+                assert_eq!(s.size, 38, "{size} {keep_report}");
+            }
+        }
     }
 
     #[test]

@@ -459,6 +459,12 @@ impl Dissector for Smtp {
         }
     }
 
+    fn skipped(&mut self, dir: Dir, _len: u64) {
+        if let Some(t) = &mut self.tls {
+            t.skipped(dir);
+        }
+    }
+
     fn gap(&mut self, dir: Dir, len: u64, ts: Ts) {
         match dir {
             Dir::ToServer => self.client_gap(len, ts),
