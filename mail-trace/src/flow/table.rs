@@ -2,7 +2,7 @@
 //! reassembler, and ends connections on FIN, RST, idleness, eviction or end of capture.
 //!
 //! Time is passed in with every call (the capture's clock), never read here.
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
 use super::reassembly::{Half, Out, MAX_SEQ_JUMP};
@@ -88,11 +88,11 @@ fn other(d: Dir) -> Dir {
 pub struct FlowTable {
     cfg: FlowConfig,
     /// Boxed for the same reason as the engine's sessions: table slots stay small.
-    conns: HashMap<Key, Box<Conn>>,
+    conns: super::FastMap<Key, Box<Conn>>,
     /// `(indexed_ts, id) → key`, oldest first: eviction and idle expiry.
     idle: BTreeMap<(Ts, ConnId), Key>,
     /// Recently closed address pairs: late ACKs and retransmitted FINs must not reopen them.
-    closed: HashMap<Key, Ts>,
+    closed: super::FastMap<Key, Ts>,
     closed_order: VecDeque<(Ts, Key)>,
     next_id: ConnId,
     stats: FlowStats,
@@ -102,9 +102,9 @@ impl FlowTable {
     pub fn new(cfg: FlowConfig) -> Self {
         Self {
             cfg,
-            conns: HashMap::new(),
+            conns: Default::default(),
             idle: BTreeMap::new(),
-            closed: HashMap::new(),
+            closed: Default::default(),
             closed_order: VecDeque::new(),
             next_id: 1,
             stats: FlowStats::default(),

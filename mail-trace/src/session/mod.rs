@@ -184,7 +184,7 @@ pub struct Engine {
     /// Boxed: a map's table is sized in powers of two and doubles while it still holds
     /// the old one, so the ~400-byte session inline would cost up to 3 × its size per
     /// slot at the peak; a box costs one pointer per slot and the session once.
-    sessions: HashMap<ConnId, Box<Session>>,
+    sessions: crate::flow::FastMap<ConnId, Box<Session>>,
     stats: EngineStats,
     lookup: Option<ProcessLookup>,
     tls_memory: TlsMemory,
@@ -196,7 +196,7 @@ impl Engine {
         flow.server_ports = cfg.ports.ports();
         Engine {
             flows: FlowTable::new(flow),
-            sessions: HashMap::new(),
+            sessions: Default::default(),
             stats: EngineStats::default(),
             lookup: None,
             tls_memory: TlsMemory::default(),
@@ -355,7 +355,7 @@ impl Engine {
 
 fn handle(
     cfg: &EngineConfig,
-    sessions: &mut HashMap<ConnId, Box<Session>>,
+    sessions: &mut crate::flow::FastMap<ConnId, Box<Session>>,
     stats: &mut EngineStats,
     lookup: &mut Option<ProcessLookup>,
     tls_memory: &mut TlsMemory,
