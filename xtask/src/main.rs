@@ -33,6 +33,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "python3",
     "bsdutils",
+    "hping3",
 ];
 
 #[derive(Parser)]

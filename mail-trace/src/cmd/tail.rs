@@ -293,13 +293,15 @@ pub(crate) async fn trace<W: Write>(
     };
     engine_cfg.ports.sniff_other_ports = true;
     let mut engine = Engine::new(engine_cfg);
-    // The kernel's socket owners first (no /proc race, no privilege needed), then /proc.
+    // The kernel's socket owners first (no /proc race, no privilege needed), then
+    // /proc within its budget (a SYN flood must not stall the reader).
+    let mut scans = procfs::ScanBudget::default();
     engine.set_process_lookup(Box::new(move |client, server| {
         owners
             .as_ref()
             .and_then(|o| o.owner(server, client))
             .map(|(pid, comm)| procfs::process_named(pid, &comm))
-            .or_else(|| procfs::owner_of(client, server))
+            .or_else(|| scans.run(now_ns, || procfs::owner_of(client, server)))
     }));
     let mut logs = crate::cmd::maillog::start_live(&args.logs)?;
     let mut joiner = logs
@@ -472,8 +474,9 @@ pub(crate) async fn trace<W: Write>(
         anyhow::bail!("writing pcapng: {e}");
     }
     let t = &tally;
+    let flows = engine.flow_stats();
     eprintln!(
-        "mail-trace: {} sessions (smtp {}, pop3 {}, imap {}), {} shown; {} messages queued; replies 2xx {} 3xx {} 4xx {} 5xx {}; {} gap bytes; kernel: {} packets matched, {} records emitted, {} records lost",
+        "mail-trace: {} sessions (smtp {}, pop3 {}, imap {}), {} shown; {} messages queued; replies 2xx {} 3xx {} 4xx {} 5xx {}; {} gap bytes; {} evicted at --max-sessions {}; kernel: {} packets matched, {} records emitted, {} records lost",
         t.sessions.iter().sum::<u64>(),
         t.sessions[0],
         t.sessions[1],
@@ -485,6 +488,8 @@ pub(crate) async fn trace<W: Write>(
         t.replies[4],
         t.replies[5],
         t.gap_bytes,
+        flows.evicted,
+        args.engine.max_sessions,
         counters.matched,
         counters.records,
         counters.lost_records
