@@ -66,6 +66,11 @@ impl Tail {
         t
     }
 
+    /// The tail's process id (for /proc/PID/status).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("tail running")
+    }
+
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }

@@ -35,6 +35,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3",
     "bsdutils",
     "systemd",
+    "hping3",
 ];
 
 #[derive(Parser)]

@@ -1,6 +1,7 @@
 //! Sockets and their processes, from /proc: which TCP connection an fd is,
 //! and which process owns a connection. Read at most once per new session or
-//! TLS connection, never per packet.
+//! TLS connection, never per packet, and for sessions within a share of the
+//! time ([`ScanBudget`]).
 //!
 //! Each process's own `/proc/PID/net/tcp{,6}` is read, so processes in other
 //! network namespaces (containers, the test bed) resolve like local ones.
@@ -22,6 +23,52 @@ pub struct Process {
 impl std::fmt::Display for Process {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}[{}]", self.comm, self.pid)
+    }
+}
+
+/// The share of wall-clock time /proc scans may take, in percent. One
+/// [`owner_of`] reads every process's fds and the TCP tables, whose cost grows
+/// with the connections: under a SYN flood a single scan of the flooded
+/// namespace takes about a second. Scanning for every new session would stall
+/// the reader until the kernel ring overflows; sessions met while the budget is
+/// spent go unnamed (or are named by a later try), the capture keeps up.
+pub const MAX_SCAN_SHARE_PERCENT: u64 = 10;
+
+/// Spaces /proc scans so that they take at most [`MAX_SCAN_SHARE_PERCENT`] of the time.
+#[derive(Debug, Default)]
+pub struct ScanBudget {
+    /// No scan before this time (ns).
+    next_ok: u64,
+    /// Scans refused since the start.
+    pub refused: u64,
+}
+
+impl ScanBudget {
+    /// True when a scan may start at `now`; otherwise counts a refusal.
+    pub fn allows(&mut self, now: u64) -> bool {
+        if now < self.next_ok {
+            self.refused += 1;
+            return false;
+        }
+        true
+    }
+
+    /// A scan ran from `start` to `end`: the next waits until its cost is diluted.
+    pub fn spent(&mut self, start: u64, end: u64) {
+        let took = end.saturating_sub(start);
+        let pause = took.saturating_mul(100 / MAX_SCAN_SHARE_PERCENT - 1);
+        self.next_ok = end.saturating_add(pause);
+    }
+
+    /// `scan` if the budget allows it at `now()`, its cost accounted.
+    pub fn run<T>(&mut self, now: impl Fn() -> u64, scan: impl FnOnce() -> Option<T>) -> Option<T> {
+        let start = now();
+        if !self.allows(start) {
+            return None;
+        }
+        let r = scan();
+        self.spent(start, now());
+        r
     }
 }
 
@@ -261,6 +308,25 @@ mod tests {
 
     const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:0019 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1234 1 0000000000000000 100 0 0 10 0\n   1: 0163630A:0019 0263630A:B3A2 01 00000000:00000000 00:00000000 00000000   106        0 5678 1 0000000000000000 20 4 30 10 -1\n   2: garbage\n";
     const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0000000000000000FFFF00000163630A:03E1 0000000000000000FFFF00000263630A:C001 01 00000000:00000000 00:00000000 00000000     0        0 42 1 0\n   1: 000099FD000000000000000001000000:0019 000099FD000000000000000002000000:D000 01 00000000:00000000 00:00000000 00000000     0        0 43 1 0\n";
+
+    #[test]
+    fn scan_budget_keeps_scans_to_their_share_of_time() {
+        let mut b = ScanBudget::default();
+        assert!(b.allows(1_000));
+        b.spent(1_000, 1_000_001_000); // a one-second scan
+        assert!(!b.allows(1_000_001_000));
+        assert!(!b.allows(10_000_000_999));
+        assert_eq!(b.refused, 2);
+        assert!(b.allows(10_000_001_000), "nine seconds later: 10 %");
+        let clock = std::cell::Cell::new(20_000_000_000u64);
+        let tick = || {
+            clock.set(clock.get() + 1_000);
+            clock.get()
+        };
+        assert_eq!(b.run(tick, || Some(7)), Some(7));
+        assert_eq!(b.run(tick, || Some(8)), None, "within 9 µs of a 1 µs scan");
+        assert_eq!(b.refused, 3);
+    }
 
     #[test]
     fn parses_ipv4_rows_and_skips_garbage() {

@@ -298,12 +298,14 @@ pub(crate) async fn trace<W: Write>(
     engine_cfg.ports.sniff_other_ports = true;
     let mut engine = Engine::new(engine_cfg);
     // The kernel's socket owners (no /proc race, no privilege needed); /proc only when the
-    // socket probes could not be attached. A miss in the kernel map means the socket has not
-    // sent or received yet (the lookup at the SYN): the engine asks again with its data. A
-    // /proc scan reads every process's fds and tcp table — per new session on a busy relay
-    // that was the daemon's largest cost (14 % of its CPU under smtp-source load).
+    // socket probes could not be attached, and then within its time budget (a SYN flood must
+    // not stall the reader). A miss in the kernel map means the socket has not sent or
+    // received yet (the lookup at the SYN): the engine asks again with its data. A /proc scan
+    // reads every process's fds and tcp table — per new session on a busy relay that was the
+    // daemon's largest cost (14 % of its CPU under smtp-source load).
     // Names are cached by pid and comm: a Postfix smtpd serves up to 100 sessions.
     let mut proc_names: HashMap<(u32, String), procfs::Process> = HashMap::new();
+    let mut scans = procfs::ScanBudget::default();
     engine.set_process_lookup(Box::new(move |client, server| match owners.as_ref() {
         Some(o) => {
             let (pid, comm) = o.owner(server, client)?;
@@ -317,7 +319,7 @@ pub(crate) async fn trace<W: Write>(
                     .clone(),
             )
         }
-        None => procfs::owner_of(client, server),
+        None => scans.run(now_ns, || procfs::owner_of(client, server)),
     }));
     let mut logs = crate::cmd::maillog::start_live(&args.logs)?;
     let mut joiner = logs
@@ -490,8 +492,9 @@ pub(crate) async fn trace<W: Write>(
         anyhow::bail!("writing pcapng: {e}");
     }
     let t = &tally;
+    let flows = engine.flow_stats();
     eprintln!(
-        "mail-trace: {} sessions (smtp {}, pop3 {}, imap {}), {} shown; {} messages queued; replies 2xx {} 3xx {} 4xx {} 5xx {}; {} gap bytes; kernel: {} packets matched, {} records emitted, {} records lost",
+        "mail-trace: {} sessions (smtp {}, pop3 {}, imap {}), {} shown; {} messages queued; replies 2xx {} 3xx {} 4xx {} 5xx {}; {} gap bytes; {} evicted at --max-sessions {}; kernel: {} packets matched, {} records emitted, {} records lost",
         t.sessions.iter().sum::<u64>(),
         t.sessions[0],
         t.sessions[1],
@@ -503,6 +506,8 @@ pub(crate) async fn trace<W: Write>(
         t.replies[4],
         t.replies[5],
         t.gap_bytes,
+        flows.evicted,
+        args.engine.max_sessions,
         counters.matched,
         counters.records,
         counters.lost_records

@@ -70,6 +70,19 @@ fn report(
     }
 }
 
+/// The end of the bytes a sequence number `at` (relative) vouches for in a direction whose
+/// FIN is at `fin`. The FIN takes one sequence number but carries no byte. Seen on a RST,
+/// with that FIN unseen, the last number may be a FIN we missed as well as a byte: it is
+/// not counted, so a gap never claims more than was lost (at most one byte less).
+fn closing_edge(at: i64, fin: Option<u64>, rst: bool) -> i64 {
+    match fin {
+        Some(f) if at > f as i64 => f as i64,
+        Some(_) => at,
+        None if rst => at - 1,
+        None => at,
+    }
+}
+
 fn idx(d: Dir) -> usize {
     match d {
         Dir::ToServer => 0,
@@ -192,17 +205,16 @@ impl FlowTable {
         }
 
         // The peer received bytes we never saw: they are lost to the capture, not in flight.
-        if seg.flags.ack && !seg.flags.rst {
+        // A RST with ACK counts too: Linux's abortive close acknowledges exactly what it got.
+        if seg.flags.ack {
             let peer = &mut c.halves[idx(other(dir))];
             if let Some(a) = peer.rel(seg.ack) {
-                // The FIN takes one sequence number but carries no byte.
-                let a = match peer.fin() {
-                    Some(f) if a > f as i64 => f as i64,
-                    _ => a,
-                };
+                let a = closing_edge(a, peer.fin(), seg.flags.rst);
                 // One sequence number past everything may be a FIN we did not see, not a byte.
-                let maybe_fin =
-                    a == peer.next() as i64 + 1 && peer.fin().is_none() && !peer.holds();
+                let maybe_fin = !seg.flags.rst
+                    && a == peer.next() as i64 + 1
+                    && peer.fin().is_none()
+                    && !peer.holds();
                 if a > peer.next() as i64 && (a as u64 - peer.next()) <= MAX_SEQ_JUMP && !maybe_fin
                 {
                     peer.skip_to(a as u64, &mut |o| emit_for(other(dir), o));
@@ -232,6 +244,17 @@ impl FlowTable {
         if seg.flags.fin {
             c.used = true;
             half.set_fin(start + seg.payload.len() as i64 + lost as i64);
+        }
+        if seg.flags.rst {
+            // A RST carries the sender's next sequence number: bytes before it that we never
+            // saw were sent and lost to the capture (a ring overflow that took the QUIT and
+            // the data before it).
+            let end = start + seg.payload.len() as i64 + lost as i64;
+            let end = closing_edge(end, half.fin(), true);
+            let next = half.next() as i64;
+            if end > next && (end - next) as u64 <= MAX_SEQ_JUMP {
+                half.skip_to(end as u64, &mut |o| emit_for(dir, o));
+            }
         }
         let after = buffered(c);
         self.stats.buffered_bytes =
@@ -670,6 +693,49 @@ mod tests {
                 E::Close(1, CloseReason::Rst)
             ]
         );
+    }
+
+    #[test]
+    fn rst_reveals_bytes_lost_before_it_in_both_directions() {
+        let mut t = T::new(FlowConfig::default());
+        handshake(&mut t);
+        t.feed(&seg(S, C, 5001, 1001, "A", b"220 hi\r\n"), 4);
+        t.take();
+        // Lost: the client's 1000 bytes and QUIT, the server's 9-byte reply and its FIN. The
+        // client's abortive close says where both streams were, each give or take a FIN:
+        // the gaps claim one number less.
+        t.feed(&seg(C, S, 2007, 5019, "AR", b""), 5);
+        assert_eq!(
+            t.take(),
+            vec![
+                E::Gap(1, TC, 9),
+                E::Gap(1, TS, 1005),
+                E::Close(1, CloseReason::Rst)
+            ]
+        );
+        let st = t.table.stats();
+        assert_eq!((st.gaps, st.gap_bytes), (2, 1014));
+    }
+
+    #[test]
+    fn rst_after_a_fin_or_one_past_the_stream_is_no_gap() {
+        let mut t = T::new(FlowConfig::default());
+        handshake(&mut t);
+        t.feed(&seg(C, S, 1001, 5001, "AF", b"QUIT\r\n"), 4);
+        t.feed(&seg(C, S, 1008, 5001, "R", b""), 5); // RST after the FIN: seq FIN + 1
+        let mut u = T::new(FlowConfig::default());
+        handshake(&mut u);
+        u.feed(&seg(C, S, 1001, 5001, "A", b"QUIT\r\n"), 4);
+        u.feed(&seg(C, S, 1008, 5001, "R", b""), 5); // maybe after a FIN we did not see
+        for mut x in [t, u] {
+            let ev = x.take();
+            assert_eq!(
+                ev[1..],
+                [d(1, TS, "QUIT\r\n"), E::Close(1, CloseReason::Rst)],
+                "{ev:?}"
+            );
+            assert_eq!(x.table.stats().gaps, 0);
+        }
     }
 
     #[test]
