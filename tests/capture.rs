@@ -160,24 +160,9 @@ fn by_endpoints(streams: Vec<Stream>) -> BTreeMap<(SocketAddr, SocketAddr), Stre
 
 /// Packets in `file` as (src port, dst port) pairs.
 fn packet_ports(file: &Path) -> Vec<(u16, u16)> {
-    let out = run_ok(
-        Command::new("tshark").arg("-r").arg(file).args([
-            "-T",
-            "fields",
-            "-e",
-            "tcp.srcport",
-            "-e",
-            "tcp.dstport",
-        ]),
-        Duration::from_secs(120),
-        "tshark packet ports",
-    );
-    out.stdout
-        .lines()
-        .filter_map(|l| {
-            let (a, b) = l.split_once('\t')?;
-            Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
-        })
+    tshark::fields(file, &["tcp.srcport", "tcp.dstport"])
+        .iter()
+        .filter_map(|row| Some((row.first()?.parse().ok()?, row.get(1)?.parse().ok()?)))
         .collect()
 }
 

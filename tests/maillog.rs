@@ -488,16 +488,13 @@ fn tail_joins_the_systemd_journal() {
     std::thread::sleep(Duration::from_secs(3));
     let err = tail.interrupt();
     assert!(!err.contains("--journal:"), "{err}");
-    let postfix_log: String = logs
-        .lines()
-        .filter(|l| l.contains(" postfix/"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let dovecot_log: String = logs
-        .lines()
-        .filter(|l| l.contains(" dovecot"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let lines_with = |needle: &str| -> String {
+        logs.lines()
+            .filter(|l| l.contains(needle))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let (postfix_log, dovecot_log) = (lines_with(" postfix/"), lines_with(" dovecot"));
     let client_of = |needle: &str| -> SocketAddr {
         let rest = postfix_log
             .lines()

@@ -122,26 +122,13 @@ impl Drop for Tcpdump {
 /// Stream lengths `[client→server, server→client]` by client port, from tshark's relative
 /// sequence numbers (a retransmission cannot inflate them).
 fn truth(file: &Path) -> BTreeMap<u16, [u64; 2]> {
-    let out = run_ok(
-        Command::new("tshark").arg("-r").arg(file).args([
-            "-T",
-            "fields",
-            "-e",
-            "tcp.srcport",
-            "-e",
-            "tcp.dstport",
-            "-e",
-            "tcp.len",
-            "-e",
-            "tcp.nxtseq",
-        ]),
-        Duration::from_secs(120),
-        "tshark fields",
+    let rows = common::tshark::fields(
+        file,
+        &["tcp.srcport", "tcp.dstport", "tcp.len", "tcp.nxtseq"],
     );
     let mut len = BTreeMap::new();
-    for line in out.stdout.lines() {
-        let f: Vec<&str> = line.split('\t').collect();
-        let num = |i: usize| f.get(i).and_then(|v| v.trim().parse::<u64>().ok());
+    for f in &rows {
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
         let (Some(sp), Some(dp), Some(n)) = (num(0), num(1), num(2)) else {
             continue;
         };

@@ -106,24 +106,26 @@ pub struct Stream {
     pub server_bytes: Vec<u8>,
 }
 
+/// `tshark -r FILE -T fields -e F…`: one row per packet, the fields in the order asked for
+/// (empty where a packet has none).
+pub fn fields(file: &Path, names: &[&str]) -> Vec<Vec<String>> {
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-r").arg(file).args(["-T", "fields"]);
+    for n in names {
+        cmd.args(["-e", n]);
+    }
+    let out = run_ok(&mut cmd, READ_TIMEOUT, "tshark -T fields");
+    out.stdout
+        .lines()
+        .map(|l| l.split('\t').map(|f| f.trim().to_string()).collect())
+        .collect()
+}
+
 /// Every TCP connection in `file`, in tshark's stream order.
 pub fn streams(file: &Path) -> Vec<Stream> {
-    let out = run_ok(
-        Command::new("tshark").arg("-r").arg(file).args([
-            "-T",
-            "fields",
-            "-e",
-            "tcp.stream",
-            "-Y",
-            "tcp",
-        ]),
-        READ_TIMEOUT,
-        "tshark list streams",
-    );
-    let mut idx: Vec<u32> = out
-        .stdout
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
+    let mut idx: Vec<u32> = fields(file, &["tcp.stream"])
+        .iter()
+        .filter_map(|row| row.first()?.parse().ok())
         .collect();
     idx.sort_unstable();
     idx.dedup();
