@@ -110,7 +110,7 @@ impl Drop for MailTrace {
 }
 
 /// How many mail-trace programs are attached to `iface`: TCX links (asked of the kernel through
-/// aya, since Debian's bpftool predates TCX) plus netlink clsact filters (bpftool).
+/// aya, since Debian's bpftool predates TCX), netlink clsact filters (bpftool) and XDP (ip).
 fn attached(iface: &str) -> usize {
     use aya::programs::tc::{SchedClassifier, TcAttachType};
     let mut n = 0;
@@ -130,7 +130,15 @@ fn attached(iface: &str) -> usize {
         Duration::from_secs(20),
         "bpftool net show",
     );
+    // bpftool names XDP programs only by id; `ip -d link` gives the name.
+    let link = run_ok(
+        Command::new("ip").args(["-d", "link", "show", "dev", iface]),
+        Duration::from_secs(20),
+        "ip -d link show",
+    );
     n + out.stdout.matches("mail_trace").count()
+        + link.stdout.matches("prog/xdp id").count()
+            * link.stdout.matches("name mail_trace_xdp").count()
 }
 
 /// "… N records lost (…" from the exit summary.
@@ -258,6 +266,20 @@ fn curl(url: &str) -> String {
 #[test]
 fn capture_is_byte_identical_to_tshark_and_copies_only_mail() {
     common::require_root("capture_is_byte_identical_to_tshark_and_copies_only_mail");
+    byte_identical_capture(&[]);
+}
+
+/// The same over XDP ingress (TC egress): the XDP program has its own packet access and
+/// `bpf_loop` callbacks, which nothing else exercises.
+#[test]
+fn xdp_capture_is_byte_identical_to_tshark_and_copies_only_mail() {
+    common::require_root("xdp_capture_is_byte_identical_to_tshark_and_copies_only_mail");
+    byte_identical_capture(&["--xdp"]);
+}
+
+/// Mail over v4 and v6, plain and STARTTLS, a ≥ 1 MiB message and HTTP beside it, captured
+/// by `mail-trace capture EXTRA` and by tshark: the same mail streams and packets, no other.
+fn byte_identical_capture(extra: &[&str]) {
     let tmp = TempDir::new("cap");
     let tb = Testbed::start();
     let www = tmp.subdir("www");
@@ -268,7 +290,7 @@ fn capture_is_byte_identical_to_tshark_and_copies_only_mail() {
     let reference = tmp.path().join("tshark.pcapng");
     let ours = tmp.path().join("ours.pcapng");
     let cap = Capture::start(&tb.ns.host_if, &reference);
-    let mt = MailTrace::start(&tb.ns.host_if, &ours, &[], tmp.path());
+    let mt = MailTrace::start(&tb.ns.host_if, &ours, extra, tmp.path());
 
     let plain = swaks(v4, 25, &["--to", "alice@mx.test"]);
     assert_eq!(plain.queue_ids().len(), 1, "{}", plain.transcript);

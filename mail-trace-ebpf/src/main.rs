@@ -11,6 +11,8 @@ mod parse;
 mod tls;
 mod uprobe;
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_UNSPEC},
     helpers::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
@@ -18,9 +20,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
-use mail_trace_common::{FLAG_EGRESS, FLAG_INGRESS, FLAG_L3, FLAG_XDP};
+use mail_trace_common::{port_bit, FLAG_EGRESS, FLAG_INGRESS, FLAG_L3, FLAG_XDP};
 
-use crate::parse::{Direct, SkbLoad, Tcp, Verdict};
+use crate::parse::{Direct, SkbLoad, Tcp, Verdict, XdpLoad};
 
 #[classifier]
 pub fn mail_trace_in(ctx: TcContext) -> i32 {
@@ -42,8 +44,9 @@ pub fn mail_trace_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn tc(ctx: &TcContext, dir: u32) {
-    let Some(c) = emit::counters() else { return };
-    c.seen += 1;
+    let Some(ports) = emit::mail_ports() else {
+        return;
+    };
     // SAFETY: the context pointer is the kernel's __sk_buff.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let l3 = emit::iface_is_l3(ifindex);
@@ -51,32 +54,68 @@ fn tc(ctx: &TcContext, dir: u32) {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    // Most packets on a relay are not mail: they cost no more than this.
-    if parse::not_mail(&direct, l3, emit::port_hit) {
+    // Most packets on a relay are not mail: they cost no more than this (not even a
+    // counter: `seen` counts the packets walked).
+    if parse::not_mail(&direct, l3, |p| port_bit(ports, p)) {
         return;
     }
+    let Some(c) = emit::counters() else { return };
+    c.seen += 1;
     // Headers normally sit in the linear part; load them when they do not.
     let mut t = Tcp::new();
     let mut v = parse::parse(&direct, l3, &mut t);
     if v == Verdict::Bad {
         v = parse::parse(&SkbLoad(ctx), l3, &mut t);
     }
-    if !emit::wanted(c, v, &t) {
+    if !emit::wanted(c, ports, v, &t) {
         return;
     }
     let flags = dir | if l3 { FLAG_L3 } else { 0 };
-    let headers = tls::copy_len(&SkbLoad(ctx), &t, ctx.len());
-    let skb = ctx.as_ptr();
-    emit::emit(c, ifindex, flags, ctx.len(), headers, |off, dst, n| {
-        // SAFETY: dst has room for n bytes (bounded by the caller).
+    let hook = tls::Hook {
+        ctx: ctx.as_ptr(),
+        ext_step: tc_ext_step,
+    };
+    let headers = tls::copy_len(&SkbLoad(ctx), &t, ctx.len(), hook);
+    emit::emit(
+        c,
+        ctx.as_ptr(),
+        ifindex,
+        flags,
+        ctx.len(),
+        headers,
+        tc_chunk,
+    );
+}
+
+/// One ClientHello extension of a TC packet (`bpf_loop` callback, see `tls::ExtWalk`).
+extern "C" fn tc_ext_step(_i: u64, walk: *mut c_void) -> i64 {
+    // SAFETY: `hello_cut` passes its `ExtWalk`, alive for the whole loop.
+    let walk = unsafe { &mut *(walk as *mut tls::ExtWalk) };
+    let ctx = TcContext::new(walk.ctx.cast());
+    tls::ext_step(&SkbLoad(&ctx), walk)
+}
+
+/// One ClientHello extension of an XDP frame (`bpf_loop` callback, see `tls::ExtWalk`).
+extern "C" fn xdp_ext_step(_i: u64, walk: *mut c_void) -> i64 {
+    // SAFETY: `hello_cut` passes its `ExtWalk`, alive for the whole loop.
+    let walk = unsafe { &mut *(walk as *mut tls::ExtWalk) };
+    let md = walk.ctx.cast();
+    tls::ext_step(&XdpLoad(md), walk)
+}
+
+/// One chunk of a TC packet (`bpf_loop` callback, see `emit::emit`).
+extern "C" fn tc_chunk(i: u64, job: *mut c_void) -> i64 {
+    emit::chunk_step(i, job, |skb, off, dst, n| {
+        // SAFETY: dst has room for n bytes (bounded by the caller); skb is the context.
         unsafe { bpf_skb_load_bytes(skb, off, dst.cast(), n) }
-    });
+    })
 }
 
 #[inline(always)]
 fn xdp_in(ctx: &XdpContext) {
-    let Some(c) = emit::counters() else { return };
-    c.seen += 1;
+    let Some(ports) = emit::mail_ports() else {
+        return;
+    };
     // SAFETY: the context pointer is the kernel's xdp_md.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let l3 = emit::iface_is_l3(ifindex);
@@ -84,22 +123,32 @@ fn xdp_in(ctx: &XdpContext) {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    if parse::not_mail(&direct, l3, emit::port_hit) {
+    if parse::not_mail(&direct, l3, |p| port_bit(ports, p)) {
         return;
     }
+    let Some(c) = emit::counters() else { return };
+    c.seen += 1;
     let mut t = Tcp::new();
     let v = parse::parse(&direct, l3, &mut t);
-    if !emit::wanted(c, v, &t) {
+    if !emit::wanted(c, ports, v, &t) {
         return;
     }
     let flags = FLAG_INGRESS | FLAG_XDP | if l3 { FLAG_L3 } else { 0 };
-    let md = ctx.ctx;
     let len = (ctx.data_end() - ctx.data()) as u32;
-    let headers = tls::copy_len(&direct, &t, len);
-    emit::emit(c, ifindex, flags, len, headers, |off, dst, n| {
-        // SAFETY: dst has room for n bytes (bounded by the caller).
-        unsafe { bpf_xdp_load_bytes(md, off, dst.cast(), n) }
-    });
+    let hook = tls::Hook {
+        ctx: ctx.as_ptr(),
+        ext_step: xdp_ext_step,
+    };
+    let headers = tls::copy_len(&direct, &t, len, hook);
+    emit::emit(c, ctx.as_ptr(), ifindex, flags, len, headers, xdp_chunk);
+}
+
+/// One chunk of an XDP frame (`bpf_loop` callback, see `emit::emit`).
+extern "C" fn xdp_chunk(i: u64, job: *mut c_void) -> i64 {
+    emit::chunk_step(i, job, |md, off, dst, n| {
+        // SAFETY: dst has room for n bytes (bounded by the caller); md is the context.
+        unsafe { bpf_xdp_load_bytes(md.cast(), off, dst.cast(), n) }
+    })
 }
 
 #[cfg(not(test))]

@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
-use mail_trace_common::{Config, Counters, FlowKey, TlsFlow, MAX_HOSTS, MAX_IFACES, MAX_TLS_FLOWS};
+use mail_trace_common::{
+    Config, Counters, FlowKey, PortBits, TlsFlow, MAX_HOSTS, MAX_IFACES, MAX_TLS_FLOWS,
+};
 
 /// Resized by the loader (`--ring-size`); this is only the default.
 #[map]
@@ -13,6 +15,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 /// One byte per port: an array lookup is cheaper than a hash on every packet.
 #[map]
 pub static PORTS: Array<u8> = Array::with_max_entries(65536, 0);
+
+/// The same ports as a bitmap, for the check every packet gets.
+#[map]
+pub static MAIL_PORTS: Array<PortBits> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);

@@ -1,9 +1,9 @@
 //! Bounded header walk: Ethernet (+ up to two VLAN tags), IPv4 or IPv6 with
 //! extension headers, down to the TCP ports. Generic over how bytes are read so
 //! the same code serves direct packet access and `bpf_skb_load_bytes`.
-use core::mem::size_of;
+use core::mem::{size_of, MaybeUninit};
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::xdp_md, helpers::bpf_xdp_load_bytes, programs::TcContext};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -45,6 +45,27 @@ impl Reader for SkbLoad<'_> {
     #[inline(always)]
     fn read<T: Copy>(&self, off: usize) -> Option<T> {
         self.0.load::<T>(off).ok()
+    }
+}
+
+/// `bpf_xdp_load_bytes`: for `bpf_loop` callbacks, which cannot carry packet pointers.
+pub struct XdpLoad(pub *mut xdp_md);
+
+impl Reader for XdpLoad {
+    #[inline(always)]
+    fn read<T: Copy>(&self, off: usize) -> Option<T> {
+        let mut v = MaybeUninit::<T>::uninit();
+        // SAFETY: the helper writes at most size_of::<T>() bytes into v.
+        let r = unsafe {
+            bpf_xdp_load_bytes(
+                self.0,
+                off as u32,
+                v.as_mut_ptr().cast(),
+                size_of::<T>() as u32,
+            )
+        };
+        // SAFETY: fully written when the helper succeeded.
+        (r == 0).then(|| unsafe { v.assume_init() })
     }
 }
 

@@ -22,6 +22,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use mail_trace_common::{
+    port_bit,
     tls::{
         SockOffsets, SockOwner, SockTuple, TlsCallArgs, TlsCounters, TlsDataHeader, CONN_IN_CALL,
         CONN_NONE, CONN_THREAD, FLAG_TLS_DATA, FLAG_TLS_READ, FLAG_TLS_WRITE, MAX_TLS_CALL,
@@ -29,7 +30,7 @@ use mail_trace_common::{
     CHUNK_LEN, SMALL_CHUNK_LEN,
 };
 
-use crate::maps::{EVENTS, PORTS};
+use crate::maps::{EVENTS, MAIL_PORTS};
 
 /// Calls in flight: one per thread at a time (the SSL calls do not nest).
 #[map]
@@ -166,8 +167,8 @@ fn sock_tuple(sk: u64) -> Option<SockTuple> {
     // SAFETY: as above.
     let dport: u16 = unsafe { bpf_probe_read_kernel((sk + o.dport as u64) as *const u16) }.ok()?;
     let dport = u16::from_be(dport);
-    let mail = |p: u16| PORTS.get(p as u32).is_some_and(|&v| v != 0);
-    if !mail(num) && !mail(dport) {
+    let ports = MAIL_PORTS.get(0)?;
+    if !port_bit(ports, num) && !port_bit(ports, dport) {
         return None;
     }
     let mut t = SockTuple {

@@ -19,9 +19,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use mail_trace_common::{
-    names, Config, Counters, PacketHeader, CFG_ANY_IFACE_FLAGS, CFG_HOST_FILTER, CFG_TLS_SUPPRESS,
-    CHUNK_LEN, FLAG_EGRESS, FLAG_INGRESS, FLAG_L3, FLAG_SUPPRESSED, IFACE_L3, MAX_HOSTS,
-    MAX_IFACES, MAX_PACKET_LEN, PORT_IMPLICIT_TLS, PORT_MAIL,
+    names, Config, Counters, PacketHeader, PortBits, CFG_ANY_IFACE_FLAGS, CFG_HOST_FILTER,
+    CFG_TLS_SUPPRESS, CHUNK_LEN, FLAG_EGRESS, FLAG_INGRESS, FLAG_L3, FLAG_SUPPRESSED, IFACE_L3,
+    MAX_HOSTS, MAX_IFACES, MAX_PACKET_LEN, PORT_IMPLICIT_TLS, PORT_MAIL, PORT_WORDS,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -375,6 +375,13 @@ fn configure(ebpf: &mut Ebpf, cfg: &LiveConfig, ifaces: &[Iface]) -> Result<(), 
             .set(u32::from(p), PORT_MAIL | tls, 0)
             .map_err(|e| chain(&e))?;
     }
+    let mut bits: PortBits = [0; PORT_WORDS];
+    for &p in &cfg.ports {
+        bits[usize::from(p) / 64] |= 1 << (p % 64);
+    }
+    let mut mail_ports: Array<_, PortBits> =
+        Array::try_from(map(ebpf, names::MAIL_PORTS)?).map_err(|e| chain(&e))?;
+    mail_ports.set(0, bits, 0).map_err(|e| chain(&e))?;
     let mut v4: LpmTrie<_, [u8; 4], u8> =
         LpmTrie::try_from(map(ebpf, names::HOSTS4)?).map_err(|e| chain(&e))?;
     for h in &cfg.hosts {
