@@ -284,6 +284,23 @@ mod tests {
     use core::mem::{align_of, size_of};
 
     #[test]
+    fn port_bits_hold_exactly_the_ports_set() {
+        let mut bits: PortBits = [0; PORT_WORDS];
+        for p in [0u16, 25, 63, 64, 993, 65535] {
+            bits[usize::from(p) / 64] |= 1 << (p % 64);
+        }
+        let mut set = [0u16; 8];
+        let mut n = 0;
+        for p in (0..=u16::MAX).filter(|&p| port_bit(&bits, p)) {
+            set[n.min(7)] = p;
+            n += 1;
+        }
+        assert_eq!(n, 6);
+        assert_eq!(set[..6], [0, 25, 63, 64, 993, 65535]);
+        assert_eq!(size_of::<PortBits>(), 8192);
+    }
+
+    #[test]
     fn layouts_are_pinned() {
         assert_eq!(size_of::<PacketHeader>(), 40);
         assert_eq!(align_of::<PacketHeader>(), 8);
