@@ -229,6 +229,12 @@ impl EbpfCapture {
         }
     }
 
+    /// The next item the last ring read already queued, without waiting or reading the
+    /// ring again: lets the caller handle a whole batch per wake-up.
+    pub fn next_ready(&mut self) -> Option<Captured> {
+        self.ready.pop_front()
+    }
+
     /// Everything already in the ring, without waiting: called at shutdown so the
     /// records written since the last wake-up are not thrown away with the ring.
     pub fn take_pending(&mut self) -> Vec<Frame> {

@@ -370,18 +370,24 @@ pub(crate) async fn trace<W: Write>(
     loop {
         tokio::select! {
             item = cap.next() => {
-                let mut counted = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
-                let mut sink = Joined { joiner: joiner.as_mut(), inner: &mut counted };
-                match item? {
-                    Captured::Frame(frame) => {
-                        let id = engine.frame(&frame, &mut sink);
-                        filter.frame(id, &frame, &mut frames);
-                    }
-                    Captured::Plaintext(p) => {
-                        if let Some(r) = resolver.as_mut() {
-                            plaintext(&mut engine, r, &mut pt_tally, &p, &mut sink);
+                // The whole batch the ring read queued, in one go: a select! round per
+                // packet polls every other branch (timers, signals, the log) each time.
+                let mut item = Some(item?);
+                while let Some(it) = item {
+                    let mut counted = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
+                    let mut sink = Joined { joiner: joiner.as_mut(), inner: &mut counted };
+                    match it {
+                        Captured::Frame(frame) => {
+                            let id = engine.frame(&frame, &mut sink);
+                            filter.frame(id, &frame, &mut frames);
+                        }
+                        Captured::Plaintext(p) => {
+                            if let Some(r) = resolver.as_mut() {
+                                plaintext(&mut engine, r, &mut pt_tally, &p, &mut sink);
+                            }
                         }
                     }
+                    item = cap.next_ready();
                 }
             }
             Some(line) = next_log(&mut logs) => {
