@@ -3,10 +3,10 @@
 //! session is known to pass (then they are written, and later lines pass straight
 //! through) or ends without passing (then they are dropped). What is held is
 //! bounded per session; frames for `-w` are held and released the same way.
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 
 use crate::capture::Frame;
-use crate::flow::{ConnId, Dir};
+use crate::flow::{ConnId, Dir, FastMap};
 use crate::proto::{Event, Proto};
 use crate::session::{SessionInfo, SessionRecord, Sink};
 use crate::time::Ts;
@@ -114,9 +114,10 @@ pub trait FrameSink {
 pub struct Filter<S: Sink> {
     pub inner: S,
     criteria: Criteria,
-    sessions: HashMap<ConnId, State>,
+    /// Looked up for every event and frame: hashed with foldhash, not SipHash.
+    sessions: FastMap<ConnId, State>,
     /// Shown sessions that have ended, oldest first, at most [`MAX_ENDED_SHOWN`].
-    ended_shown: HashSet<ConnId>,
+    ended_shown: HashSet<ConnId, foldhash::fast::RandomState>,
     ended_order: VecDeque<ConnId>,
     /// Sessions shown and hidden so far.
     pub shown: u64,
@@ -128,8 +129,8 @@ impl<S: Sink> Filter<S> {
         Filter {
             inner,
             criteria,
-            sessions: HashMap::new(),
-            ended_shown: HashSet::new(),
+            sessions: FastMap::default(),
+            ended_shown: HashSet::default(),
             ended_order: VecDeque::new(),
             shown: 0,
             hidden: 0,
