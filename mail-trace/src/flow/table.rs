@@ -137,12 +137,21 @@ impl FlowTable {
     }
 
     /// Takes one TCP segment captured at `ts`; emits what it makes known, in causal order.
-    pub fn segment(&mut self, seg: &Segment<'_>, ts: Ts, out: &mut dyn FnMut(FlowEvent<'_>)) {
+    /// Returns the connection the segment belongs to: the one open after it, else the one
+    /// it closed, else none (what [`Self::conn_id`] before and after would tell, without
+    /// the two lookups).
+    pub fn segment(
+        &mut self,
+        seg: &Segment<'_>,
+        ts: Ts,
+        out: &mut dyn FnMut(FlowEvent<'_>),
+    ) -> Option<ConnId> {
         let key = key_of(seg.src, seg.dst);
         let syn_only = seg.flags.syn && !seg.flags.ack;
 
         // One lookup for the common segment of a known connection; SYNs look twice.
-        let mut known = self.conns.contains_key(&key);
+        let id_before = self.conns.get(&key).map(|c| c.id);
+        let mut known = id_before.is_some();
         if known && syn_only {
             let reused = self.conns.get(&key).is_some_and(|c| {
                 seg.src == c.client && c.used && c.halves[0].base() != Some(seg.seq.wrapping_add(1))
@@ -155,17 +164,17 @@ impl FlowTable {
         if !known {
             if self.closed.contains_key(&key) {
                 if !syn_only {
-                    return; // the tail of a connection already reported closed
+                    return id_before; // the tail of a connection already reported closed
                 }
                 self.closed.remove(&key);
             }
             if seg.flags.rst {
-                return; // a reset of something never seen opens nothing
+                return id_before; // a reset of something never seen opens nothing
             }
             self.open(key, seg, ts, out);
         }
         let Some(c) = self.conns.get_mut(&key) else {
-            return;
+            return id_before;
         };
         let dir = if seg.src == c.client {
             Dir::ToServer
@@ -228,7 +237,7 @@ impl FlowTable {
         } else {
             half.rel(seg.seq)
         };
-        let Some(start) = start else { return };
+        let Some(start) = start else { return Some(id) };
         let lost = u64::from(seg.missing);
         if !seg.payload.is_empty() || lost > 0 {
             c.used = true;
@@ -263,8 +272,12 @@ impl FlowTable {
         if seg.flags.rst {
             c.used = true;
             self.close(key, ts, CloseReason::Rst, out);
+            id_before
         } else if c.halves.iter().all(|h| h.fin().is_some()) {
             self.close(key, ts, CloseReason::Fin, out);
+            id_before
+        } else {
+            Some(id)
         }
     }
 
@@ -466,9 +479,14 @@ mod tests {
                 ev: Vec::new(),
             }
         }
+        /// Also checks, for every segment of every test, the connection `segment` returns:
+        /// the one open after it, else the one open before it.
         fn feed(&mut self, s: &Segment<'_>, ts: Ts) {
             let ev = &mut self.ev;
-            self.table.segment(s, ts, &mut |e| ev.push(own(e)));
+            let before = self.table.conn_id(s.src, s.dst);
+            let got = self.table.segment(s, ts, &mut |e| ev.push(own(e)));
+            let want = self.table.conn_id(s.src, s.dst).or(before);
+            assert_eq!(got, want, "{s:?}");
         }
         fn finish(&mut self, ts: Ts) {
             let ev = &mut self.ev;
