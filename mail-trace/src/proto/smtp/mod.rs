@@ -556,18 +556,20 @@ impl Smtp {
             _ => None,
         };
         let size = live.map(|s| s.size).or(t.size);
+        // Decoded (or copied) only when shown: most records never show headers.
         let summary = match (&t.summary, live) {
-            (Some(s), _) => Some(s.clone()),
-            (None, Some(scanner)) => Some(scanner.peek_summary()),
+            _ if !self.privacy.show_headers => None,
+            (Some(s), _) => Some(std::borrow::Cow::Borrowed(s)),
+            (None, Some(scanner)) => Some(std::borrow::Cow::Owned(scanner.peek_summary())),
             (None, None) => None,
         };
         let headers = match summary {
-            Some(s) if self.privacy.show_headers => {
-                let h = s.headers;
+            Some(s) => {
+                let h = &s.headers;
                 json!({"from": h.from, "to": h.to, "cc": h.cc, "subject": h.subject,
                        "message_id": h.message_id, "date": h.date, "content_type": h.content_type})
             }
-            _ => Value::Null,
+            None => Value::Null,
         };
         let rcpt: Vec<Value> = t
             .rcpt
