@@ -503,13 +503,17 @@ impl Dissector for Smtp {
     }
 
     fn record(&self) -> Map<String, Value> {
-        let mut m = Map::new();
+        // Sized for these fields and the engine's two optional ones (process, plaintext).
+        let mut m = Map::with_capacity(12);
         m.insert(
             "greeting".into(),
-            self.greeting.as_ref().map_or(
-                Value::Null,
-                |g| json!({"code": g.code, "text": g.text, "delay_ms": g.delay_ms}),
-            ),
+            self.greeting.as_ref().map_or(Value::Null, |g| {
+                object([
+                    ("code", json!(g.code)),
+                    ("text", json!(g.text)),
+                    ("delay_ms", json!(g.delay_ms)),
+                ])
+            }),
         );
         m.insert("helo".into(), json!(self.helo));
         m.insert("ehlo".into(), json!(self.ehlo));
@@ -544,7 +548,21 @@ fn sasl_mech(s: &Option<SaslExchange>) -> &str {
 }
 
 fn reply_json(r: &Reply) -> Value {
-    json!({"code": r.code, "enhanced": r.enhanced, "text": r.text()})
+    object([
+        ("code", json!(r.code)),
+        ("enhanced", json!(r.enhanced)),
+        ("text", json!(r.text())),
+    ])
+}
+
+/// A JSON object allocated at its final size (`json!` grows its map entry by entry, and
+/// every record builds a few dozen of them).
+fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
+    let mut m = Map::with_capacity(N);
+    for (k, v) in fields {
+        m.insert(k.to_string(), v);
+    }
+    Value::Object(m)
 }
 
 impl Smtp {
@@ -575,24 +593,37 @@ impl Smtp {
             .rcpt
             .iter()
             .map(|r| {
-                json!({"addr": r.addr, "params": r.params,
-                       "code": r.reply.as_ref().map(|x| x.code),
-                       "enhanced": r.reply.as_ref().and_then(|x| x.enhanced.clone()),
-                       "text": r.reply.as_ref().map(Reply::text)})
+                object([
+                    ("addr", json!(r.addr)),
+                    ("params", json!(r.params)),
+                    ("code", json!(r.reply.as_ref().map(|x| x.code))),
+                    (
+                        "enhanced",
+                        json!(r.reply.as_ref().and_then(|x| x.enhanced.as_ref())),
+                    ),
+                    ("text", json!(r.reply.as_ref().map(Reply::text))),
+                ])
             })
             .collect();
-        json!({
-            "mail_from": t.mail_from,
-            "mail_params": t.mail_params,
-            "rcpt": rcpt,
-            "data_code": t.data_code,
-            "bdat_chunks": t.bdat_chunks,
-            "size": size,
-            "queue_id": t.queue_id,
-            "headers": headers,
-            "reply": t.reply.as_ref().map_or(Value::Null, reply_json),
-            "dsn": if t.dsn.is_empty() { Value::Null } else { json!({"recipients": t.dsn}) },
-        })
+        object([
+            ("mail_from", json!(t.mail_from)),
+            ("mail_params", json!(t.mail_params)),
+            ("rcpt", Value::Array(rcpt)),
+            ("data_code", json!(t.data_code)),
+            ("bdat_chunks", json!(t.bdat_chunks)),
+            ("size", json!(size)),
+            ("queue_id", json!(t.queue_id)),
+            ("headers", headers),
+            ("reply", t.reply.as_ref().map_or(Value::Null, reply_json)),
+            (
+                "dsn",
+                if t.dsn.is_empty() {
+                    Value::Null
+                } else {
+                    json!({"recipients": t.dsn})
+                },
+            ),
+        ])
     }
 
     /// How an AUTH command is shown; also starts the exchange.
