@@ -424,7 +424,7 @@ impl Smtp {
         Some(self.transactions.len() - 1)
     }
 
-    fn line_anomalies(&mut self, line: &Line<'_>, ts: Ts) -> String {
+    fn line_anomalies<'l>(&mut self, line: &Line<'l>, ts: Ts) -> std::borrow::Cow<'l, str> {
         if line.overlong || line.text.len() as u64 > message::MAX_TEXT_LINE {
             self.anomaly("line-too-long", ts);
         }
@@ -435,13 +435,11 @@ impl Smtp {
         if line.text.contains(&0) {
             self.anomaly("nul-byte", ts);
         }
-        match std::str::from_utf8(line.text) {
-            Ok(s) => s.to_string(),
-            Err(_) => {
-                self.anomaly("non-utf8", ts);
-                String::from_utf8_lossy(line.text).into_owned()
-            }
+        let text = String::from_utf8_lossy(line.text);
+        if let std::borrow::Cow::Owned(_) = text {
+            self.anomaly("non-utf8", ts);
         }
+        text
     }
 }
 
