@@ -153,6 +153,14 @@ impl ReplyBuilder {
 /// The queue id an MTA names in its end-of-data reply:
 /// Postfix `250 2.0.0 Ok: queued as 4Xyz…`, Exim `250 OK id=1abcDE-000123-Ab`,
 /// Sendmail `250 2.0.0 x9SFG8Qd012345 Message accepted for delivery`.
+/// Where `needle` first starts in `text`: a plain scan, as the texts are short (a
+/// general substring search sets up more than it then searches).
+fn find(text: &str, needle: &str) -> Option<usize> {
+    text.as_bytes()
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+}
+
 pub fn queue_id(reply: &Reply) -> Option<String> {
     let text = reply.lines.first()?;
     let clean = |s: &str| {
@@ -164,10 +172,10 @@ pub fn queue_id(reply: &Reply) -> Option<String> {
         let id = id.trim_end_matches('.').to_string();
         (!id.is_empty()).then_some(id)
     };
-    if let Some(i) = text.find("queued as ") {
+    if let Some(i) = find(text, "queued as ") {
         return clean(&text[i + 10..]);
     }
-    if let Some(i) = text.find("id=") {
+    if let Some(i) = find(text, "id=") {
         return clean(&text[i + 3..]);
     }
     let mut words = text.split_whitespace();
@@ -280,6 +288,19 @@ mod tests {
             r.text(),
             "The email account that you tried to reach does not exist. / https://support.example/?p=NoSuchUser x1si"
         );
+    }
+
+    #[test]
+    fn find_is_str_find() {
+        for (text, needle) in [
+            ("Ok: queued as 4AB", "queued as "),
+            ("queued as ", "queued as "),
+            ("queued a", "queued as "),
+            ("é id=x id=y", "id="),
+            ("", "id="),
+        ] {
+            assert_eq!(find(text, needle), text.find(needle), "{text:?}");
+        }
     }
 
     #[test]
