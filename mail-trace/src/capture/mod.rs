@@ -46,6 +46,22 @@ pub struct Frame {
     /// encrypted flows header-only): they are skipped, not lost.
     pub suppressed: bool,
 }
+
+impl Frame {
+    /// A frame with no bytes, to be filled by a source that reuses its buffer
+    /// ([`pcap::PcapSource::next_frame_into`]).
+    pub fn empty() -> Self {
+        Frame {
+            ts: 0,
+            iface: 0,
+            dir: Direction::Unknown,
+            link: LinkType::Ethernet,
+            orig_len: 0,
+            data: Vec::new(),
+            suppressed: false,
+        }
+    }
+}
 pub mod btf;
 pub mod ebpf;
 pub mod procfs;

@@ -209,6 +209,13 @@ impl PcapSource {
 
     /// The next frame; after an error, `None` for ever (the frames before it stay valid).
     pub fn next_frame(&mut self) -> Option<Result<Frame, CaptureError>> {
+        let mut frame = Frame::empty();
+        self.next_frame_into(&mut frame).map(|r| r.map(|()| frame))
+    }
+
+    /// [`Self::next_frame`] into `frame`, whose buffer is reused: a replay reads every
+    /// packet into one allocation instead of one per packet.
+    pub fn next_frame_into(&mut self, frame: &mut Frame) -> Option<Result<(), CaptureError>> {
         if self.done {
             return None;
         }
@@ -218,20 +225,20 @@ impl PcapSource {
                 nanos,
                 link,
                 dlt,
-            } => next_pcap(reader, *nanos, *link, *dlt),
+            } => next_pcap(reader, *nanos, *link, *dlt, frame),
             Inner::PcapNg {
                 reader,
                 ng,
                 section_base,
                 last_ts,
-            } => next_pcapng(reader, ng, &mut self.ifaces, section_base, last_ts),
+            } => next_pcapng(reader, ng, &mut self.ifaces, section_base, last_ts, frame),
         };
         match r {
-            Ok(Some(frame)) => {
+            Ok(true) => {
                 self.frames += 1;
-                Some(Ok(frame))
+                Some(Ok(()))
             }
-            Ok(None) => {
+            Ok(false) => {
                 self.done = true;
                 None
             }
@@ -289,9 +296,10 @@ fn next_pcap(
     nanos: bool,
     link: Option<LinkType>,
     dlt: u32,
-) -> Result<Option<Frame>, ReadError> {
+    frame: &mut Frame,
+) -> Result<bool, ReadError> {
     let Some(raw) = reader.next_raw_packet() else {
-        return Ok(None);
+        return Ok(false);
     };
     let raw = raw?;
     let link = link.ok_or(ReadError::Link(dlt))?;
@@ -300,17 +308,16 @@ fn next_pcap(
     } else {
         u64::from(raw.ts_frac) * 1_000
     };
-    let data = raw.data.into_owned();
-    Ok(Some(Frame {
-        ts: u64::from(raw.ts_sec) * 1_000_000_000 + frac_ns,
-        iface: 0,
-        dir: Direction::Unknown,
-        link,
-        // Some writers leave orig_len below incl_len; the bytes present are the truth.
-        orig_len: raw.orig_len.max(data.len() as u32),
-        data,
-        suppressed: false,
-    }))
+    frame.data.clear();
+    frame.data.extend_from_slice(&raw.data);
+    frame.ts = u64::from(raw.ts_sec) * 1_000_000_000 + frac_ns;
+    frame.iface = 0;
+    frame.dir = Direction::Unknown;
+    frame.link = link;
+    // Some writers leave orig_len below incl_len; the bytes present are the truth.
+    frame.orig_len = raw.orig_len.max(frame.data.len() as u32);
+    frame.suppressed = false;
+    Ok(true)
 }
 
 fn iface_of(idb: &InterfaceDescriptionBlock<'_>) -> Result<(IfaceInfo, NgIface), ReadError> {
@@ -355,13 +362,16 @@ fn next_pcapng(
     ifaces: &mut Vec<IfaceInfo>,
     section_base: &mut usize,
     last_ts: &mut Ts,
-) -> Result<Option<Frame>, ReadError> {
+    frame: &mut Frame,
+) -> Result<bool, ReadError> {
     loop {
         let Some(block) = reader.next_block() else {
-            return Ok(None);
+            return Ok(false);
         };
-        // (interface index in this section, raw ticks or None for SPB, orig_len, data, dir)
-        let (local, ticks, orig_len, data, dir) = match block? {
+        let data = &mut frame.data;
+        // (interface index in this section, raw ticks or None for SPB, orig_len, dir); the
+        // bytes go to `data`.
+        let (local, ticks, orig_len, dir) = match block? {
             Block::SectionHeader(_) => {
                 *section_base = ifaces.len();
                 continue;
@@ -386,17 +396,15 @@ fn next_pcapng(
                 // pcap-file stores the raw tick count in a Duration's nanoseconds.
                 let ticks = u64::try_from(epb.timestamp.as_nanos()).unwrap_or(u64::MAX);
                 let (id, orig) = (epb.interface_id as usize, epb.original_len);
-                (id, Some(ticks), orig, epb.data.into_owned(), dir)
+                data.clear();
+                data.extend_from_slice(&epb.data);
+                (id, Some(ticks), orig, dir)
             }
             Block::Packet(pb) => {
                 let (id, orig) = (usize::from(pb.interface_id), pb.original_len);
-                (
-                    id,
-                    Some(pb.timestamp),
-                    orig,
-                    pb.data.into_owned(),
-                    Direction::Unknown,
-                )
+                data.clear();
+                data.extend_from_slice(&pb.data);
+                (id, Some(pb.timestamp), orig, Direction::Unknown)
             }
             Block::SimplePacket(spb) => {
                 let snap = ifaces
@@ -406,8 +414,9 @@ fn next_pcapng(
                     .unwrap_or(u32::MAX);
                 // The block body is padded to 4 bytes; the packet is original_len cut to snaplen.
                 let keep = (spb.original_len.min(snap) as usize).min(spb.data.len());
-                let data = spb.data[..keep].to_vec();
-                (0, None, spb.original_len, data, Direction::Unknown)
+                data.clear();
+                data.extend_from_slice(&spb.data[..keep]);
+                (0, None, spb.original_len, Direction::Unknown)
             }
             _ => continue,
         };
@@ -423,15 +432,13 @@ fn next_pcapng(
             None => *last_ts,
         };
         *last_ts = ts;
-        return Ok(Some(Frame {
-            ts,
-            iface: u32::try_from(idx).unwrap_or(u32::MAX),
-            dir,
-            link,
-            orig_len: orig_len.max(data.len() as u32),
-            data,
-            suppressed: false,
-        }));
+        frame.ts = ts;
+        frame.iface = u32::try_from(idx).unwrap_or(u32::MAX);
+        frame.dir = dir;
+        frame.link = link;
+        frame.orig_len = orig_len.max(frame.data.len() as u32);
+        frame.suppressed = false;
+        return Ok(true);
     }
 }
 
@@ -509,6 +516,22 @@ mod tests {
                 .collect::<Result<Vec<_>, _>>()
                 .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             assert!(tcp.iter().any(|s| s.is_some()), "{}", f.display());
+        }
+    }
+
+    #[test]
+    fn reused_frame_reads_the_same_frames_as_fresh_ones() {
+        let mut files = Vec::new();
+        captures(&corpus(), &mut files);
+        for f in files {
+            let (want, _) = read_all(&f);
+            let mut src = PcapSource::open(&f).unwrap();
+            let mut frame = Frame::empty();
+            let mut got = Vec::new();
+            while let Some(Ok(())) = src.next_frame_into(&mut frame) {
+                got.push(frame.clone());
+            }
+            assert_eq!(got, want, "{}", f.display());
         }
     }
 

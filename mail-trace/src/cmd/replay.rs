@@ -3,6 +3,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use crate::capture::pcap::PcapSource;
+use crate::capture::Frame;
 use crate::cmd::output::OutputArgs;
 use crate::maillog::join::Joined;
 use crate::output::filter::{Criteria, Filter, NoFrames, Selected};
@@ -53,6 +54,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
         frames: &mut NoFrames,
     };
     let mut status = 0;
+    let mut frame = Frame::empty();
     for path in &args.files {
         let mut src = match PcapSource::open(path) {
             Ok(s) => s,
@@ -63,9 +65,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
             }
         };
         let (mut last_tick, mut last_ts) = (0u64, 0u64);
-        while let Some(frame) = src.next_frame() {
-            match frame {
-                Ok(frame) => {
+        while let Some(read) = src.next_frame_into(&mut frame) {
+            match read {
+                Ok(()) => {
                     if let Some(l) = logs.as_mut() {
                         l.feed_until(frame.ts, &mut out);
                     }

@@ -3,6 +3,7 @@
 //!
 //! Time is passed in with every call (the capture's clock), never read here.
 use std::collections::{BTreeMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 
 use super::reassembly::{Half, Out, MAX_SEQ_JUMP};
@@ -11,13 +12,33 @@ use crate::time::Ts;
 use crate::wire::Segment;
 
 /// The two endpoints, lower first, so both directions find the same entry.
-type Key = (SocketAddr, SocketAddr);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Key(SocketAddr, SocketAddr);
+
+/// Hashed as a few whole words (every field `Eq` compares but the IPv6 flow label and
+/// scope): the derived hash feeds the hasher a dozen small pieces, and the table is
+/// looked up for every segment.
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        for a in [&self.0, &self.1] {
+            match a {
+                SocketAddr::V4(v4) => {
+                    h.write_u64(u64::from(v4.ip().to_bits()) << 16 | u64::from(v4.port()))
+                }
+                SocketAddr::V6(v6) => {
+                    h.write_u128(v6.ip().to_bits());
+                    h.write_u16(v6.port());
+                }
+            }
+        }
+    }
+}
 
 fn key_of(a: SocketAddr, b: SocketAddr) -> Key {
     if a <= b {
-        (a, b)
+        Key(a, b)
     } else {
-        (b, a)
+        Key(b, a)
     }
 }
 
@@ -137,12 +158,21 @@ impl FlowTable {
     }
 
     /// Takes one TCP segment captured at `ts`; emits what it makes known, in causal order.
-    pub fn segment(&mut self, seg: &Segment<'_>, ts: Ts, out: &mut dyn FnMut(FlowEvent<'_>)) {
+    /// Returns the connection the segment belongs to: the one open after it, else the one
+    /// it closed, else none (what [`Self::conn_id`] before and after would tell, without
+    /// the two lookups).
+    pub fn segment(
+        &mut self,
+        seg: &Segment<'_>,
+        ts: Ts,
+        out: &mut dyn FnMut(FlowEvent<'_>),
+    ) -> Option<ConnId> {
         let key = key_of(seg.src, seg.dst);
         let syn_only = seg.flags.syn && !seg.flags.ack;
 
         // One lookup for the common segment of a known connection; SYNs look twice.
-        let mut known = self.conns.contains_key(&key);
+        let id_before = self.conns.get(&key).map(|c| c.id);
+        let mut known = id_before.is_some();
         if known && syn_only {
             let reused = self.conns.get(&key).is_some_and(|c| {
                 seg.src == c.client && c.used && c.halves[0].base() != Some(seg.seq.wrapping_add(1))
@@ -155,17 +185,17 @@ impl FlowTable {
         if !known {
             if self.closed.contains_key(&key) {
                 if !syn_only {
-                    return; // the tail of a connection already reported closed
+                    return id_before; // the tail of a connection already reported closed
                 }
                 self.closed.remove(&key);
             }
             if seg.flags.rst {
-                return; // a reset of something never seen opens nothing
+                return id_before; // a reset of something never seen opens nothing
             }
             self.open(key, seg, ts, out);
         }
         let Some(c) = self.conns.get_mut(&key) else {
-            return;
+            return id_before;
         };
         let dir = if seg.src == c.client {
             Dir::ToServer
@@ -228,7 +258,7 @@ impl FlowTable {
         } else {
             half.rel(seg.seq)
         };
-        let Some(start) = start else { return };
+        let Some(start) = start else { return Some(id) };
         let lost = u64::from(seg.missing);
         if !seg.payload.is_empty() || lost > 0 {
             c.used = true;
@@ -263,8 +293,12 @@ impl FlowTable {
         if seg.flags.rst {
             c.used = true;
             self.close(key, ts, CloseReason::Rst, out);
+            id_before
         } else if c.halves.iter().all(|h| h.fin().is_some()) {
             self.close(key, ts, CloseReason::Fin, out);
+            id_before
+        } else {
+            Some(id)
         }
     }
 
@@ -466,9 +500,14 @@ mod tests {
                 ev: Vec::new(),
             }
         }
+        /// Also checks, for every segment of every test, the connection `segment` returns:
+        /// the one open after it, else the one open before it.
         fn feed(&mut self, s: &Segment<'_>, ts: Ts) {
             let ev = &mut self.ev;
-            self.table.segment(s, ts, &mut |e| ev.push(own(e)));
+            let before = self.table.conn_id(s.src, s.dst);
+            let got = self.table.segment(s, ts, &mut |e| ev.push(own(e)));
+            let want = self.table.conn_id(s.src, s.dst).or(before);
+            assert_eq!(got, want, "{s:?}");
         }
         fn finish(&mut self, ts: Ts) {
             let ev = &mut self.ev;
@@ -496,6 +535,28 @@ mod tests {
         t.feed(&seg(C, S, 1000, 0, "S", b""), 1);
         t.feed(&seg(S, C, 5000, 1001, "SA", b""), 2);
         t.feed(&seg(C, S, 1001, 5001, "A", b""), 3);
+    }
+
+    #[test]
+    fn key_is_the_same_both_ways_and_hashes_alike() {
+        let hash = |k: &Key| {
+            let mut h = std::hash::DefaultHasher::new();
+            k.hash(&mut h);
+            h.finish()
+        };
+        let pairs: [(&str, &str); 2] = [
+            ("10.99.0.1:40000", "10.99.0.2:25"),
+            ("[fd99::1]:40000", "[fd99::2]:25"),
+        ];
+        for (a, b) in pairs {
+            let (a, b): (SocketAddr, SocketAddr) = (a.parse().unwrap(), b.parse().unwrap());
+            assert_eq!(key_of(a, b), key_of(b, a));
+            assert_eq!(hash(&key_of(a, b)), hash(&key_of(b, a)));
+            let mut other = b;
+            other.set_port(26);
+            assert_ne!(key_of(a, b), key_of(a, other));
+            assert_ne!(hash(&key_of(a, b)), hash(&key_of(a, other)));
+        }
     }
 
     #[test]

@@ -232,12 +232,11 @@ impl Engine {
                 return None;
             }
         };
-        // Looked up before and after: a FIN or RST removes the connection.
-        let before = self.flows.conn_id(seg.src, seg.dst);
+        let mut id = None;
         self.drive(sink, |flows, on_event| {
-            flows.segment(&seg, frame.ts, on_event)
+            id = flows.segment(&seg, frame.ts, on_event);
         });
-        self.flows.conn_id(seg.src, seg.dst).or(before)
+        id
     }
 
     /// Runs one flow-table call with every event it reports handled in order.

@@ -55,8 +55,9 @@ impl Serialize for SessionRecord {
             "duration_ms",
             &crate::time::millis_between(self.start, self.end),
         )?;
-        m.serialize_entry("client", &self.client.to_string())?;
-        m.serialize_entry("server", &self.server.to_string())?;
+        // Written straight into the output, not into a String first.
+        m.serialize_entry("client", &format_args!("{}", self.client))?;
+        m.serialize_entry("server", &format_args!("{}", self.server))?;
         m.serialize_entry("partial", &self.partial)?;
         m.serialize_entry("gaps", &self.gaps)?;
         m.serialize_entry("close", &self.close)?;
@@ -72,11 +73,21 @@ impl Serialize for SessionRecord {
         }
         m.serialize_entry(
             "bytes",
-            &serde_json::json!({"c": self.bytes[0], "s": self.bytes[1]}),
+            &Bytes {
+                c: self.bytes[0],
+                s: self.bytes[1],
+            },
         )?;
         m.serialize_entry("anomalies", &self.anomalies)?;
         m.end()
     }
+}
+
+/// `bytes` of the record: payload bytes client→server and server→client.
+#[derive(serde::Serialize)]
+struct Bytes {
+    c: u64,
+    s: u64,
 }
 
 #[cfg(test)]

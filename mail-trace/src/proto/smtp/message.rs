@@ -128,6 +128,11 @@ impl BodyScanner {
                 if self.end_line() {
                     return Some(i + 1);
                 }
+                if !self.in_headers && self.report.is_none() {
+                    // The headers ended within this segment: the rest is body.
+                    let rest = i + 1;
+                    return self.feed_body(&data[rest..]).map(|n| rest + n);
+                }
                 continue;
             }
             if self.last_cr {
@@ -151,43 +156,46 @@ impl BodyScanner {
         None
     }
 
-    /// [`Self::feed`] past the headers when no byte is kept: whole line pieces at a time,
-    /// with the same counts as the byte loop (most of a message is body).
+    /// [`Self::feed`] past the headers when no byte is kept, with the same counts as the
+    /// byte loop (most of a message is body): one search per line for its end, and the
+    /// rare bytes (CR, NUL) counted over the whole segment at once.
     fn feed_body(&mut self, data: &[u8]) -> Option<usize> {
-        let mut i = 0;
-        while i < data.len() {
-            let rest = &data[i..];
-            let run = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
-            if let Some(&last) = rest[..run].last() {
-                let piece = &rest[..run];
-                if self.line_len == 0 {
-                    self.first = piece[0];
-                }
-                // A line usually holds one CR (its last byte) and no NUL: search, don't scan.
-                let (mut crs, mut nuls) = (0u64, 0u64);
-                for at in memchr::memchr2_iter(b'\r', 0, piece) {
-                    if piece[at] == b'\r' {
-                        crs += 1;
-                    } else {
-                        nuls += 1;
-                    }
-                }
-                // A CR is bare when another byte than LF follows it (the last one waits).
-                let last_cr = last == b'\r';
-                self.facts.bare_cr += u64::from(self.last_cr) + crs - u64::from(last_cr);
-                self.facts.nul_bytes += nuls;
-                self.line_len += run as u64;
-                self.last_cr = last_cr;
-            }
-            i += run;
-            if i < data.len() {
-                i += 1;
-                if self.end_line() {
-                    return Some(i);
-                }
+        let carried_cr = self.last_cr;
+        // LFs whose previous byte in the stream is a CR: each pairs with one CR.
+        let mut crlf = 0u64;
+        let mut start = 0;
+        let mut end = None;
+        for nl in memchr::memchr_iter(b'\n', data) {
+            self.piece(&data[start..nl]);
+            crlf += u64::from(self.last_cr);
+            start = nl + 1;
+            if self.end_line() {
+                end = Some(start);
+                break;
             }
         }
-        None
+        if end.is_none() {
+            self.piece(&data[start..]);
+        }
+        let seen = &data[..end.unwrap_or(data.len())];
+        let crs = memchr::memchr_iter(b'\r', seen).count() as u64;
+        self.facts.nul_bytes += memchr::memchr_iter(0, seen).count() as u64;
+        // Every CR is followed by an LF, by another byte (bare), or by nothing yet (it
+        // waits: `last_cr`, still set only when the segment ends with it).
+        let paired = crlf + u64::from(self.last_cr);
+        self.facts.bare_cr += (u64::from(carried_cr) + crs).saturating_sub(paired);
+        end
+    }
+
+    /// Bytes of a line without its LF (the line may go on in the next segment).
+    fn piece(&mut self, piece: &[u8]) {
+        if let (Some(&first), Some(&last)) = (piece.first(), piece.last()) {
+            if self.line_len == 0 {
+                self.first = first;
+            }
+            self.line_len += piece.len() as u64;
+            self.last_cr = last == b'\r';
+        }
     }
 
     /// `len` bytes of the message are missing.
@@ -496,6 +504,82 @@ mod tests {
                 assert_eq!(s.size, 38, "{size} {keep_report}");
             }
         }
+    }
+
+    /// Feeds `chunks`; returns where the data ended (offset in the whole), size and facts.
+    /// `bytewise` keeps the byte loop throughout (a kept report does): the reference.
+    fn scan(chunks: &[&[u8]], bytewise: bool) -> (Option<usize>, u64, BodyFacts) {
+        let mut s = BodyScanner::new(true);
+        if bytewise {
+            s.report = Some(Vec::new());
+        }
+        let mut fed = 0;
+        for c in chunks {
+            if let Some(n) = s.feed(c) {
+                return (Some(fed + n), s.size, s.facts);
+            }
+            fed += c.len();
+        }
+        (None, s.size, s.facts)
+    }
+
+    /// A message with every fact the body scanner counts, ending in `\r\n.\r\n` then QUIT.
+    fn odd_message() -> Vec<u8> {
+        let mut m = b"Subject: s\r\n\r\n".to_vec();
+        m.extend(b"plain\r\n..stuffed\r\n\r\rcr\r\r\n\0nul\0\r\nbare\n.\nfake\r\n.\n");
+        m.extend(vec![b'y'; 999]);
+        m.extend(b"\r\n");
+        m.extend(vec![b'z'; 998]);
+        m.extend(b"\r\n.\r\r\n\r\n.\r\nQUIT\r\n");
+        m
+    }
+
+    #[test]
+    fn body_search_matches_the_byte_loop_at_every_split() {
+        let msg = odd_message();
+        let end = msg.len() - 6;
+        let want = scan(&[&msg], true);
+        assert_eq!(want.0, Some(end));
+        assert_eq!(
+            want.2,
+            BodyFacts {
+                bare_lf: 3,
+                bare_cr: 4,
+                long_lines: 1,
+                nul_bytes: 2,
+                fake_end_markers: 2,
+                header_parse_failed: 0,
+            }
+        );
+        for at in 0..=msg.len() {
+            let (a, b) = msg.split_at(at);
+            assert_eq!(scan(&[a, b], false), want, "split at {at}");
+            assert_eq!(scan(&[a, b], true), want, "bytewise split at {at}");
+        }
+        for size in 1..=80 {
+            let chunks: Vec<&[u8]> = msg.chunks(size).collect();
+            assert_eq!(scan(&chunks, false), want, "chunks of {size}");
+        }
+    }
+
+    #[test]
+    fn end_marker_split_at_every_position_is_found_once() {
+        let body: &[u8] = b"Subject: t\r\n\r\nline one\r\nline two\r\n.\r\nQUIT\r\n";
+        let end = body.len() - 6;
+        for at in end - 5..=end {
+            for bytewise in [false, true] {
+                let (a, b) = body.split_at(at);
+                let (found, size, facts) = scan(&[a, b], bytewise);
+                assert_eq!(found, Some(end), "{at} {bytewise}");
+                assert_eq!(size, 14 + 10 + 10, "{at} {bytewise}");
+                assert_eq!(facts, BodyFacts::default(), "{at} {bytewise}");
+            }
+        }
+        // The end marker in three pieces, and a CR left waiting at a segment end.
+        assert_eq!(
+            scan(&[b"Subject: t\r\n\r\nx\r", b"\n.", b"\r", b"\n"], false).0,
+            Some(20)
+        );
     }
 
     #[test]

@@ -424,7 +424,7 @@ impl Smtp {
         Some(self.transactions.len() - 1)
     }
 
-    fn line_anomalies(&mut self, line: &Line<'_>, ts: Ts) -> String {
+    fn line_anomalies<'l>(&mut self, line: &Line<'l>, ts: Ts) -> std::borrow::Cow<'l, str> {
         if line.overlong || line.text.len() as u64 > message::MAX_TEXT_LINE {
             self.anomaly("line-too-long", ts);
         }
@@ -435,13 +435,11 @@ impl Smtp {
         if line.text.contains(&0) {
             self.anomaly("nul-byte", ts);
         }
-        match std::str::from_utf8(line.text) {
-            Ok(s) => s.to_string(),
-            Err(_) => {
-                self.anomaly("non-utf8", ts);
-                String::from_utf8_lossy(line.text).into_owned()
-            }
+        let text = text_of(line.text);
+        if let std::borrow::Cow::Owned(_) = text {
+            self.anomaly("non-utf8", ts);
         }
+        text
     }
 }
 
@@ -503,13 +501,17 @@ impl Dissector for Smtp {
     }
 
     fn record(&self) -> Map<String, Value> {
-        let mut m = Map::new();
+        // Sized for these fields and the engine's two optional ones (process, plaintext).
+        let mut m = Map::with_capacity(12);
         m.insert(
             "greeting".into(),
-            self.greeting.as_ref().map_or(
-                Value::Null,
-                |g| json!({"code": g.code, "text": g.text, "delay_ms": g.delay_ms}),
-            ),
+            self.greeting.as_ref().map_or(Value::Null, |g| {
+                object([
+                    ("code", json!(g.code)),
+                    ("text", json!(g.text)),
+                    ("delay_ms", json!(g.delay_ms)),
+                ])
+            }),
         );
         m.insert("helo".into(), json!(self.helo));
         m.insert("ehlo".into(), json!(self.ehlo));
@@ -544,7 +546,30 @@ fn sasl_mech(s: &Option<SaslExchange>) -> &str {
 }
 
 fn reply_json(r: &Reply) -> Value {
-    json!({"code": r.code, "enhanced": r.enhanced, "text": r.text()})
+    object([
+        ("code", json!(r.code)),
+        ("enhanced", json!(r.enhanced)),
+        ("text", json!(r.text())),
+    ])
+}
+
+/// A line as text: borrowed when it is UTF-8 (checked by the fast validator; the lossy
+/// conversion's is several times slower), else with U+FFFD for the bad bytes.
+pub(super) fn text_of(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
+/// A JSON object allocated at its final size (`json!` grows its map entry by entry, and
+/// every record builds a few dozen of them).
+fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
+    let mut m = Map::with_capacity(N);
+    for (k, v) in fields {
+        m.insert(k.to_string(), v);
+    }
+    Value::Object(m)
 }
 
 impl Smtp {
@@ -556,41 +581,56 @@ impl Smtp {
             _ => None,
         };
         let size = live.map(|s| s.size).or(t.size);
+        // Decoded (or copied) only when shown: most records never show headers.
         let summary = match (&t.summary, live) {
-            (Some(s), _) => Some(s.clone()),
-            (None, Some(scanner)) => Some(scanner.peek_summary()),
+            _ if !self.privacy.show_headers => None,
+            (Some(s), _) => Some(std::borrow::Cow::Borrowed(s)),
+            (None, Some(scanner)) => Some(std::borrow::Cow::Owned(scanner.peek_summary())),
             (None, None) => None,
         };
         let headers = match summary {
-            Some(s) if self.privacy.show_headers => {
-                let h = s.headers;
+            Some(s) => {
+                let h = &s.headers;
                 json!({"from": h.from, "to": h.to, "cc": h.cc, "subject": h.subject,
                        "message_id": h.message_id, "date": h.date, "content_type": h.content_type})
             }
-            _ => Value::Null,
+            None => Value::Null,
         };
         let rcpt: Vec<Value> = t
             .rcpt
             .iter()
             .map(|r| {
-                json!({"addr": r.addr, "params": r.params,
-                       "code": r.reply.as_ref().map(|x| x.code),
-                       "enhanced": r.reply.as_ref().and_then(|x| x.enhanced.clone()),
-                       "text": r.reply.as_ref().map(Reply::text)})
+                object([
+                    ("addr", json!(r.addr)),
+                    ("params", json!(r.params)),
+                    ("code", json!(r.reply.as_ref().map(|x| x.code))),
+                    (
+                        "enhanced",
+                        json!(r.reply.as_ref().and_then(|x| x.enhanced.as_ref())),
+                    ),
+                    ("text", json!(r.reply.as_ref().map(Reply::text))),
+                ])
             })
             .collect();
-        json!({
-            "mail_from": t.mail_from,
-            "mail_params": t.mail_params,
-            "rcpt": rcpt,
-            "data_code": t.data_code,
-            "bdat_chunks": t.bdat_chunks,
-            "size": size,
-            "queue_id": t.queue_id,
-            "headers": headers,
-            "reply": t.reply.as_ref().map_or(Value::Null, reply_json),
-            "dsn": if t.dsn.is_empty() { Value::Null } else { json!({"recipients": t.dsn}) },
-        })
+        object([
+            ("mail_from", json!(t.mail_from)),
+            ("mail_params", json!(t.mail_params)),
+            ("rcpt", Value::Array(rcpt)),
+            ("data_code", json!(t.data_code)),
+            ("bdat_chunks", json!(t.bdat_chunks)),
+            ("size", json!(size)),
+            ("queue_id", json!(t.queue_id)),
+            ("headers", headers),
+            ("reply", t.reply.as_ref().map_or(Value::Null, reply_json)),
+            (
+                "dsn",
+                if t.dsn.is_empty() {
+                    Value::Null
+                } else {
+                    json!({"recipients": t.dsn})
+                },
+            ),
+        ])
     }
 
     /// How an AUTH command is shown; also starts the exchange.

@@ -68,21 +68,32 @@ pub fn parse_line(line: &str) -> Option<ReplyLine<'_>> {
 }
 
 /// Splits a leading `X.Y.Z ` (RFC 3463: class 2/4/5, subject and detail 1–3 digits).
+/// Byte by byte: every reply line comes through here.
 pub fn split_enhanced(text: &str) -> Option<(&str, &str)> {
-    let end = text.find(' ').unwrap_or(text.len());
-    let code = &text[..end];
-    let mut parts = code.split('.');
-    let class = parts.next()?;
-    let subject = parts.next()?;
-    let detail = parts.next()?;
-    let digits = |p: &str, max: usize| {
-        !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit())
+    let b = text.as_bytes();
+    if !matches!(b.first(), Some(b'2' | b'4' | b'5')) || b.get(1) != Some(&b'.') {
+        return None;
+    }
+    // Up to four digits looked at: a fourth makes the part too long anyway.
+    let digits = |from: usize| {
+        b.get(from..)
+            .unwrap_or_default()
+            .iter()
+            .take(4)
+            .take_while(|c| c.is_ascii_digit())
+            .count()
     };
-    let ok = parts.next().is_none()
-        && matches!(class, "2" | "4" | "5")
-        && digits(subject, 3)
-        && digits(detail, 3);
-    ok.then(|| (code, text[end..].trim_start()))
+    let subject = digits(2);
+    if !(1..=3).contains(&subject) || b.get(2 + subject) != Some(&b'.') {
+        return None;
+    }
+    let detail_at = 3 + subject;
+    let detail = digits(detail_at);
+    let end = detail_at + detail;
+    if !(1..=3).contains(&detail) || !matches!(b.get(end), None | Some(b' ')) {
+        return None;
+    }
+    Some((&text[..end], text[end..].trim_start()))
 }
 
 /// Builds a multi-line reply line by line.
@@ -142,6 +153,14 @@ impl ReplyBuilder {
 /// The queue id an MTA names in its end-of-data reply:
 /// Postfix `250 2.0.0 Ok: queued as 4Xyz…`, Exim `250 OK id=1abcDE-000123-Ab`,
 /// Sendmail `250 2.0.0 x9SFG8Qd012345 Message accepted for delivery`.
+/// Where `needle` first starts in `text`: a plain scan, as the texts are short (a
+/// general substring search sets up more than it then searches).
+fn find(text: &str, needle: &str) -> Option<usize> {
+    text.as_bytes()
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+}
+
 pub fn queue_id(reply: &Reply) -> Option<String> {
     let text = reply.lines.first()?;
     let clean = |s: &str| {
@@ -153,10 +172,10 @@ pub fn queue_id(reply: &Reply) -> Option<String> {
         let id = id.trim_end_matches('.').to_string();
         (!id.is_empty()).then_some(id)
     };
-    if let Some(i) = text.find("queued as ") {
+    if let Some(i) = find(text, "queued as ") {
         return clean(&text[i + 10..]);
     }
-    if let Some(i) = text.find("id=") {
+    if let Some(i) = find(text, "id=") {
         return clean(&text[i + 3..]);
     }
     let mut words = text.split_whitespace();
@@ -200,6 +219,50 @@ mod tests {
         assert_eq!(parse_line("MAIL FROM:<a@b>"), None);
     }
 
+    /// The split as first written (text split at the first space, then at dots).
+    fn split_enhanced_by_parts(text: &str) -> Option<(&str, &str)> {
+        let end = text.find(' ').unwrap_or(text.len());
+        let code = &text[..end];
+        let mut parts = code.split('.');
+        let class = parts.next()?;
+        let subject = parts.next()?;
+        let detail = parts.next()?;
+        let digits = |p: &str, max: usize| {
+            !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit())
+        };
+        let ok = parts.next().is_none()
+            && matches!(class, "2" | "4" | "5")
+            && digits(subject, 3)
+            && digits(detail, 3);
+        ok.then(|| (code, text[end..].trim_start()))
+    }
+
+    #[test]
+    fn split_enhanced_agrees_with_splitting_by_parts() {
+        // Every string of up to 6 characters over the alphabet that matters, then tails.
+        let alphabet = ['2', '4', '5', '1', '0', '9', '.', ' ', 'x', 'é'];
+        let mut cases = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..6 {
+            let next: Vec<String> = last
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            cases.extend(next.iter().cloned());
+            last = next;
+        }
+        let mut accepted = 0;
+        for base in &cases {
+            for tail in ["", " Ok", "  two  spaces", ".1", "1 x"] {
+                let text = format!("{base}{tail}");
+                let want = split_enhanced_by_parts(&text);
+                assert_eq!(split_enhanced(&text), want, "{text:?}");
+                accepted += usize::from(want.is_some());
+            }
+        }
+        assert!(accepted > 1000, "{accepted}");
+    }
+
     #[test]
     fn enhanced_codes() {
         assert_eq!(split_enhanced("2.1.0 Ok"), Some(("2.1.0", "Ok")));
@@ -225,6 +288,19 @@ mod tests {
             r.text(),
             "The email account that you tried to reach does not exist. / https://support.example/?p=NoSuchUser x1si"
         );
+    }
+
+    #[test]
+    fn find_is_str_find() {
+        for (text, needle) in [
+            ("Ok: queued as 4AB", "queued as "),
+            ("queued as ", "queued as "),
+            ("queued a", "queued as "),
+            ("é id=x id=y", "id="),
+            ("", "id="),
+        ] {
+            assert_eq!(find(text, needle), text.find(needle), "{text:?}");
+        }
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl Smtp {
 
     /// One complete server line, starting at `ts`. False once TLS began.
     fn server_line(&mut self, line: &Line<'_>, ts: Ts) -> bool {
-        let text = String::from_utf8_lossy(line.text);
+        let text = super::text_of(line.text);
         let Some(rl) = reply::parse_line(&text) else {
             if !self.server_resync {
                 self.anomaly("bad-reply", ts);
