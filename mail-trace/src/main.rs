@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use mail_trace::cmd;
 
+/// Sessions, events and records are many small allocations per packet: mimalloc's
+/// thread-local free lists cost a fraction of glibc malloc's bins (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "mail-trace",
