@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::flow::Dir;
 use crate::proto::Event;
 use crate::session::{SessionInfo, SessionRecord, Sink};
-use crate::time::{millis_between, rfc3339_micros, Ts};
+use crate::time::{millis_between, Rfc3339, Ts};
 
 /// Writes JSON lines to any writer. The first write error (a closed pipe, a full
 /// disk) is kept and every later write is skipped, so the caller can stop cleanly.
@@ -65,7 +65,7 @@ pub fn code_value(code: &str) -> Value {
 pub fn event_json(info: &SessionInfo, ev: &Event) -> Value {
     match ev {
         Event::Command { ts, verb, arg } => json!({
-            "type": "command", "session": info.id, "ts": rfc3339_micros(*ts), "dir": "c",
+            "type": "command", "session": info.id, "ts": Rfc3339::new(*ts), "dir": "c",
             "verb": verb, "arg": arg,
         }),
         Event::Reply {
@@ -75,19 +75,19 @@ pub fn event_json(info: &SessionInfo, ev: &Event) -> Value {
             text,
             latency_ns,
         } => json!({
-            "type": "reply", "session": info.id, "ts": rfc3339_micros(*ts), "dir": "s",
+            "type": "reply", "session": info.id, "ts": Rfc3339::new(*ts), "dir": "s",
             "code": code_value(code), "enhanced": enhanced, "text": text,
             "latency_ms": latency_ns.map(|ns| millis_between(0, ns)),
             "explain": crate::explain::failure(code, enhanced.as_deref()),
         }),
         Event::TlsStarted { ts } => json!({
-            "type": "tls", "session": info.id, "ts": rfc3339_micros(*ts),
+            "type": "tls", "session": info.id, "ts": Rfc3339::new(*ts),
         }),
         Event::Anomaly { ts, id } => json!({
-            "type": "anomaly", "session": info.id, "ts": rfc3339_micros(*ts), "id": id,
+            "type": "anomaly", "session": info.id, "ts": Rfc3339::new(*ts), "id": id,
         }),
         Event::Finding { ts, finding } => json!({
-            "type": "finding", "session": info.id, "ts": rfc3339_micros(*ts), "id": finding.id,
+            "type": "finding", "session": info.id, "ts": Rfc3339::new(*ts), "id": finding.id,
             "severity": finding.severity, "reason": finding.reason,
         }),
     }
@@ -109,7 +109,7 @@ impl<W: Write> Sink for JsonLines<W> {
                 Dir::ToClient => "s",
             };
             self.line(&json!({
-                "type": "gap", "session": info.id, "ts": rfc3339_micros(ts), "dir": dir, "bytes": len,
+                "type": "gap", "session": info.id, "ts": Rfc3339::new(ts), "dir": dir, "bytes": len,
             }));
         }
     }

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::flow::{CloseReason, ConnId};
 use crate::proto::Proto;
-use crate::time::{rfc3339_micros, Ts};
+use crate::time::{Rfc3339, Ts};
 
 /// A finished session: engine facts plus the dissector's own fields.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,8 +49,8 @@ impl Serialize for SessionRecord {
         m.serialize_entry("type", "session")?;
         m.serialize_entry("id", &self.id)?;
         m.serialize_entry("proto", &self.proto)?;
-        m.serialize_entry("start", &rfc3339_micros(self.start))?;
-        m.serialize_entry("end", &rfc3339_micros(self.end))?;
+        m.serialize_entry("start", &Rfc3339::new(self.start))?;
+        m.serialize_entry("end", &Rfc3339::new(self.end))?;
         m.serialize_entry(
             "duration_ms",
             &crate::time::millis_between(self.start, self.end),
