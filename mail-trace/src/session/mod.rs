@@ -18,7 +18,7 @@ use crate::flow::{CloseReason, ConnId, Dir, FlowConfig, FlowEvent, FlowTable};
 use crate::proto::{imap::Imap, pop3::Pop3, smtp::Smtp};
 use crate::proto::{Dissector, Event, Privacy, Proto, SessionStart};
 use crate::time::Ts;
-pub use record::SessionRecord;
+pub use record::{Fields, SessionRecord};
 use sniff::Sniffer;
 
 /// What the engine tells the outputs, in order.
@@ -591,8 +591,8 @@ fn note_anomaly(s: &mut Session, kind: &'static str) {
 
 fn build_record(s: &Session, info: &SessionInfo, end: Ts, reason: CloseReason) -> SessionRecord {
     let mut fields = match &s.dissect {
-        Dissect::Active(d) => d.record(),
-        _ => serde_json::Map::new(),
+        Dissect::Active(d) => d.record_fields(),
+        _ => Fields::default(),
     };
     // Present only when known, so records of plain captures do not change.
     if s.plaintext {
