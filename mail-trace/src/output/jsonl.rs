@@ -115,7 +115,16 @@ impl<W: Write> Sink for JsonLines<W> {
     }
 
     fn session_end(&mut self, _info: &SessionInfo, record: &SessionRecord) {
-        self.line(record);
+        if self.error.is_some() {
+            return;
+        }
+        let r = record
+            .write_json(&mut self.out)
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.out.write_all(b"\n"));
+        if let Err(e) = r {
+            self.error = Some(e);
+        }
     }
 
     /// Lines joined before the record was written are in its `log` list.

@@ -4,7 +4,7 @@
 //! (docs/json.md).
 use std::collections::BTreeMap;
 
-use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde::ser::{Serialize, Serializer};
 
 use super::message::Headers;
 use super::reply::Reply;
@@ -12,6 +12,7 @@ use super::Smtp;
 use crate::findings::dsn::DsnRecipient;
 use crate::findings::Finding;
 use crate::proto::tls::TlsInfo;
+use crate::session::record::{AsMap, Entries, Object};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SmtpRecord {
@@ -26,7 +27,7 @@ pub struct SmtpRecord {
     findings: Vec<Finding>,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 struct GreetingRecord {
     code: u16,
     text: String,
@@ -40,7 +41,7 @@ struct AuthRecord {
     code: Option<u16>,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 struct TxRecord {
     mail_from: Option<String>,
     mail_params: BTreeMap<String, Option<String>>,
@@ -54,7 +55,7 @@ struct TxRecord {
     dsn: Option<DsnRecord>,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 struct RcptRecord {
     addr: String,
     params: BTreeMap<String, Option<String>>,
@@ -63,7 +64,7 @@ struct RcptRecord {
     text: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 struct ReplyRecord {
     code: u16,
     enhanced: Option<String>,
@@ -75,26 +76,65 @@ struct DsnRecord {
     recipients: Vec<DsnRecipient>,
 }
 
-impl SmtpRecord {
-    /// The fields as entries of the enclosing session record's map.
-    pub fn entries<M: SerializeMap>(&self, m: &mut M) -> Result<(), M::Error> {
-        m.serialize_entry("greeting", &self.greeting)?;
-        m.serialize_entry("helo", &self.helo)?;
-        m.serialize_entry("ehlo", &self.ehlo)?;
-        m.serialize_entry("tls", &self.tls)?;
-        m.serialize_entry("tls_mode", &self.tls_mode)?;
-        m.serialize_entry("tls_info", &self.tls_info)?;
-        m.serialize_entry("auth", &self.auth)?;
-        m.serialize_entry("transactions", &self.transactions)?;
-        m.serialize_entry("findings", &self.findings)
+impl Object for SmtpRecord {
+    /// Also the entries of the enclosing session record.
+    fn entries<E: Entries>(&self, m: &mut E) -> Result<(), E::Error> {
+        m.object("greeting", self.greeting.as_ref())?;
+        m.entry("helo", &self.helo)?;
+        m.entry("ehlo", &self.ehlo)?;
+        m.entry("tls", &self.tls)?;
+        m.entry("tls_mode", &self.tls_mode)?;
+        m.entry("tls_info", &self.tls_info)?;
+        m.entry("auth", &self.auth)?;
+        m.objects("transactions", &self.transactions)?;
+        m.entry("findings", &self.findings)
     }
 }
 
 impl Serialize for SmtpRecord {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(9))?;
-        self.entries(&mut m)?;
-        m.end()
+        AsMap(self).serialize(s)
+    }
+}
+
+impl Object for GreetingRecord {
+    fn entries<E: Entries>(&self, m: &mut E) -> Result<(), E::Error> {
+        m.entry("code", &self.code)?;
+        m.entry("text", &self.text)?;
+        m.entry("delay_ms", &self.delay_ms)
+    }
+}
+
+impl Object for TxRecord {
+    fn entries<E: Entries>(&self, m: &mut E) -> Result<(), E::Error> {
+        m.entry("mail_from", &self.mail_from)?;
+        m.entry("mail_params", &self.mail_params)?;
+        m.objects("rcpt", &self.rcpt)?;
+        m.entry("data_code", &self.data_code)?;
+        m.entry("bdat_chunks", &self.bdat_chunks)?;
+        m.entry("size", &self.size)?;
+        m.entry("queue_id", &self.queue_id)?;
+        m.entry("headers", &self.headers)?;
+        m.object("reply", self.reply.as_ref())?;
+        m.entry("dsn", &self.dsn)
+    }
+}
+
+impl Object for RcptRecord {
+    fn entries<E: Entries>(&self, m: &mut E) -> Result<(), E::Error> {
+        m.entry("addr", &self.addr)?;
+        m.entry("params", &self.params)?;
+        m.entry("code", &self.code)?;
+        m.entry("enhanced", &self.enhanced)?;
+        m.entry("text", &self.text)
+    }
+}
+
+impl Object for ReplyRecord {
+    fn entries<E: Entries>(&self, m: &mut E) -> Result<(), E::Error> {
+        m.entry("code", &self.code)?;
+        m.entry("enhanced", &self.enhanced)?;
+        m.entry("text", &self.text)
     }
 }
 
