@@ -102,8 +102,9 @@ pub trait Dissector: Send {
     /// The protocol's fields of the session record (flattened into it).
     fn record(&self) -> serde_json::Map<String, serde_json::Value>;
     /// The same fields as the session record holds them: a protocol with typed
-    /// fields serialises them without building a `Value` tree.
-    fn record_fields(&self) -> crate::session::Fields {
+    /// fields serialises them without building a `Value` tree. `findings` are what
+    /// [`Self::findings`] just returned (the engine needed them first).
+    fn record_fields(&self, _findings: Vec<Finding>) -> crate::session::Fields {
         crate::session::Fields::from(self.record())
     }
     /// The TLS layer's plaintext (from uprobes on the TLS library) replaces the

@@ -381,7 +381,7 @@ mod tests {
         ] {
             smtp.data(dir, line.as_bytes(), 1_000_000);
         }
-        let mut typed = record(smtp.record_fields());
+        let mut typed = record(smtp.record_fields(smtp.findings()));
         let mut values = record(Fields::from(smtp.record()));
         for r in [&mut typed, &mut values] {
             r.fields.insert("log".into(), Value::from("joined"));

@@ -503,14 +503,14 @@ impl Dissector for Smtp {
     }
 
     fn record(&self) -> Map<String, Value> {
-        match serde_json::to_value(self.typed_record()) {
+        match serde_json::to_value(self.typed_record(self.session_findings())) {
             Ok(Value::Object(m)) => m,
             _ => Map::new(),
         }
     }
 
-    fn record_fields(&self) -> crate::session::Fields {
-        crate::session::Fields::smtp(self.typed_record())
+    fn record_fields(&self, findings: Vec<Finding>) -> crate::session::Fields {
+        crate::session::Fields::smtp(self.typed_record(findings))
     }
 }
 

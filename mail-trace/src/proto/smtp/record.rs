@@ -149,8 +149,8 @@ impl ReplyRecord {
 }
 
 impl Smtp {
-    /// The protocol's fields of the session record.
-    pub(super) fn typed_record(&self) -> SmtpRecord {
+    /// The protocol's fields of the session record, with the session's findings.
+    pub(super) fn typed_record(&self, findings: Vec<Finding>) -> SmtpRecord {
         SmtpRecord {
             greeting: self.greeting.as_ref().map(|g| GreetingRecord {
                 code: g.code,
@@ -173,7 +173,7 @@ impl Smtp {
             transactions: (0..self.transactions.len())
                 .map(|i| self.tx_record(i))
                 .collect(),
-            findings: self.session_findings(),
+            findings,
         }
     }
 
