@@ -614,7 +614,7 @@ mod tests {
             replies: 0,
             bytes: [0, 0],
             anomalies: vec![],
-            fields: fields.as_object().cloned().unwrap_or_default(),
+            fields: fields.as_object().cloned().unwrap_or_default().into(),
         }
     }
 

@@ -3,12 +3,13 @@
 //! happens. Field by field in docs/json.md.
 use std::io::Write;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::flow::Dir;
 use crate::proto::Event;
+use crate::session::record::{AsMap, Entries, Object, RawObject};
 use crate::session::{SessionInfo, SessionRecord, Sink};
-use crate::time::{millis_between, rfc3339_micros, Ts};
+use crate::time::{millis_between, Rfc3339, Ts};
 
 /// Writes JSON lines to any writer. The first write error (a closed pipe, a full
 /// disk) is kept and every later write is skipped, so the caller can stop cleanly.
@@ -40,6 +41,19 @@ impl<W: Write> JsonLines<W> {
         self.out
     }
 
+    /// One line written straight into the output (see [`RawObject`]).
+    fn object(&mut self, v: &impl Object) {
+        if self.error.is_some() {
+            return;
+        }
+        let r = RawObject::write(&mut self.out, v)
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.out.write_all(b"\n"));
+        if let Err(e) = r {
+            self.error = Some(e);
+        }
+    }
+
     fn line(&mut self, v: &impl serde::Serialize) {
         if self.error.is_some() {
             return;
@@ -53,43 +67,86 @@ impl<W: Write> JsonLines<W> {
     }
 }
 
-/// An SMTP code as a number, other protocols' status words as strings.
-pub fn code_value(code: &str) -> Value {
-    match code.parse::<u16>() {
-        Ok(n) if code.len() == 3 => Value::from(n),
-        _ => Value::from(code),
+/// The JSON form of one event (`--events`).
+pub fn event_json(info: &SessionInfo, ev: &Event) -> Value {
+    serde_json::to_value(AsMap(&EventLine { info, ev })).unwrap_or(Value::Null)
+}
+
+/// One event's line, its entries listed once for [`RawObject`] (the output) and serde.
+struct EventLine<'a> {
+    info: &'a SessionInfo,
+    ev: &'a Event,
+}
+
+impl Object for EventLine<'_> {
+    fn entries<E: Entries>(&self, m: &mut E) -> Result<(), E::Error> {
+        let (kind, ts) = match self.ev {
+            Event::Command { ts, .. } => ("command", ts),
+            Event::Reply { ts, .. } => ("reply", ts),
+            Event::TlsStarted { ts } => ("tls", ts),
+            Event::Anomaly { ts, .. } => ("anomaly", ts),
+            Event::Finding { ts, .. } => ("finding", ts),
+        };
+        m.entry("type", kind)?;
+        m.entry("session", &self.info.id)?;
+        m.entry("ts", &Rfc3339::new(*ts))?;
+        match self.ev {
+            Event::Command { verb, arg, .. } => {
+                m.entry("dir", "c")?;
+                m.entry("verb", verb)?;
+                m.entry("arg", arg)
+            }
+            Event::Reply {
+                code,
+                enhanced,
+                text,
+                latency_ns,
+                ..
+            } => {
+                m.entry("dir", "s")?;
+                // An SMTP code as a number, other protocols' status words as strings.
+                match code.parse::<u16>() {
+                    Ok(n) if code.len() == 3 => m.entry("code", &n)?,
+                    _ => m.entry("code", code)?,
+                }
+                m.entry("enhanced", enhanced)?;
+                m.entry("text", text)?;
+                m.entry("latency_ms", &latency_ns.map(|ns| millis_between(0, ns)))?;
+                m.entry(
+                    "explain",
+                    &crate::explain::failure(code, enhanced.as_deref()),
+                )
+            }
+            Event::TlsStarted { .. } => Ok(()),
+            Event::Anomaly { id, .. } => m.entry("id", id),
+            Event::Finding { finding, .. } => {
+                m.entry("id", finding.id)?;
+                m.entry("severity", &finding.severity)?;
+                m.entry("reason", &finding.reason)
+            }
+        }
     }
 }
 
-/// The JSON form of one event (`--events`).
-pub fn event_json(info: &SessionInfo, ev: &Event) -> Value {
-    match ev {
-        Event::Command { ts, verb, arg } => json!({
-            "type": "command", "session": info.id, "ts": rfc3339_micros(*ts), "dir": "c",
-            "verb": verb, "arg": arg,
-        }),
-        Event::Reply {
-            ts,
-            code,
-            enhanced,
-            text,
-            latency_ns,
-        } => json!({
-            "type": "reply", "session": info.id, "ts": rfc3339_micros(*ts), "dir": "s",
-            "code": code_value(code), "enhanced": enhanced, "text": text,
-            "latency_ms": latency_ns.map(|ns| millis_between(0, ns)),
-            "explain": crate::explain::failure(code, enhanced.as_deref()),
-        }),
-        Event::TlsStarted { ts } => json!({
-            "type": "tls", "session": info.id, "ts": rfc3339_micros(*ts),
-        }),
-        Event::Anomaly { ts, id } => json!({
-            "type": "anomaly", "session": info.id, "ts": rfc3339_micros(*ts), "id": id,
-        }),
-        Event::Finding { ts, finding } => json!({
-            "type": "finding", "session": info.id, "ts": rfc3339_micros(*ts), "id": finding.id,
-            "severity": finding.severity, "reason": finding.reason,
-        }),
+/// A `gap` line (`--events`).
+struct GapLine<'a> {
+    info: &'a SessionInfo,
+    dir: Dir,
+    len: u64,
+    ts: Ts,
+}
+
+impl Object for GapLine<'_> {
+    fn entries<E: Entries>(&self, m: &mut E) -> Result<(), E::Error> {
+        m.entry("type", "gap")?;
+        m.entry("session", &self.info.id)?;
+        m.entry("ts", &Rfc3339::new(self.ts))?;
+        let dir = match self.dir {
+            Dir::ToServer => "c",
+            Dir::ToClient => "s",
+        };
+        m.entry("dir", dir)?;
+        m.entry("bytes", &self.len)
     }
 }
 
@@ -98,24 +155,18 @@ impl<W: Write> Sink for JsonLines<W> {
 
     fn event(&mut self, info: &SessionInfo, ev: &Event) {
         if self.events {
-            self.line(&event_json(info, ev));
+            self.object(&EventLine { info, ev });
         }
     }
 
     fn gap(&mut self, info: &SessionInfo, dir: Dir, len: u64, ts: Ts) {
         if self.events {
-            let dir = match dir {
-                Dir::ToServer => "c",
-                Dir::ToClient => "s",
-            };
-            self.line(&json!({
-                "type": "gap", "session": info.id, "ts": rfc3339_micros(ts), "dir": dir, "bytes": len,
-            }));
+            self.object(&GapLine { info, dir, len, ts });
         }
     }
 
     fn session_end(&mut self, _info: &SessionInfo, record: &SessionRecord) {
-        self.line(record);
+        self.object(record);
     }
 
     /// Lines joined before the record was written are in its `log` list.
@@ -162,6 +213,60 @@ mod tests {
             String::from_utf8(loud.into_inner()).unwrap(),
             "{\"type\":\"reply\",\"session\":3,\"ts\":\"1970-01-01T00:00:00.001500Z\",\"dir\":\"s\",\"code\":250,\"enhanced\":\"2.1.0\",\"text\":\"Ok\",\"latency_ms\":1.234,\"explain\":null}\n"
         );
+    }
+
+    #[test]
+    fn every_event_kind_and_gap() {
+        let evs = [
+            Event::Command {
+                ts: 2_000,
+                verb: "MAIL".into(),
+                arg: "FROM:<\"a\"@test>".into(),
+            },
+            Event::Reply {
+                ts: 3_000,
+                code: "+OK".into(),
+                enhanced: None,
+                text: "x".into(),
+                latency_ns: None,
+            },
+            Event::TlsStarted { ts: 4_000 },
+            Event::Anomaly {
+                ts: 5_000,
+                id: "bare-lf",
+            },
+            Event::Finding {
+                ts: 6_000,
+                finding: crate::findings::Finding::new("f", crate::findings::Severity::Warn, "why"),
+            },
+        ];
+        let mut j = JsonLines::new(Vec::new(), true);
+        for ev in &evs {
+            j.event(&info(), ev);
+        }
+        j.gap(&info(), Dir::ToClient, 42, 7_000);
+        let out = String::from_utf8(j.into_inner()).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        for (line, ev) in lines.iter().zip(&evs) {
+            assert_eq!(*line, event_json(&info(), ev).to_string());
+        }
+        assert_eq!(
+            lines[0],
+            r#"{"type":"command","session":3,"ts":"1970-01-01T00:00:00.000002Z","dir":"c","verb":"MAIL","arg":"FROM:<\"a\"@test>"}"#
+        );
+        assert_eq!(
+            lines[1],
+            r#"{"type":"reply","session":3,"ts":"1970-01-01T00:00:00.000003Z","dir":"s","code":"+OK","enhanced":null,"text":"x","latency_ms":null,"explain":null}"#
+        );
+        assert_eq!(
+            lines[4],
+            r#"{"type":"finding","session":3,"ts":"1970-01-01T00:00:00.000006Z","id":"f","severity":"warn","reason":"why"}"#
+        );
+        assert_eq!(
+            lines[5],
+            r#"{"type":"gap","session":3,"ts":"1970-01-01T00:00:00.000007Z","dir":"s","bytes":42}"#
+        );
+        assert_eq!(lines.len(), 6);
     }
 
     #[test]

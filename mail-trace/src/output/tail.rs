@@ -492,7 +492,7 @@ mod tests {
                 replies: 0,
                 bytes: [0, 0],
                 anomalies: vec![],
-                fields,
+                fields: fields.into(),
             };
             let out = outcome(&rec);
             assert!(out.starts_with(want), "{auth}: {out}");

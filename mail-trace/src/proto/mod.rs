@@ -101,6 +101,12 @@ pub trait Dissector: Send {
     fn poll_event(&mut self) -> Option<Event>;
     /// The protocol's fields of the session record (flattened into it).
     fn record(&self) -> serde_json::Map<String, serde_json::Value>;
+    /// The same fields as the session record holds them: a protocol with typed
+    /// fields serialises them without building a `Value` tree. `findings` are what
+    /// [`Self::findings`] just returned (the engine needed them first).
+    fn record_fields(&self, _findings: Vec<Finding>) -> crate::session::Fields {
+        crate::session::Fields::from(self.record())
+    }
     /// The TLS layer's plaintext (from uprobes on the TLS library) replaces the
     /// TCP bytes from now on: read it as clear text again, in the state the
     /// protocol is in after its TLS start (SMTP: the client's new EHLO; implicit

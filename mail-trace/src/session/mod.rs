@@ -18,7 +18,7 @@ use crate::flow::{CloseReason, ConnId, Dir, FlowConfig, FlowEvent, FlowTable};
 use crate::proto::{imap::Imap, pop3::Pop3, smtp::Smtp};
 use crate::proto::{Dissector, Event, Privacy, Proto, SessionStart};
 use crate::time::Ts;
-pub use record::SessionRecord;
+pub use record::{Fields, SessionRecord};
 use sniff::Sniffer;
 
 /// What the engine tells the outputs, in order.
@@ -476,19 +476,22 @@ fn handle(
                 return;
             };
             if let Some(info) = &s.info {
+                let mut findings = Vec::new();
                 if let Dissect::Active(d) = &s.dissect {
                     if d.tls_offered() {
                         tls_memory.remember(s.server);
                     }
                     // Findings known only now go out as events before the record.
                     let end = ts.max(s.last_ts);
-                    for finding in d.findings() {
-                        if !s.live.contains(&finding) {
+                    findings = d.findings();
+                    for finding in &findings {
+                        if !s.live.contains(finding) {
+                            let finding = finding.clone();
                             sink.event(info, &Event::Finding { ts: end, finding });
                         }
                     }
                 }
-                let rec = build_record(&s, info, ts, reason);
+                let rec = build_record(&s, info, ts, reason, findings);
                 sink.session_end(info, &rec);
             }
         }
@@ -589,10 +592,17 @@ fn note_anomaly(s: &mut Session, kind: &'static str) {
     }
 }
 
-fn build_record(s: &Session, info: &SessionInfo, end: Ts, reason: CloseReason) -> SessionRecord {
+/// `findings`: the dissector's, just computed for the events (not computed twice).
+fn build_record(
+    s: &Session,
+    info: &SessionInfo,
+    end: Ts,
+    reason: CloseReason,
+    findings: Vec<Finding>,
+) -> SessionRecord {
     let mut fields = match &s.dissect {
-        Dissect::Active(d) => d.record(),
-        _ => serde_json::Map::new(),
+        Dissect::Active(d) => d.record_fields(findings),
+        _ => Fields::default(),
     };
     // Present only when known, so records of plain captures do not change.
     if s.plaintext {

@@ -39,7 +39,7 @@ pub struct BodyFacts {
 }
 
 /// The header fields of the record, decoded (RFC 2047 words included).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Headers {
     pub from: Option<String>,
     pub to: Option<String>,

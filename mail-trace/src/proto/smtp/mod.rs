@@ -55,12 +55,13 @@ mod client;
 mod command;
 mod findings;
 mod message;
+mod record;
 mod reply;
 mod server;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::findings::dsn::DsnRecipient;
 use crate::findings::Finding;
@@ -72,6 +73,7 @@ use crate::proto::{Dissector, Event, Privacy, SessionStart};
 use crate::time::{millis_between, Ts};
 
 pub use message::{BodyFacts, HeaderSummary, Headers};
+pub use record::SmtpRecord;
 pub use reply::Reply;
 
 /// Commands waiting for a reply.
@@ -501,56 +503,19 @@ impl Dissector for Smtp {
     }
 
     fn record(&self) -> Map<String, Value> {
-        // Sized for these fields and the engine's two optional ones (process, plaintext).
-        let mut m = Map::with_capacity(12);
-        m.insert(
-            "greeting".into(),
-            self.greeting.as_ref().map_or(Value::Null, |g| {
-                object([
-                    ("code", json!(g.code)),
-                    ("text", json!(g.text)),
-                    ("delay_ms", json!(g.delay_ms)),
-                ])
-            }),
-        );
-        m.insert("helo".into(), json!(self.helo));
-        m.insert("ehlo".into(), json!(self.ehlo));
-        m.insert("tls".into(), json!(self.tls.is_some()));
-        m.insert("tls_mode".into(), json!(self.tls_mode));
-        let info = self.tls_info().filter(|i| **i != TlsInfo::default());
-        m.insert(
-            "tls_info".into(),
-            info.map_or(
-                Value::Null,
-                |i| json!({"sni": i.sni, "version": i.version, "cipher": i.cipher}),
-            ),
-        );
-        m.insert(
-            "auth".into(),
-            self.sasl.as_ref().map_or(
-                Value::Null,
-                |s| json!({"mechanism": s.mechanism, "user": s.user, "code": self.auth_code}),
-            ),
-        );
-        let txs: Vec<Value> = (0..self.transactions.len())
-            .map(|i| self.tx_record(i))
-            .collect();
-        m.insert("transactions".into(), Value::Array(txs));
-        m.insert("findings".into(), json!(self.session_findings()));
-        m
+        match serde_json::to_value(self.typed_record(self.session_findings())) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        }
+    }
+
+    fn record_fields(&self, findings: Vec<Finding>) -> crate::session::Fields {
+        crate::session::Fields::smtp(self.typed_record(findings))
     }
 }
 
 fn sasl_mech(s: &Option<SaslExchange>) -> &str {
     s.as_ref().map_or("", |s| s.mechanism.as_str())
-}
-
-fn reply_json(r: &Reply) -> Value {
-    object([
-        ("code", json!(r.code)),
-        ("enhanced", json!(r.enhanced)),
-        ("text", json!(r.text())),
-    ])
 }
 
 /// A line as text: borrowed when it is UTF-8 (checked by the fast validator; the lossy
@@ -562,77 +527,7 @@ pub(super) fn text_of(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// A JSON object allocated at its final size (`json!` grows its map entry by entry, and
-/// every record builds a few dozen of them).
-fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
-    let mut m = Map::with_capacity(N);
-    for (k, v) in fields {
-        m.insert(k.to_string(), v);
-    }
-    Value::Object(m)
-}
-
 impl Smtp {
-    fn tx_record(&self, i: usize) -> Value {
-        let t = &self.transactions[i];
-        // A message still being read when the record is taken.
-        let live = match &self.body {
-            Some((Some(b), scanner)) if *b == i => Some(scanner),
-            _ => None,
-        };
-        let size = live.map(|s| s.size).or(t.size);
-        // Decoded (or copied) only when shown: most records never show headers.
-        let summary = match (&t.summary, live) {
-            _ if !self.privacy.show_headers => None,
-            (Some(s), _) => Some(std::borrow::Cow::Borrowed(s)),
-            (None, Some(scanner)) => Some(std::borrow::Cow::Owned(scanner.peek_summary())),
-            (None, None) => None,
-        };
-        let headers = match summary {
-            Some(s) => {
-                let h = &s.headers;
-                json!({"from": h.from, "to": h.to, "cc": h.cc, "subject": h.subject,
-                       "message_id": h.message_id, "date": h.date, "content_type": h.content_type})
-            }
-            None => Value::Null,
-        };
-        let rcpt: Vec<Value> = t
-            .rcpt
-            .iter()
-            .map(|r| {
-                object([
-                    ("addr", json!(r.addr)),
-                    ("params", json!(r.params)),
-                    ("code", json!(r.reply.as_ref().map(|x| x.code))),
-                    (
-                        "enhanced",
-                        json!(r.reply.as_ref().and_then(|x| x.enhanced.as_ref())),
-                    ),
-                    ("text", json!(r.reply.as_ref().map(Reply::text))),
-                ])
-            })
-            .collect();
-        object([
-            ("mail_from", json!(t.mail_from)),
-            ("mail_params", json!(t.mail_params)),
-            ("rcpt", Value::Array(rcpt)),
-            ("data_code", json!(t.data_code)),
-            ("bdat_chunks", json!(t.bdat_chunks)),
-            ("size", json!(size)),
-            ("queue_id", json!(t.queue_id)),
-            ("headers", headers),
-            ("reply", t.reply.as_ref().map_or(Value::Null, reply_json)),
-            (
-                "dsn",
-                if t.dsn.is_empty() {
-                    Value::Null
-                } else {
-                    json!({"recipients": t.dsn})
-                },
-            ),
-        ])
-    }
-
     /// How an AUTH command is shown; also starts the exchange.
     fn auth_command(&mut self, arg: &str) -> String {
         let (mech, ir) = match arg.split_once(' ') {
