@@ -83,6 +83,7 @@ pub enum Verdict {
 }
 
 /// Addresses (IPv4 in the first 4 bytes) and ports of a TCP packet.
+#[derive(Clone, Copy)]
 pub struct Tcp {
     pub v6: bool,
     pub src: [u8; 16],
