@@ -1,5 +1,6 @@
 //! The kernel objects shared with userspace; names and layouts come from
 //! `mail-trace-common` so both sides agree.
+use crate::parse::Tcp;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
@@ -34,6 +35,10 @@ pub static IFACES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_IFACES, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where the TC programs parse a packet's headers (see `main.rs`, `tc`); kernel-only.
+#[map]
+pub static HEADERS: PerCpuArray<Tcp> = PerCpuArray::with_max_entries(1, 0);
 
 /// Flows whose payload is encrypted (see `tls.rs`); userspace only reads it.
 #[map]
