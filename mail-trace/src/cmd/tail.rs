@@ -183,17 +183,8 @@ impl<S: Sink> Sink for Counted<'_, S> {
         self.inner.log(session, line, late);
     }
     fn session_end(&mut self, info: &SessionInfo, rec: &SessionRecord) {
-        let txs = rec.field("transactions").and_then(|t| t.as_array());
-        self.tally.messages += txs
-            .into_iter()
-            .flatten()
-            // Accepted at end of data: not every server names a queue id.
-            .filter(|t| {
-                t["reply"]["code"]
-                    .as_u64()
-                    .is_some_and(|c| (200..300).contains(&c))
-            })
-            .count() as u64;
+        // Accepted at end of data: not every server names a queue id.
+        self.tally.messages += rec.fields.accepted_messages();
         self.inner.session_end(info, rec);
     }
 }

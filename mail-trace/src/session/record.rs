@@ -73,6 +73,25 @@ impl Fields {
         self.map.get(name).or_else(|| self.typed_values().get(name))
     }
 
+    /// Messages accepted at the end of data (2xx), from the typed record when there is
+    /// one: the tail counts them for every session, and the JSON form costs a map per
+    /// field.
+    pub fn accepted_messages(&self) -> u64 {
+        if let Some(t) = &self.typed {
+            return t.accepted_messages();
+        }
+        self.get("transactions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|t| {
+                t["reply"]["code"]
+                    .as_u64()
+                    .is_some_and(|c| (200..300).contains(&c))
+            })
+            .count() as u64
+    }
+
     pub fn contains_key(&self, name: &str) -> bool {
         self.get(name).is_some()
     }
@@ -405,6 +424,44 @@ mod tests {
         assert_eq!(typed.fields["tls"], Value::Bool(false));
         assert_eq!(typed.fields["nothing"], Value::Null);
         assert_eq!(typed, typed.clone());
+    }
+
+    #[test]
+    fn accepted_messages_count_the_same_typed_and_as_values() {
+        let mut smtp = Smtp::new(Privacy::default(), SessionStart::default());
+        for (dir, line) in [
+            (Dir::ToClient, "220 mx.test ESMTP\r\n"),
+            (Dir::ToServer, "EHLO client.test\r\n"),
+            (Dir::ToClient, "250 mx.test\r\n"),
+            (Dir::ToServer, "MAIL FROM:<a@test>\r\n"),
+            (Dir::ToClient, "250 2.1.0 Ok\r\n"),
+            (Dir::ToServer, "RCPT TO:<b@test>\r\n"),
+            (Dir::ToClient, "250 2.1.5 Ok\r\n"),
+            (Dir::ToServer, "DATA\r\n"),
+            (Dir::ToClient, "354 go\r\n"),
+            (Dir::ToServer, "Subject: 1\r\n\r\none\r\n.\r\n"),
+            (Dir::ToClient, "250 2.0.0 Ok: queued as 4Q1\r\n"),
+            (Dir::ToServer, "MAIL FROM:<a@test>\r\n"),
+            (Dir::ToClient, "250 2.1.0 Ok\r\n"),
+            (Dir::ToServer, "RCPT TO:<c@test>\r\n"),
+            (Dir::ToClient, "250 2.1.5 Ok\r\n"),
+            (Dir::ToServer, "DATA\r\n"),
+            (Dir::ToClient, "354 go\r\n"),
+            (Dir::ToServer, "Subject: 2\r\n\r\ntwo\r\n.\r\n"),
+            (Dir::ToClient, "554 5.7.1 rejected\r\n"),
+            (Dir::ToServer, "MAIL FROM:<a@test>\r\n"),
+            (Dir::ToClient, "250 2.1.0 Ok\r\n"),
+        ] {
+            smtp.data(dir, line.as_bytes(), 1_000_000);
+        }
+        let typed = record(smtp.record_fields(smtp.findings()));
+        let values = record(Fields::from(smtp.record()));
+        assert_eq!(typed.fields.accepted_messages(), 1);
+        assert_eq!(values.fields.accepted_messages(), 1);
+        assert_eq!(
+            typed.fields["transactions"].as_array().map(Vec::len),
+            Some(3)
+        );
     }
 
     #[test]

@@ -27,6 +27,20 @@ pub struct SmtpRecord {
     findings: Vec<Finding>,
 }
 
+impl SmtpRecord {
+    /// Transactions the server accepted at the end of data (2xx), queue id or not.
+    pub fn accepted_messages(&self) -> u64 {
+        self.transactions
+            .iter()
+            .filter(|t| {
+                t.reply
+                    .as_ref()
+                    .is_some_and(|r| (200..300).contains(&r.code))
+            })
+            .count() as u64
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 struct GreetingRecord {
     code: u16,
