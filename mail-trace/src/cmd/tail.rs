@@ -93,6 +93,42 @@ struct PlaintextTally {
 /// Hands a plaintext chunk to the session of its connection: the one the
 /// kernel found, or else (no socket I/O seen for this `SSL *` since
 /// mail-trace started) the one /proc names.
+/// One captured item: a frame through the engine, then to the frame output as the filter
+/// decides; a TLS plaintext chunk into its session (with `--tls-plaintext`).
+fn handle<S: Sink>(
+    item: Captured,
+    engine: &mut Engine,
+    filter: &mut Filter<S>,
+    frames: &mut dyn FrameSink,
+    tally: &mut Tally,
+    joiner: Option<&mut Joiner>,
+    pt: Option<(&mut ConnResolver, &mut PlaintextTally)>,
+) {
+    let (id, frame) = {
+        let mut counted = Counted {
+            inner: &mut Selected {
+                filter: &mut *filter,
+                frames: &mut *frames,
+            },
+            tally,
+        };
+        let mut sink = Joined {
+            joiner,
+            inner: &mut counted,
+        };
+        match item {
+            Captured::Frame(frame) => (engine.frame(&frame, &mut sink), frame),
+            Captured::Plaintext(p) => {
+                if let Some((r, t)) = pt {
+                    plaintext(engine, r, t, &p, &mut sink);
+                }
+                return;
+            }
+        }
+    };
+    filter.frame(id, &frame, frames);
+}
+
 fn plaintext(
     engine: &mut Engine,
     r: &mut ConnResolver,
@@ -365,19 +401,8 @@ pub(crate) async fn trace<W: Write>(
                 // packet polls every other branch (timers, signals, the log) each time.
                 let mut item = Some(item?);
                 while let Some(it) = item {
-                    let mut counted = Counted { inner: &mut Selected { filter: &mut filter, frames: &mut frames }, tally: &mut tally };
-                    let mut sink = Joined { joiner: joiner.as_mut(), inner: &mut counted };
-                    match it {
-                        Captured::Frame(frame) => {
-                            let id = engine.frame(&frame, &mut sink);
-                            filter.frame(id, &frame, &mut frames);
-                        }
-                        Captured::Plaintext(p) => {
-                            if let Some(r) = resolver.as_mut() {
-                                plaintext(&mut engine, r, &mut pt_tally, &p, &mut sink);
-                            }
-                        }
-                    }
+                    let pt = resolver.as_mut().map(|r| (r, &mut pt_tally));
+                    handle(it, &mut engine, &mut filter, &mut frames, &mut tally, joiner.as_mut(), pt);
                     item = cap.next_ready();
                 }
             }
@@ -416,24 +441,17 @@ pub(crate) async fn trace<W: Write>(
     // The kernel wakes us only for a backlog: what it wrote since the last poll
     // is still in the ring. Read it before the ring goes away.
     for item in cap.take_pending_all() {
-        let mut sink = Counted {
-            inner: &mut Selected {
-                filter: &mut filter,
-                frames: &mut frames,
-            },
-            tally: &mut tally,
-        };
-        match item {
-            Captured::Frame(frame) => {
-                let id = engine.frame(&frame, &mut sink);
-                filter.frame(id, &frame, &mut frames);
-            }
-            Captured::Plaintext(p) => {
-                if let Some(r) = resolver.as_mut() {
-                    plaintext(&mut engine, r, &mut pt_tally, &p, &mut sink);
-                }
-            }
-        }
+        let pt = resolver.as_mut().map(|r| (r, &mut pt_tally));
+        // As before: these last items' events bypass the log joiner (see the closing note).
+        handle(
+            item,
+            &mut engine,
+            &mut filter,
+            &mut frames,
+            &mut tally,
+            None,
+            pt,
+        );
     }
     let counters = cap.counters()?;
     let incomplete = cap.incomplete();
