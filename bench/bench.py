@@ -544,8 +544,20 @@ def main():
             f.write(stats_before)
         shutil.rmtree(tmp, ignore_errors=True)
     with open(OUT, "w") as f:
-        f.write("\n".join(report))
+        f.write(relative_paths("\n".join(report), tmp))
     log(f"wrote {OUT}")
+
+
+def relative_paths(text, tmp):
+    """BENCHMARKS.md is committed: it names no path of this machine. The binary, the repo's own
+    files and the run's temporary directory are shown relative to the repo (or as $TMPDIR)."""
+    root = os.path.dirname(HERE)
+    mt = os.path.abspath(MT)
+    if os.path.isabs(MT):
+        # xtask passes <target dir>/release/mail-trace; the target dir may live outside the repo.
+        text = text.replace(mt, "target/release/mail-trace")
+    text = text.replace(tmp, "$TMPDIR/mtbench")
+    return text.replace(root + "/", "")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the fuzz seed corpora into fuzz/corpus/<target>/ from capture files.
 
-Usage: seeds.py CAPTURE_DIR...   (default: ../tests/fixtures and /work/shared/corpus/pcaps)
+Usage: seeds.py CAPTURE_DIR...   (default: ../tests/fixtures and the repo's ../shared/corpus/pcaps)
 
 Each capture gives: itself (pcap_read), its frames (wire_decode), its TCP segments as a flow
 script (flow_reassembly), and per mail connection the two directions' payloads as a dissector
@@ -149,7 +149,7 @@ def from_capture(path):
 
 
 def main():
-    dirs = sys.argv[1:] or [os.path.join(HERE, "..", "..", "tests", "fixtures"), "/work/shared/corpus/pcaps"]
+    dirs = sys.argv[1:] or [os.path.join(HERE, "..", "..", "tests", "fixtures"), os.path.join(HERE, "..", "..", "..", "shared", "corpus", "pcaps")]
     n = 0
     for top in dirs:
         for root, _, files in os.walk(top):

@@ -452,7 +452,6 @@ mod tests {
         let candidates = [
             std::env::var_os("MAIL_TRACE_CORPUS").map(PathBuf::from),
             Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/pcaps")),
-            Some(PathBuf::from("/work/shared/corpus/pcaps")),
         ];
         candidates
             .into_iter()

@@ -1127,7 +1127,6 @@ mod corpus_tests {
         [
             std::env::var_os("MAIL_TRACE_CORPUS").map(PathBuf::from),
             Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/pcaps")),
-            Some(PathBuf::from("/work/shared/corpus/pcaps")),
         ]
         .into_iter()
         .flatten()
