@@ -247,6 +247,8 @@ pub fn flow_reassembly(data: &[u8]) {
             payload,
             missing,
             suppressed: false,
+            window: u16::MAX,
+            wscale: None,
         };
         next[conn][side] = seq
             .wrapping_add(payload.len() as u32)

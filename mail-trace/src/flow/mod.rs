@@ -144,6 +144,10 @@ pub struct FlowConfig {
     pub idle_timeout_ns: u64,
     /// Ports on which servers listen: tells client from server when the SYN was not seen.
     pub server_ports: Vec<u16>,
+    /// Bytes all sessions together may hold beyond their fixed size (out-of-order bytes,
+    /// recorded transactions, bytes awaiting a reply) before the largest are evicted
+    /// (default 1 GiB; the session engine enforces it).
+    pub max_held_total: u64,
 }
 
 impl Default for FlowConfig {
@@ -153,6 +157,7 @@ impl Default for FlowConfig {
             max_connections: 100_000,
             idle_timeout_ns: 600 * 1_000_000_000,
             server_ports: vec![25, 110, 143, 465, 587, 993, 995, 2525],
+            max_held_total: 1 << 30,
         }
     }
 }

@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 
 use super::auth::{SaslExchange, REDACTED, RESPONSE_VERB};
 use super::stream::{
-    latency, printable, verb_of, CommandStats, Events, Framed, Framer, TlsFacts, TlsTrack,
+    latency, lossy, verb_of, CommandStats, Events, Framed, Framer, TlsFacts, TlsTrack,
 };
 use super::{Dissector, Event, Privacy, SessionStart};
 use crate::flow::Dir;
@@ -163,7 +163,7 @@ impl Pop3 {
         }
         if let Some(sasl) = &mut self.sasl {
             // Inside AUTH every client line answers a challenge.
-            let line = printable(&l.text);
+            let line = lossy(&l.text);
             sasl.client_response(&line);
             let arg = SaslExchange::response_arg(&line, self.privacy.show_secrets);
             self.ev.push(Event::Command {
@@ -193,7 +193,7 @@ impl Pop3 {
         if !known {
             self.ev.anomaly(ts, "unknown-command");
         }
-        let rest_s = printable(rest);
+        let rest_s = lossy(rest);
         let mut args = rest_s.split_ascii_whitespace();
         let first = args.next();
         let second = args.next();
@@ -286,7 +286,7 @@ impl Pop3 {
             let stuffed = u64::from(l.text.starts_with(b".."));
             body.bytes += l.raw_len - stuffed;
             if body.verb == "CAPA" && self.capa.len() < MAX_CAPA {
-                let cap: String = printable(&l.text).chars().take(MAX_FIELD).collect();
+                let cap: String = lossy(&l.text).chars().take(MAX_FIELD).collect();
                 self.capa.push(cap);
             }
             return;
@@ -311,7 +311,7 @@ impl Pop3 {
             if self.sasl.is_none() {
                 self.ev.anomaly(ts, "unexpected-continuation");
             }
-            let shown = self.secret(&printable(rest));
+            let shown = self.secret(&lossy(rest));
             let lat = latency(self.pending.back().map(|p| p.end_ts), l.start_ts);
             self.ev.push(Event::Reply {
                 ts: l.start_ts,
@@ -435,7 +435,7 @@ fn starts_word(text: &[u8], word: &[u8]) -> bool {
 
 /// RFC 2449 §8: an extended response code in brackets right after the status.
 fn split_code(rest: &[u8]) -> (Option<String>, String) {
-    let text = printable(rest);
+    let text = lossy(rest);
     if let Some(inner) = text.strip_prefix('[') {
         if let Some(end) = inner.find(']') {
             let code: String = inner[..end].chars().take(MAX_FIELD).collect();

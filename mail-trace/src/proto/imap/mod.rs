@@ -34,7 +34,7 @@ use std::collections::VecDeque;
 
 use super::auth::{SaslExchange, REDACTED, RESPONSE_VERB};
 use super::stream::{
-    latency, printable, verb_of, CommandStats, Events, Framed, Framer, TlsFacts, TlsTrack,
+    latency, lossy, verb_of, CommandStats, Events, Framed, Framer, TlsFacts, TlsTrack,
 };
 use super::{Dissector, Event, Privacy, SessionStart};
 use crate::flow::Dir;
@@ -415,7 +415,7 @@ impl Imap {
                 return;
             }
             Client::Sasl(ex) => {
-                let line = printable(&l.text);
+                let line = lossy(&l.text);
                 ex.client_response(&line);
                 let arg = SaslExchange::response_arg(&line, self.privacy.show_secrets);
                 self.ev.push(Event::Command {
@@ -490,7 +490,7 @@ impl Imap {
         let capture = matches!(verb.as_str(), "LOGIN" | "SELECT" | "EXAMINE");
         let args = text.get(head + 1..).unwrap_or_default();
         let b = Building {
-            tag: printable(tag).chars().take(MAX_FIELD).collect(),
+            tag: lossy(tag).chars().take(MAX_FIELD).collect(),
             verb,
             text: args.to_vec(),
             literals: Vec::new(),
@@ -532,24 +532,24 @@ impl Imap {
             mailbox: None,
             appended: (0, 0),
         };
-        let shown = printable(&b.text);
+        let shown = lossy(&b.text);
         let arg = match b.verb.as_str() {
             "LOGIN" => {
                 self.credential("LOGIN".into());
-                let user = arg_bytes(toks.first()).map(|u| printable(&u));
+                let user = arg_bytes(toks.first()).map(|u| lossy(&u));
                 let user: Option<String> = user.map(|u| u.chars().take(MAX_FIELD).collect());
                 p.user = user.clone();
                 self.user = user.clone().or(self.user.take());
                 let pass = arg_bytes(toks.get(1))
-                    .map(|p| printable(&p))
+                    .map(|p| lossy(&p))
                     .unwrap_or_default();
                 format!("{} {}", user.unwrap_or_default(), self.secret(&pass))
             }
             "AUTHENTICATE" => {
                 let mech = arg_bytes(toks.first())
-                    .map(|m| printable(&m))
+                    .map(|m| lossy(&m))
                     .unwrap_or_default();
-                let initial = arg_bytes(toks.get(1)).map(|ir| printable(&ir));
+                let initial = arg_bytes(toks.get(1)).map(|ir| lossy(&ir));
                 let mut ex = SaslExchange::new(&mech);
                 if let Some(ir) = &initial {
                     ex.client_response(ir);
@@ -569,10 +569,10 @@ impl Imap {
                     Some(n) => n,
                     None => {
                         self.ev.anomaly(ts, "bad-mailbox-name");
-                        printable(&raw)
+                        lossy(&raw)
                     }
                 };
-                let name: String = printable(name.as_bytes()).chars().take(MAX_FIELD).collect();
+                let name: String = lossy(name.as_bytes()).chars().take(MAX_FIELD).collect();
                 p.mailbox = Some(name.clone());
                 name
             }
@@ -637,13 +637,13 @@ impl Imap {
         let rest = l.text.get(2..).unwrap_or_default();
         let lat = latency(self.pending.back().map(|p| p.end_ts), l.start_ts);
         let text = match &self.client {
-            Client::Sasl(_) => self.secret(&printable(rest)),
-            Client::Idle { .. } => printable(rest),
+            Client::Sasl(_) => self.secret(&lossy(rest)),
+            Client::Idle { .. } => lossy(rest),
             // The go-ahead for a synchronising literal: no event.
             _ if self.building.is_some() => return,
             _ => {
                 self.ev.anomaly(ts, "unexpected-continuation");
-                printable(rest)
+                lossy(rest)
             }
         };
         self.ev.push(Event::Reply {
@@ -709,7 +709,7 @@ impl Imap {
             }
             ("CAPABILITY", _) => {
                 let caps = text.get(first.len() + 1..).unwrap_or_default();
-                self.set_capabilities(&printable(caps));
+                self.set_capabilities(&lossy(caps));
                 self.summary.count("CAPABILITY");
             }
             (k, _) => {
@@ -734,7 +734,7 @@ impl Imap {
     fn tagged(&mut self, l: &Framed, ts: Ts) {
         let text = l.text.as_slice();
         let mut words = text.splitn(3, |&b| b == b' ');
-        let tag = printable(words.next().unwrap_or_default());
+        let tag = lossy(words.next().unwrap_or_default());
         let status = verb_of(words.next().unwrap_or_default());
         if !matches!(status.as_str(), "OK" | "NO" | "BAD") {
             if !self.s_resync {
@@ -844,7 +844,7 @@ impl Imap {
 
 /// A response code in brackets at the start of resp-text (RFC 3501 §7.1).
 fn split_code(rest: &[u8]) -> (Option<String>, String) {
-    let text = printable(rest);
+    let text = lossy(rest);
     if let Some(inner) = text.strip_prefix('[') {
         if let Some(end) = inner.find(']') {
             let code: String = inner[..end].chars().take(MAX_FIELD).collect();

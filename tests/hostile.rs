@@ -1,0 +1,515 @@
+//! Hostile peers (issue 17): what anyone who can reach port 25 can send must not reach the
+//! operator's terminal raw, end a flow the server kept, or grow the daemon without bound.
+//!
+//! Captures the test bed's Postfix cannot produce (escapes in replies and in a TLS server
+//! name, an out-of-window RST, 10 000 recipients with 10 KB addresses) are written here with
+//! etherparse and replayed; the escapes a real client can send go to the real Postfix while
+//! `mail-trace tail` watches.
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use etherparse::{PacketBuilder, TcpOptionElement};
+use serde_json::Value;
+
+use common::TempDir;
+
+const ESCAPES: &str = "evil\x1b[2J\x1b]52;c;aGk=\x07";
+
+/// One TCP connection written packet by packet, sequence numbers kept.
+struct Conv {
+    client: ([u8; 4], u16),
+    server: ([u8; 4], u16),
+    cseq: u32,
+    sseq: u32,
+    ts: Duration,
+    packets: Vec<(Duration, Vec<u8>)>,
+}
+
+impl Conv {
+    fn new(client_port: u16, server_port: u16) -> Conv {
+        Conv {
+            client: ([10, 99, 7, 1], client_port),
+            server: ([10, 99, 7, 2], server_port),
+            cseq: 1000,
+            sseq: 5000,
+            ts: Duration::from_secs(1_700_000_000),
+            packets: Vec::new(),
+        }
+    }
+
+    fn packet(&mut self, from_client: bool, flags: &str, seq: u32, payload: &[u8]) {
+        let ((src, sport), (dst, dport)) = if from_client {
+            (self.client, self.server)
+        } else {
+            (self.server, self.client)
+        };
+        let ack = if from_client { self.sseq } else { self.cseq };
+        let mut b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src, dst, 64)
+            .tcp(sport, dport, seq, 65535);
+        if flags.contains('S') {
+            b = b.syn();
+        }
+        if flags.contains('A') {
+            b = b.ack(ack);
+        }
+        if flags.contains('R') {
+            b = b.rst();
+        }
+        if flags.contains('F') {
+            b = b.fin();
+        }
+        if flags.contains('P') {
+            b = b.psh();
+        }
+        if flags.contains('S') {
+            b = b
+                .options(&[TcpOptionElement::WindowScale(7)])
+                .expect("tcp options");
+        }
+        let mut bytes = Vec::with_capacity(payload.len() + 64);
+        b.write(&mut bytes, payload).expect("build packet");
+        self.ts += Duration::from_micros(100);
+        self.packets.push((self.ts, bytes));
+    }
+
+    fn handshake(&mut self) {
+        self.packet(true, "S", self.cseq, b"");
+        self.cseq += 1;
+        self.packet(false, "SA", self.sseq, b"");
+        self.sseq += 1;
+        self.packet(true, "A", self.cseq, b"");
+    }
+
+    fn client(&mut self, data: &[u8]) {
+        for chunk in data.chunks(1400) {
+            self.packet(true, "AP", self.cseq, chunk);
+            self.cseq += chunk.len() as u32;
+        }
+    }
+
+    fn server(&mut self, data: &[u8]) {
+        for chunk in data.chunks(1400) {
+            self.packet(false, "AP", self.sseq, chunk);
+            self.sseq += chunk.len() as u32;
+        }
+        // The client's ACK: the window the server's RSTs are checked against.
+        self.packet(true, "A", self.cseq, b"");
+    }
+
+    fn close(&mut self) {
+        self.packet(true, "AF", self.cseq, b"");
+        self.cseq += 1;
+        self.packet(false, "AF", self.sseq, b"");
+        self.sseq += 1;
+        self.packet(true, "A", self.cseq, b"");
+    }
+}
+
+fn write_pcap(path: &Path, convs: &[&Conv]) {
+    let mut all: Vec<&(Duration, Vec<u8>)> = convs.iter().flat_map(|c| &c.packets).collect();
+    all.sort_by_key(|p| p.0);
+    let f = std::io::BufWriter::new(std::fs::File::create(path).expect("create pcap"));
+    let mut w = pcap_file::pcap::PcapWriter::new(f).expect("pcap header");
+    for (ts, data) in all {
+        let p = pcap_file::pcap::PcapPacket::new(*ts, data.len() as u32, data);
+        w.write_packet(&p).expect("write packet");
+    }
+}
+
+fn replay(args: &[&str], file: &Path) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mail-trace"))
+        .arg("replay")
+        .args(args)
+        .arg(file)
+        .output()
+        .expect("run mail-trace replay");
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).expect("UTF-8 output"),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(out.status.success(), "replay {args:?}: {stderr}");
+    (stdout, stderr)
+}
+
+/// Characters a terminal would act on: C0 (but the newline ending each line), DEL, C1, and
+/// the bidirectional overrides.
+fn terminal_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|&c| {
+            (c.is_control() && c != '\n')
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+        .collect()
+}
+
+fn sessions(json: &str) -> Vec<Value> {
+    json.lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
+        .filter(|v| v["type"] == "session")
+        .collect()
+}
+
+fn b64(s: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A TLS 1.2 ClientHello record whose server name is `sni`, as sent.
+fn client_hello(sni: &[u8]) -> Vec<u8> {
+    let mut name = vec![0u8];
+    name.extend((sni.len() as u16).to_be_bytes());
+    name.extend(sni);
+    let mut list = (name.len() as u16).to_be_bytes().to_vec();
+    list.extend(name);
+    let mut ext = vec![0, 0];
+    ext.extend((list.len() as u16).to_be_bytes());
+    ext.extend(list);
+    let mut body = vec![3, 3];
+    body.extend([7u8; 32]);
+    body.push(0); // no session id
+    body.extend([0, 2, 0xc0, 0x2f]); // one cipher suite
+    body.extend([1, 0]); // null compression
+    body.extend((ext.len() as u16).to_be_bytes());
+    body.extend(ext);
+    let mut hs = vec![1];
+    hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend(body);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend((hs.len() as u16).to_be_bytes());
+    rec.extend(hs);
+    rec
+}
+
+#[test]
+fn escapes_from_either_peer_are_shown_printable_and_kept_exact_in_json() {
+    let tmp = TempDir::new("hostile-esc");
+    let mut c = Conv::new(40001, 25);
+    c.handshake();
+    c.server(b"220 mx.test\x1b]0;owned\x07 ESMTP\r\n");
+    c.client(format!("EHLO {ESCAPES}\r\n").as_bytes());
+    c.server(b"250-mx.test\r\n250-PIPE\x1b[8mLINING\r\n250 AUTH PLAIN\r\n");
+    // A user name with an escape; a reply that echoes the client's secret response.
+    let ir = b64(b"\0ev\x1b[2Kil\0Secr3t-Pa55");
+    c.client(format!("AUTH PLAIN {ir}\r\n").as_bytes());
+    c.server(format!("535 5.7.8 Error: authentication failed: {ir}\r\n").as_bytes());
+    c.client(b"MAIL FROM:<a\x1b[31m@x.test>\r\n");
+    c.server(b"250 2.1.0 Ok\x1b[1A\x1b[2K\r\n");
+    c.client("RCPT TO:<\u{9b}2J\u{202e}b@x.test>\r\n".as_bytes());
+    c.server(b"550 5.1.1 <\x1b[2Jb>: Recipient address rejected\r\n");
+    c.client(b"QUIT\r\n");
+    c.server(b"221 2.0.0 Bye\r\n");
+    c.close();
+    // Implicit TLS: the server name is whatever the client wrote.
+    let mut t = Conv::new(40002, 465);
+    t.ts = c.ts + Duration::from_secs(1);
+    t.handshake();
+    t.client(&client_hello(b"mx\x1b]52;c;aGk=\x07.test"));
+    t.close();
+    let pcap = tmp.path().join("escapes.pcap");
+    write_pcap(&pcap, &[&c, &t]);
+
+    let (tail, _) = replay(&["--color", "never"], &pcap);
+    assert_eq!(terminal_controls(&tail), Vec::<char>::new(), "{tail}");
+    for shown in [
+        "C EHLO evil\\x1b[2J\\x1b]52;c;aGk=\\x07",
+        "S 220 mx.test\\x1b]0;owned\\x07 ESMTP",
+        "S 250 mx.test [PIPE\\x1b[8mLINING AUTH=PLAIN]",
+        "C MAIL FROM:<a\\x1b[31m@x.test>",
+        "S 250 2.1.0 Ok\\x1b[1A\\x1b[2K",
+        "C RCPT TO:<\\u{9b}2J\\u{202e}b@x.test>",
+        "S 550 5.1.1 <\\x1b[2Jb>: Recipient address rejected",
+        "auth ev\\x1b[2Kil FAILED (535)",
+        "tls implicit (mx\\x1b]52;c;aGk=\\x07.test)",
+        // The reply echoing the SASL response shows it redacted.
+        "S 535 5.7.8 Error: authentication failed: <redacted>",
+    ] {
+        assert!(tail.contains(shown), "{shown:?} missing from\n{tail}");
+    }
+    assert!(!tail.contains("Secr3t") && !tail.contains(&ir), "{tail}");
+
+    let (summary, _) = replay(&["--summary"], &pcap);
+    assert_eq!(terminal_controls(&summary), Vec::<char>::new(), "{summary}");
+    assert!(
+        summary.contains(" evil\\x1b[2J\\x1b]52;c;aGk=\\x07 | "),
+        "{summary}"
+    );
+
+    // JSON keeps the exact text: serde_json's escapes make it one clean line all the same.
+    let (json, _) = replay(&["--json", "--events"], &pcap);
+    assert!(
+        !json.bytes().any(|b| b < 0x20 && b != b'\n'),
+        "a raw control byte in JSON"
+    );
+    assert!(json.contains(r#""helo":"evil\u001b[2J\u001b]52;c;aGk=\u0007""#));
+    let recs = sessions(&json);
+    assert_eq!(recs[0]["helo"], ESCAPES);
+    assert_eq!(recs[0]["auth"]["user"], "ev\x1b[2Kil");
+    assert_eq!(recs[0]["transactions"][0]["mail_from"], "a\x1b[31m@x.test");
+    assert_eq!(
+        recs[1]["tls_info"]["sni"], "mx\x1b]52;c;aGk=\x07.test",
+        "{}",
+        recs[1]
+    );
+    assert!(!json.contains("Secr3t") && !json.contains(&ir));
+}
+
+#[test]
+fn a_rst_outside_the_servers_window_does_not_end_the_session() {
+    let tmp = TempDir::new("hostile-rst");
+    let mut c = Conv::new(40003, 25);
+    c.handshake();
+    c.server(b"220 mx.test ESMTP\r\n");
+    c.client(b"EHLO client.test\r\n");
+    c.server(b"250 mx.test\r\n");
+    // Behind what the server acknowledged, then past its window (65535 << 7): it ignores both.
+    let behind = c.cseq.wrapping_sub(10);
+    c.packet(true, "R", behind, b"");
+    let beyond = c.cseq.wrapping_add(65535 << 7).wrapping_add(1);
+    c.packet(true, "R", beyond, b"");
+    c.client(b"MAIL FROM:<hidden@client.test>\r\n");
+    c.server(b"250 2.1.0 Ok\r\n");
+    c.client(b"QUIT\r\n");
+    c.server(b"221 2.0.0 Bye\r\n");
+    c.close();
+    let pcap = tmp.path().join("rst.pcap");
+    write_pcap(&pcap, &[&c]);
+    let (json, _) = replay(&["--json", "--events"], &pcap);
+    let recs = sessions(&json);
+    assert_eq!(recs.len(), 1, "{json}");
+    let r = &recs[0];
+    assert_eq!(r["close"], "fin", "{r}");
+    assert_eq!(r["transactions"][0]["mail_from"], "hidden@client.test");
+    assert_eq!(r["anomalies"], serde_json::json!(["rst-out-of-window"]));
+    let anomalies = json
+        .lines()
+        .filter(|l| l.contains(r#""type":"anomaly""#) && l.contains("rst-out-of-window"))
+        .count();
+    assert_eq!(anomalies, 2, "{json}");
+    // An in-window RST still ends it.
+    let mut d = Conv::new(40004, 25);
+    d.handshake();
+    d.server(b"220 mx.test ESMTP\r\n");
+    d.client(b"EHLO client.test\r\n");
+    let at = d.cseq + 100;
+    d.packet(true, "R", at, b"");
+    let pcap = tmp.path().join("rst-ok.pcap");
+    write_pcap(&pcap, &[&d]);
+    let (json, _) = replay(&["--json"], &pcap);
+    assert_eq!(sessions(&json)[0]["close"], "rst", "{json}");
+}
+
+/// 10 000 RCPTs with 10 KB addresses in one transaction, then ten transactions of 1000 short
+/// ones: one unauthenticated connection trying to grow the tracer.
+fn flood(pcap: &Path) {
+    let mut c = Conv::new(40005, 25);
+    c.handshake();
+    c.server(b"220 mx.test ESMTP\r\n");
+    c.client(b"EHLO flood.test\r\n");
+    c.server(b"250 mx.test\r\n");
+    c.client(b"MAIL FROM:<f@flood.test>\r\n");
+    c.server(b"250 2.1.0 Ok\r\n");
+    let long = "x".repeat(10 * 1024);
+    for i in 0..10_000 {
+        c.client(format!("RCPT TO:<{i}{long}@flood.test>\r\n").as_bytes());
+        c.server(b"250 2.1.5 Ok\r\n");
+    }
+    c.client(b"RSET\r\n");
+    c.server(b"250 2.0.0 Ok\r\n");
+    for t in 0..10 {
+        c.client(format!("MAIL FROM:<f{t}@flood.test>\r\n").as_bytes());
+        c.server(b"250 2.1.0 Ok\r\n");
+        let mut batch = String::new();
+        for i in 0..1000 {
+            batch.push_str(&format!("RCPT TO:<r{i}@flood.test>\r\n"));
+        }
+        c.client(batch.as_bytes());
+        c.server("250 2.1.5 Ok\r\n".repeat(1000).as_bytes());
+        c.client(b"RSET\r\n");
+        c.server(b"250 2.0.0 Ok\r\n");
+    }
+    c.client(b"QUIT\r\n");
+    c.server(b"221 2.0.0 Bye\r\n");
+    c.close();
+    write_pcap(pcap, &[&c]);
+}
+
+/// Runs replay with stdout to a file, returning (peak RSS KiB, stdout, stderr).
+#[expect(
+    clippy::zombie_processes,
+    reason = "reaped by wait4, which also gives the rusage"
+)]
+fn replay_measured(args: &[&str], file: &Path, dir: &Path) -> (u64, String, String) {
+    let (out, err) = (dir.join("out.json"), dir.join("err.txt"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mail-trace"))
+        .arg("replay")
+        .args(args)
+        .arg(file)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("spawn replay");
+    let pid = child.id() as libc::pid_t;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let (status, ru) = loop {
+        let mut status = 0;
+        // SAFETY: plain data filled in by wait4 for our own child; WNOHANG never blocks.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        assert!(r >= 0, "wait4");
+        if r == pid {
+            break (status, ru);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("replay still running after 600 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{stderr}"
+    );
+    (
+        ru.ru_maxrss as u64,
+        std::fs::read_to_string(&out).unwrap(),
+        stderr,
+    )
+}
+
+#[test]
+fn a_recipient_flood_is_capped_and_counted() {
+    let tmp = TempDir::new("hostile-flood");
+    let pcap = tmp.path().join("flood.pcap");
+    flood(&pcap);
+    let (rss_kib, json, _) = replay_measured(&["--json"], &pcap, tmp.path());
+    let recs = sessions(&json);
+    assert_eq!(recs.len(), 1);
+    let r = &recs[0];
+    let txs = r["transactions"].as_array().unwrap();
+    assert_eq!(txs.len(), 11);
+    let rcpts: Vec<usize> = txs
+        .iter()
+        .map(|t| t["rcpt"].as_array().unwrap().len())
+        .collect();
+    // 1000 of the long ones (the per-transaction cap), then the session cap (10 000) in the
+    // tenth short transaction.
+    assert_eq!(
+        rcpts,
+        [1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 0]
+    );
+    let addr = txs[0]["rcpt"][0]["addr"].as_str().unwrap();
+    assert_eq!(addr.len(), 256, "cut at MAX_ADDR");
+    assert!(addr.starts_with("0xxx"));
+    assert_eq!(txs[0]["rcpt"][0]["code"], 250);
+    assert_eq!(
+        r["not_recorded"],
+        serde_json::json!({"transactions": 0, "recipients": 10_000, "addresses_cut": 1000})
+    );
+    let mut anomalies: Vec<&str> = r["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    anomalies.sort_unstable();
+    assert!(anomalies.contains(&"too-many-recipients"), "{anomalies:?}");
+    assert!(anomalies.contains(&"address-too-long"), "{anomalies:?}");
+    // Bounded: the record holds 10 000 recipients of at most 256 bytes, not 100 MB of them.
+    assert!(rss_kib < 96 << 10, "peak RSS {rss_kib} KiB");
+
+    // A global budget smaller than what the session holds: it is evicted, said so, counted.
+    let (_, json, stderr) = replay_measured(&["--json", "--max-held", "1M"], &pcap, tmp.path());
+    let recs = sessions(&json);
+    assert_eq!(recs[0]["close"], "evicted", "{}", recs[0]);
+    assert!(
+        stderr.contains("sessions evicted (together they held more than --max-held 1048576 bytes)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_closed_stderr_or_stdout_is_a_clean_exit_not_a_panic() {
+    // A pipe whose reader is gone: every write gets EPIPE (SIGPIPE is ignored by Rust).
+    let closed = || {
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for the two descriptors pipe(2) returns.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: fds[0] is ours and not used again.
+        unsafe { libc::close(fds[0]) };
+        // SAFETY: fds[1] is an open descriptor we own from here on.
+        Stdio::from(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) })
+    };
+    let run = |args: &[&str], out: Stdio, err: Stdio| {
+        Command::new(env!("CARGO_BIN_EXE_mail-trace"))
+            .args(args)
+            .stdout(out)
+            .stderr(err)
+            .status()
+            .expect("run mail-trace")
+    };
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/testbed/plain_25.pcapng")
+        .display()
+        .to_string();
+    // An error message (exit 2 for a missing file), not a panic (101).
+    let st = run(&["replay", "/nonexistent.pcap"], Stdio::null(), closed());
+    assert_eq!(st.code(), Some(2));
+    // The message, into a closed stderr, and records into a closed stdout.
+    let st = run(
+        &["replay", "--json", "/nonexistent.pcap", &fixture],
+        closed(),
+        closed(),
+    );
+    assert_eq!(st.code(), Some(2));
+    let st = run(&["why", "X", "--json", "/nonexistent"], closed(), closed());
+    assert_eq!(st.code(), Some(1));
+}
+
+/// The escapes a real client can send, to the test bed's Postfix, with the tail watching.
+#[test]
+fn a_hostile_client_leaves_no_control_byte_in_the_live_tail() {
+    common::require_root("a_hostile_client_leaves_no_control_byte_in_the_live_tail");
+    let tmp = TempDir::new("hostile-live");
+    let tb = common::Testbed::start();
+    let iface = tb.ns.host_if.clone();
+    let human = common::tailer::Tail::start(&iface, &["--color", "never"], tmp.path(), "human");
+    let summary = common::tailer::Tail::start(&iface, &["--summary"], tmp.path(), "summary");
+    let json = common::tailer::Tail::start(&iface, &["--json"], tmp.path(), "json");
+    let server: IpAddr = tb.ns.server_v4().into();
+    let mut c = common::clients::RawSmtp::connect(SocketAddr::new(server, 25));
+    let client = c.local;
+    c.cmd(&format!("EHLO {ESCAPES}"));
+    c.cmd("MAIL FROM:<x\x1b[2J\x1b]52;c;aGk=\x07@client.test>");
+    c.cmd("RCPT TO:<bob\x1b[8m@mx.test>");
+    c.cmd("NOOP \x1b[1A\x1b[2K\x7f");
+    c.quit();
+    let rec = json.session(client);
+    assert_eq!(rec["helo"], ESCAPES, "{rec}");
+    assert_eq!(
+        rec["transactions"][0]["mail_from"],
+        "x\x1b[2J\x1b]52;c;aGk=\x07@client.test"
+    );
+    let human = human.stop().stdout;
+    let summary = summary.stop().stdout;
+    json.stop();
+    for (what, out) in [("tail", &human), ("--summary", &summary)] {
+        assert_eq!(terminal_controls(out), Vec::<char>::new(), "{what}: {out}");
+        assert!(
+            out.contains("evil\\x1b[2J\\x1b]52;c;aGk=\\x07"),
+            "{what}: {out}"
+        );
+    }
+    assert!(human.contains("C NOOP \\x1b[1A\\x1b[2K\\x7f"), "{human}");
+    assert!(
+        human.contains("C MAIL FROM:<x\\x1b[2J\\x1b]52;c;aGk=\\x07@client.test>"),
+        "{human}"
+    );
+}
