@@ -52,7 +52,8 @@ impl EngineArgs {
     pub fn held_report(&self, stats: &crate::session::EngineStats) -> Option<String> {
         (stats.evicted_held > 0).then(|| {
             format!(
-                "mail-trace: {} sessions evicted (together they held more than --max-held {}                  bytes); their records end with close \"evicted\"",
+                "mail-trace: {} sessions evicted (together they held more than --max-held {} \
+                 bytes); their records end with close \"evicted\"",
                 stats.evicted_held, self.max_held
             )
         })

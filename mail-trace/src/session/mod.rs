@@ -269,7 +269,7 @@ impl Engine {
                 (s.held as u64 + flow, s.client, s.server)
             })
             .collect();
-        by_size.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        by_size.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
         let target = budget - budget / 10;
         for (_, client, server) in by_size {
             if self.held_bytes() <= target {

@@ -451,6 +451,8 @@ impl Smtp {
         if s.len() > MAX_ADDR {
             self.anomaly("address-too-long", ts);
             crate::proto::auth::truncate(&mut s, MAX_ADDR);
+            // Truncating keeps the capacity: the cut is only worth it with the memory given back.
+            s.shrink_to_fit();
         }
         s
     }
