@@ -52,6 +52,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
     let files: Vec<String> = args.files.iter().map(|p| p.display().to_string()).collect();
     out.run(&args.output.run_line("files", &files));
     let mut filter = Filter::new(out, criteria);
+    filter.max_held = args.engine.max_held as usize;
     let mut out = Selected {
         filter: &mut filter,
         frames: &mut NoFrames,

@@ -362,6 +362,7 @@ pub(crate) async fn trace<W: Write>(
     let mut out = out;
     out.run(&args.output.run_line("interfaces", &names));
     let mut filter = Filter::new(out, criteria);
+    filter.max_held = args.engine.max_held as usize;
     let mut tally = Tally::default();
     let tty = std::io::stderr().is_terminal();
     crate::note!(

@@ -38,6 +38,10 @@
 //! - A retransmission whose bytes differ from those first seen is an `Anomaly`
 //!   (`retransmit-mismatch`) and the first-seen bytes are kept. Only bytes still held can be
 //!   compared: bytes already handed out are not kept.
+//! - A RST counts only inside the window its receiver offered (from the receiver's last ACK,
+//!   scaled as the handshake agreed, or up to the sender's bytes already seen; RFC 793 §3.4,
+//!   RFC 5961): the receiver ignores any other, so it is an `Anomaly` (`rst-out-of-window`) and
+//!   changes nothing. With nothing known of the receiver (one-sided capture) a RST counts.
 //! - A connection ends on FIN from both sides or RST (`Closed` after its last bytes), after
 //!   [`FlowConfig::idle_timeout_ns`] without segments ([`FlowTable::expire`]), when evicted as
 //!   the idlest to make room for a new one, when a new SYN reuses its addresses, or at
