@@ -275,6 +275,47 @@ fn escapes_from_either_peer_are_shown_printable_and_kept_exact_in_json() {
 }
 
 #[test]
+fn pop3_and_imap_text_goes_through_the_same_boundary() {
+    let tmp = TempDir::new("hostile-mbox");
+    let mut p = Conv::new(40006, 110);
+    p.handshake();
+    p.server(b"+OK POP3 \x1b]52;c;aGk=\x07ready\r\n");
+    p.client(b"USER ev\x1b[2Jil\r\n");
+    p.server(b"+OK\r\n");
+    p.client(b"QUIT\r\n");
+    p.server(b"+OK bye\r\n");
+    p.close();
+    let mut i = Conv::new(40007, 143);
+    i.ts = p.ts + Duration::from_secs(1);
+    i.handshake();
+    i.server(b"* OK IMAP \x1b[2J ready\r\n");
+    i.client(b"a1 LOGIN m\x1b[8mallory pw\r\n");
+    i.server(b"a1 NO [AUTHENTICATIONFAILED] no \x1b[1A\r\n");
+    i.close();
+    let pcap = tmp.path().join("mbox.pcap");
+    write_pcap(&pcap, &[&p, &i]);
+    let (tail, _) = replay(&["--color", "never"], &pcap);
+    assert_eq!(terminal_controls(&tail), Vec::<char>::new(), "{tail}");
+    for shown in [
+        "S +OK POP3 \\x1b]52;c;aGk=\\x07ready",
+        "C USER ev\\x1b[2Jil",
+        "auth m\\x1b[8mallory FAILED (NO)",
+        "C LOGIN m\\x1b[8mallory <redacted>",
+        "S NO [AUTHENTICATIONFAILED] no \\x1b[1A",
+    ] {
+        assert!(tail.contains(shown), "{shown:?} missing from\n{tail}");
+    }
+    // The records keep the text as sent, as SMTP's do (until issue 17 POP3 and IMAP replaced
+    // control characters with U+FFFD in the record itself).
+    let (json, _) = replay(&["--json"], &pcap);
+    let recs = sessions(&json);
+    let pop = recs.iter().find(|r| r["proto"] == "pop3").expect("pop3");
+    assert_eq!(pop["user"], "ev\x1b[2Jil", "{pop}");
+    let imap = recs.iter().find(|r| r["proto"] == "imap").expect("imap");
+    assert_eq!(imap["auth"]["user"], "m\x1b[8mallory", "{imap}");
+}
+
+#[test]
 fn a_rst_outside_the_servers_window_does_not_end_the_session() {
     let tmp = TempDir::new("hostile-rst");
     let mut c = Conv::new(40003, 25);

@@ -32,10 +32,41 @@ pub struct SaslExchange {
     responses: u32,
     /// What a reply must not echo, until [`Self::finish`]: each response as sent and the
     /// secret parts decoded from it.
-    secrets: Vec<String>,
+    secrets: EchoGuard,
 }
 
-/// Responses remembered for [`SaslExchange::redact_echo`] (a mechanism needs two or three).
+/// Secrets a server reply must not echo (a password, a SASL response), kept from the command
+/// that sent them to its final reply. Nothing of it reaches a record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EchoGuard(Vec<String>);
+
+impl EchoGuard {
+    pub fn remember(&mut self, secret: &[u8]) {
+        let s = String::from_utf8_lossy(secret);
+        let s = s.trim();
+        if s.len() >= MIN_SECRET && self.0.len() < MAX_SECRETS && !self.0.iter().any(|x| x == s) {
+            self.0.push(s.to_string());
+        }
+    }
+
+    /// `text` with every remembered secret replaced by [`REDACTED`]; None when it echoes none.
+    pub fn redact(&self, text: &str) -> Option<String> {
+        let mut out: Option<String> = None;
+        for s in &self.0 {
+            let cur = out.as_deref().unwrap_or(text);
+            if cur.contains(s.as_str()) {
+                out = Some(cur.replace(s.as_str(), REDACTED));
+            }
+        }
+        out
+    }
+
+    pub fn clear(&mut self) {
+        self.0 = Vec::new();
+    }
+}
+
+/// Secrets remembered for [`EchoGuard`] (a mechanism needs two or three).
 const MAX_SECRETS: usize = 8;
 /// Shorter strings are not looked for in replies: "ok" would redact half of every reply.
 const MIN_SECRET: usize = 4;
@@ -47,37 +78,23 @@ impl SaslExchange {
             mechanism: mechanism.to_ascii_uppercase(),
             user: None,
             responses: 0,
-            secrets: Vec::new(),
+            secrets: EchoGuard::default(),
         }
     }
 
     fn remember(&mut self, secret: &[u8]) {
-        let s = String::from_utf8_lossy(secret);
-        let s = s.trim();
-        if s.len() >= MIN_SECRET
-            && self.secrets.len() < MAX_SECRETS
-            && !self.secrets.iter().any(|x| x == s)
-        {
-            self.secrets.push(s.to_string());
-        }
+        self.secrets.remember(secret);
     }
 
     /// `text` with every remembered response (or secret part of one) replaced by
     /// [`REDACTED`]; None when it echoes none.
     pub fn redact_echo(&self, text: &str) -> Option<String> {
-        let mut out: Option<String> = None;
-        for s in &self.secrets {
-            let cur = out.as_deref().unwrap_or(text);
-            if cur.contains(s.as_str()) {
-                out = Some(cur.replace(s.as_str(), REDACTED));
-            }
-        }
-        out
+        self.secrets.redact(text)
     }
 
     /// The exchange got its final reply: what it remembered for [`Self::redact_echo`] goes.
     pub fn finish(&mut self) {
-        self.secrets = Vec::new();
+        self.secrets.clear();
     }
 
     /// A client response (the initial response or a line after a challenge),

@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 
-use super::auth::{SaslExchange, REDACTED, RESPONSE_VERB};
+use super::auth::{EchoGuard, SaslExchange, REDACTED, RESPONSE_VERB};
 use super::stream::{
     latency, lossy, verb_of, CommandStats, Events, Framed, Framer, TlsFacts, TlsTrack,
 };
@@ -76,6 +76,8 @@ pub struct Pop3 {
     pending: VecDeque<Pending>,
     body: Option<Body>,
     sasl: Option<SaslExchange>,
+    /// The PASS/APOP secret until its reply (a server may echo it).
+    echo: EchoGuard,
     /// STLS sent, its reply not seen yet.
     stls_wait: bool,
     /// The USER of a USER/PASS login in progress.
@@ -110,6 +112,7 @@ impl Pop3 {
             pending: VecDeque::new(),
             body: None,
             sasl: None,
+            echo: EchoGuard::default(),
             stls_wait: false,
             login_user: None,
             greeting: None,
@@ -207,11 +210,13 @@ impl Pop3 {
             }
             "PASS" => {
                 self.credential("USER/PASS".into());
+                self.echo.remember(rest_s.as_bytes());
                 self.secret(&rest_s)
             }
             "APOP" => {
                 let u: String = first.unwrap_or("").chars().take(MAX_FIELD).collect();
                 self.credential("APOP".into());
+                self.echo.remember(second.unwrap_or("").as_bytes());
                 self.login_user = Some(u.clone());
                 self.user = Some(u.clone());
                 format!("{u} {}", self.secret(second.unwrap_or("")))
@@ -344,6 +349,20 @@ impl Pop3 {
             self.s_resync = false;
         }
         let ok = code == "+OK";
+        // A reply echoing the password or the SASL response shows it redacted.
+        let text_s = if self.privacy.show_secrets {
+            text_s
+        } else {
+            let sasl = self.sasl.as_ref().and_then(|x| x.redact_echo(&text_s));
+            let sasl = sasl.unwrap_or(text_s);
+            self.echo.redact(&sasl).unwrap_or(sasl)
+        };
+        if cmd
+            .as_ref()
+            .is_some_and(|c| matches!(c.verb.as_str(), "PASS" | "APOP"))
+        {
+            self.echo.clear();
+        }
         self.ev.push(Event::Reply {
             ts: l.start_ts,
             code: code.into(),
@@ -665,6 +684,30 @@ pub(crate) mod tests {
             let got = run_with(Privacy::default(), SessionStart::default(), SESSION, chunk);
             assert_eq!(got, whole, "chunk size {chunk}");
         }
+    }
+
+    #[test]
+    fn a_reply_echoing_the_password_or_sasl_response_is_redacted() {
+        let ir = "AGFsaWNlAGh1bnRlcjIy"; // \0alice\0hunter22
+        let (auth, echo) = (
+            format!("AUTH PLAIN {ir}\r\n"),
+            format!("-ERR bad response {ir} (hunter22)\r\n"),
+        );
+        let steps: &[(Dir, &[u8])] = &[
+            (S, b"+OK ready\r\n"),
+            (C, b"USER mrose\r\nPASS s3cr3t-pw\r\n"),
+            (S, b"+OK\r\n-ERR [AUTH] no such password: s3cr3t-pw\r\n"),
+            (C, auth.as_bytes()),
+            (S, echo.as_bytes()),
+        ];
+        let (ev, _) = run(steps);
+        let all = format!("{ev:?}");
+        assert!(!all.contains("s3cr3t") && !all.contains("hunter22") && !all.contains(ir));
+        assert!(all.contains("no such password: <redacted>"), "{all}");
+        assert!(
+            all.contains("bad response <redacted> (<redacted>)"),
+            "{all}"
+        );
     }
 
     #[test]

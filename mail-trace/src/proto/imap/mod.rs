@@ -32,7 +32,7 @@ pub mod utf7;
 
 use std::collections::VecDeque;
 
-use super::auth::{SaslExchange, REDACTED, RESPONSE_VERB};
+use super::auth::{EchoGuard, SaslExchange, REDACTED, RESPONSE_VERB};
 use super::stream::{
     latency, lossy, verb_of, CommandStats, Events, Framed, Framer, TlsFacts, TlsTrack,
 };
@@ -240,6 +240,8 @@ pub struct Imap {
     s_resync: bool,
     greeting_due: bool,
     client: Client,
+    /// The LOGIN password until its tagged reply (a server may echo it).
+    echo: EchoGuard,
     building: Option<Building>,
     /// The server line in progress continues after a literal; `true` when it
     /// is a FETCH response (its literal bytes are message data).
@@ -276,6 +278,7 @@ impl Imap {
             s_resync: start.partial,
             greeting_due: !start.partial,
             client: Client::Command,
+            echo: EchoGuard::default(),
             building: None,
             s_cont: None,
             pending: VecDeque::new(),
@@ -543,6 +546,7 @@ impl Imap {
                 let pass = arg_bytes(toks.get(1))
                     .map(|p| lossy(&p))
                     .unwrap_or_default();
+                self.echo.remember(pass.as_bytes());
                 format!("{} {}", user.unwrap_or_default(), self.secret(&pass))
             }
             "AUTHENTICATE" => {
@@ -773,6 +777,20 @@ impl Imap {
         if let Some(Some("CAPABILITY")) = code.as_deref().map(|c| c.split(' ').next()) {
             self.set_capabilities(code.as_deref().unwrap_or_default());
         }
+        // A reply echoing the LOGIN password or the SASL response shows it redacted.
+        let resp = if self.privacy.show_secrets {
+            resp
+        } else {
+            let sasl = match &self.client {
+                Client::Sasl(x) => x.redact_echo(&resp),
+                _ => None,
+            };
+            let sasl = sasl.unwrap_or(resp);
+            self.echo.redact(&sasl).unwrap_or(sasl)
+        };
+        if cmd.as_ref().is_some_and(|c| c.verb == "LOGIN") {
+            self.echo.clear();
+        }
         self.ev.push(Event::Reply {
             ts: l.start_ts,
             code: status.clone(),
@@ -958,6 +976,22 @@ mod tests {
 
     fn run(steps: &[(Dir, &[u8])]) -> (Vec<Event>, Map<String, Value>) {
         run_with(Privacy::default(), SessionStart::default(), steps, 0)
+    }
+
+    #[test]
+    fn a_reply_echoing_the_login_password_is_redacted() {
+        let steps: &[(Dir, &[u8])] = &[
+            (S, b"* OK ready\r\n"),
+            (C, b"a1 LOGIN alice s3cr3t-pw\r\n"),
+            (
+                S,
+                b"a1 NO [AUTHENTICATIONFAILED] no password s3cr3t-pw here\r\n",
+            ),
+        ];
+        let (ev, r) = run(steps);
+        let all = format!("{ev:?}{r:?}");
+        assert!(!all.contains("s3cr3t"), "{all}");
+        assert!(all.contains("no password <redacted> here"), "{all}");
     }
 
     const SESSION: &[(Dir, &[u8])] = &[
