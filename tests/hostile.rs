@@ -564,3 +564,149 @@ fn a_hostile_client_leaves_no_control_byte_in_the_live_tail() {
         "{human}"
     );
 }
+
+/// The client's next sequence number on a connected socket, read in TCP repair mode (root).
+fn next_seq(s: &std::net::TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    let fd = s.as_raw_fd();
+    let set = |opt: libc::c_int, v: libc::c_int| {
+        // SAFETY: a valid socket and a c_int option value of the right size.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            r,
+            0,
+            "setsockopt {opt}: {}",
+            std::io::Error::last_os_error()
+        );
+    };
+    set(libc::TCP_REPAIR, 1);
+    set(libc::TCP_REPAIR_QUEUE, 2); // TCP_SEND_QUEUE
+    let mut seq: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: seq and len are valid for getsockopt to fill in.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_QUEUE_SEQ,
+            (&mut seq as *mut u32).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0, "TCP_QUEUE_SEQ: {}", std::io::Error::last_os_error());
+    set(libc::TCP_REPAIR, 0);
+    seq
+}
+
+/// Sends one RST from `from` to `to` at `seq` through a raw socket (IP_HDRINCL).
+fn raw_rst(from: std::net::SocketAddrV4, to: std::net::SocketAddrV4, seq: u32) {
+    let mut pkt = Vec::new();
+    PacketBuilder::ipv4(from.ip().octets(), to.ip().octets(), 64)
+        .tcp(from.port(), to.port(), seq, 0)
+        .rst()
+        .write(&mut pkt, &[])
+        .expect("build RST");
+    // SAFETY: plain socket(2); the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(to.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: pkt and sa are valid for the lengths given.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    assert_eq!(
+        n,
+        pkt.len() as isize,
+        "sendto: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// A hostile client of the real Postfix sends RSTs outside the window (which Postfix's kernel
+/// ignores) and goes on with its session: the tail must not end the session there.
+#[test]
+fn out_of_window_rsts_against_postfix_do_not_hide_the_rest_of_the_session() {
+    use std::io::{BufRead, BufReader, Write};
+    common::require_root("out_of_window_rsts_against_postfix_do_not_hide_the_rest_of_the_session");
+    let tmp = TempDir::new("hostile-rst-live");
+    let tb = common::Testbed::start();
+    let json =
+        common::tailer::Tail::start(&tb.ns.host_if, &["--json", "--events"], tmp.path(), "json");
+    let server = std::net::SocketAddrV4::new(tb.ns.server_v4(), 25);
+    let s = std::net::TcpStream::connect_timeout(&server.into(), Duration::from_secs(10))
+        .expect("connect to Postfix");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let local = match s.local_addr().unwrap() {
+        SocketAddr::V4(a) => a,
+        other => panic!("{other}"),
+    };
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s.try_clone().unwrap();
+    // One reply (all its lines); its code.
+    let mut reply = || -> String {
+        loop {
+            let mut l = String::new();
+            r.read_line(&mut l).expect("read reply");
+            if l.len() < 4 || l.as_bytes()[3] != b'-' {
+                return l.get(..3).unwrap_or("").to_string();
+            }
+        }
+    };
+    assert_eq!(reply(), "220");
+    w.write_all(b"EHLO client.test\r\n").unwrap();
+    assert_eq!(reply(), "250");
+    let seq = next_seq(&s);
+    raw_rst(local, server, seq.wrapping_sub(70_000)); // behind what Postfix acknowledged
+    raw_rst(local, server, seq.wrapping_add(1 << 31)); // far past any window
+    std::thread::sleep(Duration::from_millis(200));
+    w.write_all(b"MAIL FROM:<after-rst@client.test>\r\n")
+        .unwrap();
+    assert_eq!(reply(), "250", "Postfix ignored the RSTs");
+    w.write_all(b"QUIT\r\n").unwrap();
+    assert_eq!(reply(), "221");
+    // Closes every clone of the socket (the reader's too): the FINs end the session.
+    s.shutdown(std::net::Shutdown::Both).unwrap();
+    let rec = json.session(SocketAddr::V4(local));
+    assert_eq!(rec["close"], "fin", "{rec}");
+    assert_eq!(
+        rec["transactions"][0]["mail_from"], "after-rst@client.test",
+        "{rec}"
+    );
+    assert!(
+        rec["anomalies"]
+            .as_array()
+            .unwrap()
+            .contains(&"rst-out-of-window".into()),
+        "{rec}"
+    );
+    let out = json.stop().stdout;
+    let rsts = out
+        .lines()
+        .filter(|l| l.contains(r#""type":"anomaly""#) && l.contains("rst-out-of-window"))
+        .count();
+    assert_eq!(rsts, 2, "{out}");
+}
