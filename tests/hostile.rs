@@ -217,6 +217,10 @@ fn escapes_from_either_peer_are_shown_printable_and_kept_exact_in_json() {
     c.server(b"250 2.1.0 Ok\x1b[1A\x1b[2K\r\n");
     c.client("RCPT TO:<\u{9b}2J\u{202e}b@x.test>\r\n".as_bytes());
     c.server(b"550 5.1.1 <\x1b[2Jb>: Recipient address rejected\r\n");
+    c.client(b"DATA\r\n");
+    c.server(b"354 go ahead\r\n");
+    c.client(b"Subject: x\r\n\r\nhi\r\n.\r\n");
+    c.server(b"250 2.0.0 Ok: queued as 4ABC123 \x1b]52;c;aGk=\x07\r\n");
     c.client(b"QUIT\r\n");
     c.server(b"221 2.0.0 Bye\r\n");
     c.close();
@@ -272,6 +276,26 @@ fn escapes_from_either_peer_are_shown_printable_and_kept_exact_in_json() {
         recs[1]
     );
     assert!(!json.contains("Secr3t") && !json.contains(&ir));
+
+    // `why` over the saved JSON (its run line skipped) tells the story printable.
+    let saved = tmp.path().join("saved.jsonl");
+    std::fs::write(&saved, &json).unwrap();
+    let why = Command::new(env!("CARGO_BIN_EXE_mail-trace"))
+        .args(["why", "4ABC123", "--json"])
+        .arg(&saved)
+        .output()
+        .expect("run why");
+    let story = String::from_utf8(why.stdout).unwrap();
+    assert_eq!(why.status.code(), Some(0), "{story}");
+    assert_eq!(terminal_controls(&story), Vec::<char>::new(), "{story}");
+    for shown in [
+        "helo evil\\x1b[2J\\x1b]52;c;aGk=\\x07",
+        "MAIL FROM:<a\\x1b[31m@x.test>",
+        "RCPT TO:<\\u{9b}2J\\u{202e}b@x.test> -> 550 5.1.1 <\\x1b[2Jb>",
+        "end of data -> 250 2.0.0 Ok: queued as 4ABC123 \\x1b]52;c;aGk=\\x07",
+    ] {
+        assert!(story.contains(shown), "{shown:?} missing from\n{story}");
+    }
 }
 
 #[test]

@@ -375,6 +375,13 @@ mod tests {
             tls_line(&p, v6),
             "23:01:40.123456 TLS smtpd[1234] IP6 fd99::2.993 > fd99::1.40000: SSL_write, length 21"
         );
+        // Anyone can name a process: its comm is shown printable.
+        p.comm = "sm\x1b]0;x\x07tpd".into();
+        assert_eq!(
+            tls_line(&p, None),
+            "23:01:40.123456 TLS sm\\x1b]0;x\\x07tpd[1234] connection unknown: SSL_write, length 21"
+        );
+        p.comm = "smtpd".into();
         assert_eq!(
             tls_line(&p, None),
             "23:01:40.123456 TLS smtpd[1234] connection unknown: SSL_write, length 21"
