@@ -277,6 +277,25 @@ fn escapes_from_either_peer_are_shown_printable_and_kept_exact_in_json() {
     );
     assert!(!json.contains("Secr3t") && !json.contains(&ir));
 
+    // A log line with escapes, joined to the session by its queue id: printable too.
+    let log = tmp.path().join("mail.log");
+    std::fs::write(
+        &log,
+        "2023-11-14T22:13:20.500000+00:00 mx postfix/smtp[123]: 4ABC123: to=<b\x1b[2J@x.test>, \
+         relay=none, delay=0.1, delays=0/0/0/0.1, dsn=5.0.0, status=bounced (evil\x1b]52;c;aGk=\x07)\n",
+    )
+    .unwrap();
+    let (joined, _) = replay(
+        &["--color", "never", &format!("--maillog={}", log.display())],
+        &pcap,
+    );
+    assert_eq!(terminal_controls(&joined), Vec::<char>::new(), "{joined}");
+    assert!(
+        joined.contains(" log: postfix/smtp[123] 4ABC123 delivery: status=bounced"),
+        "{joined}"
+    );
+    assert!(joined.contains("b\\x1b[2J@x.test"), "{joined}");
+
     // `why` over the saved JSON (its run line skipped) tells the story printable.
     let saved = tmp.path().join("saved.jsonl");
     std::fs::write(&saved, &json).unwrap();
