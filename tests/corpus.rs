@@ -450,12 +450,9 @@ fn memory_bounds_are_flags_and_evictions_are_reported() {
     let closes: Vec<String> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["close"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "session")
+        .map(|v| v["close"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(closes, ["evicted", "end_of_capture"]);
 }

@@ -26,10 +26,19 @@ fn replay(args: &[&str], files: &[PathBuf]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The JSON lines after the first, `{"type":"run"}` (checked to be there).
 fn lines(out: &str) -> Vec<Value> {
-    out.lines()
+    let mut all: Vec<Value> = out
+        .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+        .collect();
+    assert_eq!(
+        all.first().map(|r| &r["type"]),
+        Some(&"run".into()),
+        "{out}"
+    );
+    all.remove(0);
+    all
 }
 
 const OFFERED_NOT_USED_25: (&str, &str, &str) = (

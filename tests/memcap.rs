@@ -103,6 +103,9 @@ fn records(path: &Path) -> HashMap<u64, Rec> {
     for line in f.lines() {
         let line = line.expect("read output");
         let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+        if v["type"] == "run" {
+            continue; // the first line: how the run was made
+        }
         assert_eq!(v["type"], "session", "{line}");
         let rec = Rec {
             client: v["client"].as_str().expect("client").to_owned(),

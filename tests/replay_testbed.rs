@@ -220,11 +220,27 @@ fn headers_only_with_show_headers() {
     )
     .unwrap();
     let pcap = fixtures().join(facts["pcapng"].as_str().unwrap());
+    // The first line says which privacy flags were in force; the session follows.
+    let run_and_session = |out: &str| -> (Value, Value) {
+        let mut l = out.lines().map(|l| serde_json::from_str(l).unwrap());
+        (l.next().unwrap(), l.next().unwrap())
+    };
     let (hidden, _) = replay(&["--json"], &pcap);
-    let rec: Value = serde_json::from_str(hidden.lines().next().unwrap()).unwrap();
+    let (run, rec) = run_and_session(&hidden);
+    assert_eq!(run["type"], "run");
+    assert_eq!(run["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(run["files"][0], pcap.display().to_string());
+    assert_eq!(
+        run["privacy"],
+        serde_json::json!({"show_secrets": false, "show_headers": false})
+    );
     assert!(rec["transactions"][0]["headers"].is_null());
     let (shown, _) = replay(&["--json", "--show-headers"], &pcap);
-    let rec: Value = serde_json::from_str(shown.lines().next().unwrap()).unwrap();
+    let (run, rec) = run_and_session(&shown);
+    assert_eq!(
+        run["privacy"],
+        serde_json::json!({"show_secrets": false, "show_headers": true})
+    );
     let h = &rec["transactions"][0]["headers"];
     let from = h["from"].as_str().unwrap_or_default();
     assert!(!from.is_empty(), "{rec}");
@@ -289,7 +305,8 @@ fn broken_files_give_one_line_and_keep_what_was_read() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     let recs: Vec<Value> = stdout
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["type"] != "run")
         .collect();
     assert_eq!(recs.len(), 1, "{stdout}");
     assert_eq!(recs[0]["close"], "end_of_capture");

@@ -190,6 +190,7 @@ pub fn flow_reassembly(data: &[u8]) {
         max_connections: MAX_CONNS,
         idle_timeout_ns: 1_000_000,
         server_ports: vec![25],
+        ..FlowConfig::default()
     });
     let server = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 99, 0, 2)), 25);
     // Per connection: the next sequence number each side would send.
@@ -247,6 +248,8 @@ pub fn flow_reassembly(data: &[u8]) {
             payload,
             missing,
             suppressed: false,
+            window: u16::MAX,
+            wscale: None,
         };
         next[conn][side] = seq
             .wrapping_add(payload.len() as u32)

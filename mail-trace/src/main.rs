@@ -128,8 +128,9 @@ fn main() -> ExitCode {
         Err(e) => {
             // `{:#}` joins the context chain on one line; a newline inside a cause would not be.
             let msg = format!("{e:#}").replace('\n', " ");
-            // eprintln! would panic on a closed stderr (`2>&1 | head`).
-            let _ = writeln!(std::io::stderr(), "mail-trace: {msg}");
+            // Not eprintln!, which would panic on a closed stderr (`2>&1 | head`); a cause
+            // may quote a file or a peer, so the line is made printable too.
+            mail_trace::note!("mail-trace: {msg}");
             ExitCode::FAILURE
         }
     }

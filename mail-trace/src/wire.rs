@@ -37,6 +37,10 @@ pub struct Segment<'a> {
     pub missing: u32,
     /// The `missing` bytes were seen but not copied on purpose ([`Frame::suppressed`]).
     pub suppressed: bool,
+    /// The window field as sent (unscaled).
+    pub window: u16,
+    /// The window scale option, read on SYN segments only (it is valid nowhere else).
+    pub wscale: Option<u8>,
 }
 
 /// Why a frame could not be decoded to a TCP segment.
@@ -216,6 +220,15 @@ fn segment_of<'a>(
         payload: tcp.payload(),
         missing: u32::try_from(missing).unwrap_or(u32::MAX),
         suppressed: frame.suppressed && missing > 0,
+        window: tcp.window_size(),
+        wscale: if tcp.syn() {
+            tcp.options_iterator().find_map(|o| match o {
+                Ok(etherparse::TcpOptionElement::WindowScale(s)) => Some(s),
+                _ => None,
+            })
+        } else {
+            None
+        },
     }))
 }
 

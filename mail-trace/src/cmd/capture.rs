@@ -17,7 +17,7 @@ use crate::{
         uprobe::{ConnResolver, Plaintext},
         Direction, Frame,
     },
-    output::pcapng::IfaceStats,
+    output::{pcapng::IfaceStats, printable::Printable},
     wire::{self, Segment},
 };
 
@@ -75,7 +75,7 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
         _owners = Some(cap.attach_sock_probes()?);
         let libs = cap.attach_tls(&args.tls.to_config())?;
         let libs: Vec<String> = libs.iter().map(|l| l.display().to_string()).collect();
-        eprintln!("mail-trace: TLS plaintext from {}", libs.join(", "));
+        crate::note!("mail-trace: TLS plaintext from {}", libs.join(", "));
         resolver = Some(ConnResolver::new(args.tls.comm.clone(), cfg.ports.clone()));
     }
     // After the TLS probes too: attaching them needs the privileges.
@@ -168,7 +168,7 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
     } else {
         String::new()
     };
-    eprintln!(
+    crate::note!(
         "mail-trace: {}{tls}",
         summary(&counters, delivered.iter().sum())
     );
@@ -212,7 +212,8 @@ pub fn line(f: &Frame, iface: &str) -> String {
         Direction::Out => "Out",
         Direction::Unknown => "?  ",
     };
-    let head = format!("{} {iface} {dir}", clock(f.ts));
+    // Interface and process names are chosen by whoever created them: shown printable.
+    let head = format!("{} {} {dir}", clock(f.ts), Printable(iface));
     match wire::decode(f) {
         Ok(Some(seg)) => format!("{head} {}", tcp_summary(&seg)),
         Ok(None) => format!("{head} {} bytes, not TCP", f.orig_len),
@@ -224,7 +225,7 @@ pub fn line(f: &Frame, iface: &str) -> String {
 /// as the data flows) and length; never the bytes.
 pub fn tls_line(p: &Plaintext, conn: Option<(SocketAddr, SocketAddr)>) -> String {
     let call = if p.from_peer { "SSL_read" } else { "SSL_write" };
-    let head = format!("{} TLS {}[{}]", clock(p.ts), p.comm, p.pid);
+    let head = format!("{} TLS {}[{}]", clock(p.ts), Printable(&p.comm), p.pid);
     let len = p.data.len();
     let Some((local, peer)) = conn else {
         return format!("{head} connection unknown: {call}, length {len}");
@@ -312,6 +313,8 @@ mod tests {
             payload: b"EHLO x\r\n",
             missing: 2,
             suppressed: false,
+            window: u16::MAX,
+            wscale: None,
         };
         assert_eq!(
             tcp_summary(&seg),
@@ -329,6 +332,8 @@ mod tests {
             payload: b"",
             missing: 0,
             suppressed: false,
+            window: u16::MAX,
+            wscale: None,
         };
         assert_eq!(
             tcp_summary(&syn),
@@ -370,6 +375,13 @@ mod tests {
             tls_line(&p, v6),
             "23:01:40.123456 TLS smtpd[1234] IP6 fd99::2.993 > fd99::1.40000: SSL_write, length 21"
         );
+        // Anyone can name a process: its comm is shown printable.
+        p.comm = "sm\x1b]0;x\x07tpd".into();
+        assert_eq!(
+            tls_line(&p, None),
+            "23:01:40.123456 TLS sm\\x1b]0;x\\x07tpd[1234] connection unknown: SSL_write, length 21"
+        );
+        p.comm = "smtpd".into();
         assert_eq!(
             tls_line(&p, None),
             "23:01:40.123456 TLS smtpd[1234] connection unknown: SSL_write, length 21"

@@ -13,6 +13,11 @@ pub struct EngineArgs {
     /// Connections tracked at once; beyond it the idlest is evicted (and counted).
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sessions: u32,
+    /// Bytes all sessions together may hold beyond their fixed size — out-of-order bytes,
+    /// recorded transactions and recipients, bytes awaiting a reply — before the sessions
+    /// holding the most are evicted (`close: "evicted"`, counted) (K, M, G suffixes allowed).
+    #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = parse_buffer)]
+    pub max_held: u32,
     /// Seconds without a packet after which a session is ended (`close: "idle"`).
     #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..))]
     pub idle_timeout: u32,
@@ -24,6 +29,7 @@ impl EngineArgs {
             max_buffer_per_dir: self.max_buffer as usize,
             max_connections: self.max_sessions as usize,
             idle_timeout_ns: u64::from(self.idle_timeout) * 1_000_000_000,
+            max_held_total: u64::from(self.max_held),
             ..FlowConfig::default()
         }
     }
@@ -36,6 +42,19 @@ impl EngineArgs {
                 "mail-trace: {} sessions evicted (more than --max-sessions {} open at once); \
                  their records end with close \"evicted\"",
                 stats.evicted, self.max_sessions
+            )
+        })
+    }
+}
+
+impl EngineArgs {
+    /// The line that reports evictions for `--max-held` at exit (none when there were none).
+    pub fn held_report(&self, stats: &crate::session::EngineStats) -> Option<String> {
+        (stats.evicted_held > 0).then(|| {
+            format!(
+                "mail-trace: {} sessions evicted (together they held more than --max-held {} \
+                 bytes); their records end with close \"evicted\"",
+                stats.evicted_held, self.max_held
             )
         })
     }

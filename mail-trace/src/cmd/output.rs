@@ -54,6 +54,23 @@ impl OutputArgs {
         }
     }
 
+    /// The `{"type":"run"}` line: mail-trace's version, what was read (`inputs` under
+    /// `key`: "interfaces" live, "files" in replay) and the privacy flags in force.
+    pub fn run_line(&self, key: &str, inputs: &[String]) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("type".into(), "run".into());
+        m.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+        m.insert(key.into(), inputs.into());
+        m.insert(
+            "privacy".into(),
+            serde_json::json!({
+                "show_secrets": self.show_secrets,
+                "show_headers": self.show_headers,
+            }),
+        );
+        serde_json::Value::Object(m)
+    }
+
     /// Builds the chosen output over `out`; `is_tty` says whether it is a terminal.
     pub fn build<W: Write>(&self, out: W, is_tty: bool) -> Outputs<W> {
         if self.json {

@@ -48,7 +48,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
         findings: args.output.findings,
         ..Criteria::default()
     };
-    let mut filter = Filter::new(args.output.stdout(), criteria);
+    let mut out = args.output.stdout();
+    let files: Vec<String> = args.files.iter().map(|p| p.display().to_string()).collect();
+    out.run(&args.output.run_line("files", &files));
+    let mut filter = Filter::new(out, criteria);
+    filter.max_held = args.engine.max_held as usize;
     let mut out = Selected {
         filter: &mut filter,
         frames: &mut NoFrames,
@@ -59,7 +63,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
         let mut src = match PcapSource::open(path) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("mail-trace: {e}");
+                crate::note!("mail-trace: {e}");
                 status = 2;
                 continue;
             }
@@ -83,7 +87,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
                     }
                 }
                 Err(e) => {
-                    eprintln!("mail-trace: {e}");
+                    crate::note!("mail-trace: {e}");
                     status = status.max(1);
                     break;
                 }
@@ -107,7 +111,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
     }
     finish_output(filter.inner)?;
     if let Some(line) = args.engine.eviction_report(&engine.flow_stats()) {
-        eprintln!("{line}");
+        crate::note!("{line}");
+    }
+    if let Some(line) = args.engine.held_report(&engine.stats()) {
+        crate::note!("{line}");
     }
     Ok(status)
 }

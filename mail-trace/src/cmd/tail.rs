@@ -289,7 +289,7 @@ pub(crate) async fn trace<W: Write>(
         Ok(o) => Some(o),
         Err(e) if args.tls.tls_plaintext => return Err(e.into()),
         Err(e) => {
-            eprintln!("mail-trace: owning processes from /proc only: {e}");
+            crate::note!("mail-trace: owning processes from /proc only: {e}");
             None
         }
     };
@@ -298,7 +298,7 @@ pub(crate) async fn trace<W: Write>(
     if args.tls.tls_plaintext {
         let libs = cap.attach_tls(&args.tls.to_config())?;
         let libs: Vec<String> = libs.iter().map(|l| l.display().to_string()).collect();
-        eprintln!("mail-trace: TLS plaintext from {}", libs.join(", "));
+        crate::note!("mail-trace: TLS plaintext from {}", libs.join(", "));
         resolver = Some(ConnResolver::new(
             args.tls.comm.clone(),
             PortMap::default().ports(),
@@ -359,10 +359,13 @@ pub(crate) async fn trace<W: Write>(
         errors: args.errors,
         findings: args.output.findings,
     };
+    let mut out = out;
+    out.run(&args.output.run_line("interfaces", &names));
     let mut filter = Filter::new(out, criteria);
+    filter.max_held = args.engine.max_held as usize;
     let mut tally = Tally::default();
     let tty = std::io::stderr().is_terminal();
-    eprintln!(
+    crate::note!(
         "mail-trace: tracing {} on {}{}",
         cfg.ports
             .iter()
@@ -424,7 +427,7 @@ pub(crate) async fn trace<W: Write>(
                 let lost = cap.counters().map(|c| c.lost_records).unwrap_or(0);
                 let rate = (tally.events - last_events) as f64 / STATUS_EVERY.as_secs_f64();
                 last_events = tally.events;
-                eprintln!(
+                crate::note!(
                     "-- {} sessions open, {:.0} events/s, {} records lost",
                     engine.open_sessions(), rate, lost
                 );
@@ -456,7 +459,7 @@ pub(crate) async fn trace<W: Write>(
     let counters = cap.counters()?;
     let incomplete = cap.incomplete();
     if let (Some(r), Some(t)) = (&resolver, cap.tls_counters()) {
-        eprintln!(
+        crate::note!(
             "mail-trace: TLS plaintext: {} calls, {} records, {} lost, {} truncated, {} unreadable; \
              connection of {} chunks from the call's socket, {} from the thread's last socket, {} from /proc, {} unknown; {} chunks in sessions; \
              {} encrypted bytes not copied",
@@ -508,7 +511,7 @@ pub(crate) async fn trace<W: Write>(
     }
     let t = &tally;
     let flows = engine.flow_stats();
-    eprintln!(
+    crate::note!(
         "mail-trace: {} sessions (smtp {}, pop3 {}, imap {}), {} shown; {} messages queued; replies 2xx {} 3xx {} 4xx {} 5xx {}; {} gap bytes; {} evicted at --max-sessions {}; kernel: {} packets matched, {} records emitted, {} records lost",
         t.sessions.iter().sum::<u64>(),
         t.sessions[0],
@@ -528,7 +531,10 @@ pub(crate) async fn trace<W: Write>(
         counters.lost_records
     );
     if let Some(line) = args.engine.eviction_report(&engine.flow_stats()) {
-        eprintln!("{line}");
+        crate::note!("{line}");
+    }
+    if let Some(line) = args.engine.held_report(&engine.stats()) {
+        crate::note!("{line}");
     }
     Ok(filter.inner)
 }

@@ -5,7 +5,7 @@
 //! story once the delivery outcome is logged.
 use std::cell::RefCell;
 use std::collections::{BTreeSet, VecDeque};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -331,6 +331,9 @@ impl Live {
             let Ok(v) = serde_json::from_slice::<Value>(line) else {
                 continue;
             };
+            if v["type"] == "run" {
+                continue; // how the run was made, not a record
+            }
             if self.queue_id.is_none() {
                 self.queue_id = self.from.as_deref().and_then(|f| queued_from(&v, f));
             }
@@ -439,7 +442,12 @@ fn run_live(args: WhyArgs) -> anyhow::Result<u8> {
     // What the end flushed (sessions still open or lingering).
     live.done();
     let Some(q) = live.queue_id.clone() else {
-        println!("No message from {} was seen", live.from.unwrap_or_default());
+        let from = live.from.unwrap_or_default();
+        let _ = writeln!(
+            std::io::stdout(),
+            "No message from {} was seen",
+            crate::output::printable::Printable(&from)
+        );
         return Ok(1);
     };
     let records: Vec<Value> = live.records.into();
@@ -448,7 +456,18 @@ fn run_live(args: WhyArgs) -> anyhow::Result<u8> {
 
 fn print_story(queue_id: &str, records: &[Value], log: &[Value]) -> anyhow::Result<u8> {
     let st = story(queue_id, records, log);
-    print!("{}", render(&st));
+    // Every value in the story came from the wire or a log: shown printable.
+    let text = render(&st);
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out
+        .write_all(crate::output::printable::printable_lines(&text).as_bytes())
+        .and_then(|()| out.flush())
+    {
+        // `why … | head` is a normal way to stop reading.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(anyhow::Error::from(e).context("writing the story"));
+        }
+    }
     Ok(if st.incoming.is_empty() && st.lines.is_empty() {
         1
     } else {

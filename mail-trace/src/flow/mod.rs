@@ -38,6 +38,10 @@
 //! - A retransmission whose bytes differ from those first seen is an `Anomaly`
 //!   (`retransmit-mismatch`) and the first-seen bytes are kept. Only bytes still held can be
 //!   compared: bytes already handed out are not kept.
+//! - A RST counts only inside the window its receiver offered (from the receiver's last ACK,
+//!   scaled as the handshake agreed, or up to the sender's bytes already seen; RFC 793 §3.4,
+//!   RFC 5961): the receiver ignores any other, so it is an `Anomaly` (`rst-out-of-window`) and
+//!   changes nothing. With nothing known of the receiver (one-sided capture) a RST counts.
 //! - A connection ends on FIN from both sides or RST (`Closed` after its last bytes), after
 //!   [`FlowConfig::idle_timeout_ns`] without segments ([`FlowTable::expire`]), when evicted as
 //!   the idlest to make room for a new one, when a new SYN reuses its addresses, or at
@@ -144,6 +148,10 @@ pub struct FlowConfig {
     pub idle_timeout_ns: u64,
     /// Ports on which servers listen: tells client from server when the SYN was not seen.
     pub server_ports: Vec<u16>,
+    /// Bytes all sessions together may hold beyond their fixed size (out-of-order bytes,
+    /// recorded transactions, bytes awaiting a reply) before the largest are evicted
+    /// (default 1 GiB; the session engine enforces it).
+    pub max_held_total: u64,
 }
 
 impl Default for FlowConfig {
@@ -153,6 +161,7 @@ impl Default for FlowConfig {
             max_connections: 100_000,
             idle_timeout_ns: 600 * 1_000_000_000,
             server_ports: vec![25, 110, 143, 465, 587, 993, 995, 2525],
+            max_held_total: 1 << 30,
         }
     }
 }

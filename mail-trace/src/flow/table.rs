@@ -56,6 +56,51 @@ struct Conn {
     indexed_ts: Ts,
     /// Any payload, FIN or RST seen (a new SYN then means a new connection).
     used: bool,
+    /// Per direction (as `halves`): the receiver's last ACK of it and the window it then
+    /// offered (scaled), which a RST must fall in to be obeyed.
+    rcv: [Option<(u32, u32)>; 2],
+    /// Per sending direction: the window scale of its SYN, `None` when that SYN was not
+    /// seen, `Some(None)` when it had no option.
+    wscale: [Option<Option<u8>>; 2],
+}
+
+/// The window shift when the handshake was not seen: the largest allowed (RFC 7323), so a
+/// RST is never refused for a window we cannot know.
+const UNKNOWN_WSCALE: u8 = 14;
+
+/// Whether a RST sent in direction `me` at `seq` is inside the window its receiver offered
+/// (RFC 793 §3.4, RFC 5961 §3): a receiver ignores one outside it, so it must not end the
+/// flow either — else a peer could hide the rest of a session behind a RST the server never
+/// obeyed. Nothing known about the receiver (one-sided capture): accepted, as before.
+fn rst_in_window(c: &Conn, me: usize, seq: u32) -> bool {
+    let Some((ack, wnd)) = c.rcv[me] else {
+        return true;
+    };
+    // The ACK seen may lag (delayed, or lost to the capture): the sender's bytes seen so far
+    // were inside the window when sent, so the window reaches at least to their end.
+    let h = &c.halves[me];
+    let seen_end = h
+        .base()
+        .map(|b| b.wrapping_add(h.next() as u32 + u32::from(h.fin().is_some())));
+    let seen = seen_end
+        .map(|e| e.wrapping_sub(ack))
+        .filter(|&d| d < 1 << 31) // else the receiver acked past what we saw
+        .unwrap_or(0);
+    // SEG.SEQ - RCV.NXT modulo 2^32; a zero window still accepts RCV.NXT itself.
+    seq.wrapping_sub(ack) <= wnd.max(seen)
+}
+
+/// The window a segment sent in direction `dir` offers, scaled as the handshake agreed.
+fn offered_window(c: &Conn, dir: usize, seg: &Segment<'_>) -> u32 {
+    if seg.flags.syn {
+        return u32::from(seg.window); // never scaled (RFC 7323 §2.2)
+    }
+    let shift = match (c.wscale[dir], c.wscale[1 - dir]) {
+        (Some(Some(mine)), Some(Some(_))) => mine.min(UNKNOWN_WSCALE),
+        (Some(_), Some(_)) => 0,
+        _ => UNKNOWN_WSCALE,
+    };
+    u32::from(seg.window) << shift
 }
 
 fn buffered(c: &Conn) -> usize {
@@ -210,8 +255,24 @@ impl FlowTable {
             self.idle.insert((c.indexed_ts, id), key);
         }
 
-        let before = buffered(c);
         let me = idx(dir);
+        if seg.flags.rst && !rst_in_window(c, me, seg.seq) {
+            self.stats.anomalies += 1;
+            out(FlowEvent::Anomaly {
+                id,
+                kind: "rst-out-of-window",
+                ts,
+            });
+            return Some(id);
+        }
+        if seg.flags.syn {
+            c.wscale[me] = Some(seg.wscale);
+        }
+        if seg.flags.ack && !seg.flags.rst {
+            let w = offered_window(c, me, seg);
+            c.rcv[idx(other(dir))] = Some((seg.ack, w));
+        }
+        let before = buffered(c);
         let max_buffer = self.cfg.max_buffer_per_dir;
         let stats = &mut self.stats;
         let mut emit_for = |d: Dir, o: Out<'_>| report(o, id, d, ts, stats, out);
@@ -302,6 +363,23 @@ impl FlowTable {
         }
     }
 
+    /// Bytes the connection between `a` and `b` holds beyond holes.
+    pub fn buffered_of(&self, a: SocketAddr, b: SocketAddr) -> usize {
+        self.conns.get(&key_of(a, b)).map_or(0, |c| buffered(c))
+    }
+
+    /// Ends the connection between `a` and `b` now (`Evicted`): the session engine's memory
+    /// budget. Counted by the engine, not in [`FlowStats::evicted`] (that is `--max-sessions`).
+    pub fn evict(
+        &mut self,
+        a: SocketAddr,
+        b: SocketAddr,
+        ts: Ts,
+        out: &mut dyn FnMut(FlowEvent<'_>),
+    ) {
+        self.close(key_of(a, b), ts, CloseReason::Evicted, out);
+    }
+
     /// Ends connections idle for longer than the configured timeout.
     pub fn expire(&mut self, now: Ts, out: &mut dyn FnMut(FlowEvent<'_>)) {
         let timeout = self.cfg.idle_timeout_ns;
@@ -374,6 +452,8 @@ impl FlowTable {
                 last_ts: ts,
                 indexed_ts: ts,
                 used: false,
+                rcv: [None; 2],
+                wscale: [None; 2],
             }),
         );
         self.idle.insert((ts, id), key);
@@ -485,6 +565,8 @@ mod tests {
             payload,
             missing: 0,
             suppressed: false,
+            window: u16::MAX,
+            wscale: None,
         }
     }
 
@@ -754,6 +836,73 @@ mod tests {
                 E::Close(1, CloseReason::Rst)
             ]
         );
+    }
+
+    #[test]
+    fn a_rst_outside_the_receivers_window_is_an_anomaly_not_the_end() {
+        let mut t = T::new(FlowConfig::default());
+        handshake(&mut t);
+        t.feed(&seg(S, C, 5001, 1001, "A", b"220 hi\r\n"), 4);
+        t.take();
+        // The server acked 1001 with a 65535-byte window: one behind it and one past its
+        // right edge are ignored by the server, so they change nothing here either.
+        t.feed(&seg(C, S, 1000, 5009, "AR", b""), 5);
+        t.feed(&seg(C, S, 1001 + 65536, 5009, "R", b""), 6);
+        t.feed(&seg(C, S, 1001, 5009, "A", b"MAIL FROM:<a@b>\r\n"), 7);
+        // The server's reset (at the client's ACK of it) is obeyed.
+        t.feed(&seg(S, C, 5009, 0, "R", b""), 8);
+        assert_eq!(
+            t.take(),
+            vec![
+                E::Anom(1, "rst-out-of-window"),
+                E::Anom(1, "rst-out-of-window"),
+                d(1, TS, "MAIL FROM:<a@b>\r\n"),
+                E::Close(1, CloseReason::Rst)
+            ]
+        );
+        assert_eq!(t.table.stats().anomalies, 2);
+    }
+
+    #[test]
+    fn the_window_is_scaled_as_the_handshake_agreed() {
+        let scaled = |c_ws: Option<u8>, s_ws: Option<u8>| {
+            let mut t = T::new(FlowConfig::default());
+            let mut syn = seg(C, S, 1000, 0, "S", b"");
+            syn.wscale = c_ws;
+            t.feed(&syn, 1);
+            let mut syn_ack = seg(S, C, 5000, 1001, "SA", b"");
+            syn_ack.wscale = s_ws;
+            t.feed(&syn_ack, 2);
+            t.feed(&seg(C, S, 1001, 5001, "A", b""), 3);
+            // The server offers 1024 << its scale.
+            let mut ack = seg(S, C, 5001, 1001, "A", b"");
+            ack.window = 1024;
+            t.feed(&ack, 4);
+            t.take();
+            t.feed(&seg(C, S, 1001 + 100_000, 5001, "R", b""), 5);
+            t.take()
+        };
+        // 1024 << 7 = 131072 holds 100000; without both options no scaling: 1024 does not.
+        assert_eq!(
+            scaled(Some(7), Some(7)).last(),
+            Some(&E::Close(1, CloseReason::Rst))
+        );
+        assert_eq!(scaled(Some(7), None), vec![E::Anom(1, "rst-out-of-window")]);
+    }
+
+    #[test]
+    fn the_window_reaches_past_a_lagging_ack_to_the_bytes_seen() {
+        let mut t = T::new(FlowConfig::default());
+        handshake(&mut t);
+        let mut ack = seg(S, C, 5001, 1001, "A", b"");
+        ack.window = 10;
+        t.feed(&ack, 4);
+        t.feed(&seg(C, S, 1001, 5001, "A", &[b'x'; 100]), 5);
+        t.take();
+        // The server's ACK of the 100 bytes was not captured; the client's RST at their end
+        // is past the window seen but not past what the client sent.
+        t.feed(&seg(C, S, 1101, 5001, "R", b""), 6);
+        assert_eq!(t.take(), vec![E::Close(1, CloseReason::Rst)]);
     }
 
     #[test]

@@ -140,7 +140,7 @@ impl Journal {
             })?;
         if !JOURNAL_DIRS.iter().any(|d| has_journal_files(Path::new(d))) {
             // journalctl -f waits silently when there is no journal at all.
-            eprintln!(
+            crate::note!(
                 "mail-trace: --journal: no journal files under {} yet (is systemd-journald running?)",
                 JOURNAL_DIRS.join(" or ")
             );
@@ -153,7 +153,7 @@ impl Journal {
             // What journalctl says (no permission, corrupt file) reaches the operator, a line each.
             std::thread::spawn(move || {
                 for l in BufReader::new(err).lines().map_while(Result::ok) {
-                    eprintln!("mail-trace: --journal: journalctl: {l}");
+                    crate::note!("mail-trace: --journal: journalctl: {l}");
                 }
             });
         }

@@ -2,7 +2,9 @@
 //! envelope addresses) and `--errors`. A session's lines are held until the
 //! session is known to pass (then they are written, and later lines pass straight
 //! through) or ends without passing (then they are dropped). What is held is
-//! bounded per session; frames for `-w` are held and released the same way.
+//! bounded per session and, all undecided sessions together, by [`Filter::max_held`]
+//! (`--max-held`); frames for `-w` are held and released the same way. What a bound drops
+//! is counted and said when the session is shown (`tail-lines-not-kept`).
 use std::collections::{HashSet, VecDeque};
 
 use crate::capture::Frame;
@@ -93,6 +95,8 @@ struct Pending {
     frames: Vec<Frame>,
     frame_bytes: usize,
     dropped_frames: u64,
+    /// Bytes held (event texts, frames), in [`Filter::held_total`].
+    bytes: usize,
     from_ok: bool,
     rcpt_ok: bool,
     error_ok: bool,
@@ -122,6 +126,26 @@ pub struct Filter<S: Sink> {
     /// Sessions shown and hidden so far.
     pub shown: u64,
     pub hidden: u64,
+    /// Bytes all undecided sessions may hold together (`--max-held`, default 1 GiB): past
+    /// it, new lines and frames of undecided sessions are dropped (and counted).
+    pub max_held: usize,
+    held_total: usize,
+}
+
+/// What a held line costs: its texts and the enum around them.
+fn held_size(h: &Held) -> usize {
+    let texts = match h {
+        Held::Event(Event::Command { verb, arg, .. }) => verb.len() + arg.len(),
+        Held::Event(Event::Reply {
+            code,
+            enhanced,
+            text,
+            ..
+        }) => code.len() + enhanced.as_ref().map_or(0, String::len) + text.len(),
+        Held::Event(Event::Finding { finding, .. }) => finding.reason.len(),
+        _ => 0,
+    };
+    std::mem::size_of::<Held>() + texts
 }
 
 impl<S: Sink> Filter<S> {
@@ -134,7 +158,14 @@ impl<S: Sink> Filter<S> {
             ended_order: VecDeque::new(),
             shown: 0,
             hidden: 0,
+            max_held: 1 << 30,
+            held_total: 0,
         }
+    }
+
+    /// Bytes the undecided sessions hold now.
+    pub fn held_bytes(&self) -> usize {
+        self.held_total
     }
 
     fn decided(&self, p: &Pending) -> bool {
@@ -144,6 +175,7 @@ impl<S: Sink> Filter<S> {
     /// Writes what a session held and lets the rest of it through.
     fn release(&mut self, info: &SessionInfo, p: Pending, frames: &mut dyn FrameSink) {
         self.shown += 1;
+        self.held_total = self.held_total.saturating_sub(p.bytes);
         for h in p.held {
             match h {
                 Held::Start => self.inner.session_start(info),
@@ -169,8 +201,12 @@ impl<S: Sink> Filter<S> {
         match id.and_then(|id| self.sessions.get_mut(&id)) {
             Some(State::Shown) => frames.frame(frame),
             Some(State::Pending(p)) => {
-                if p.frame_bytes + frame.data.len() <= MAX_HELD_FRAME_BYTES {
-                    p.frame_bytes += frame.data.len();
+                let n = frame.data.len();
+                if p.frame_bytes + n <= MAX_HELD_FRAME_BYTES && self.held_total + n <= self.max_held
+                {
+                    p.frame_bytes += n;
+                    p.bytes += n;
+                    self.held_total += n;
                     p.frames.push(frame.clone());
                 } else {
                     p.dropped_frames += 1;
@@ -212,12 +248,24 @@ impl<S: Sink> Filter<S> {
         if let Held::Gap(..) = held {
             p.error_ok = true;
         }
+        let size = held_size(&held);
         if p.held.len() >= MAX_HELD_EVENTS {
             // Keep the start line; drop the oldest events after it.
-            p.held.remove(1);
+            let old = p.held.remove(1);
+            p.dropped_events += 1;
+            let freed = held_size(&old);
+            p.bytes -= freed;
+            self.held_total -= freed;
+        }
+        if self.held_total + size <= self.max_held {
+            p.bytes += size;
+            self.held_total += size;
+            p.held.push(held);
+        } else {
+            // The budget of all undecided sessions is spent: this line is not kept (its facts
+            // still decide the session, above).
             p.dropped_events += 1;
         }
-        p.held.push(held);
         if decided(&self.criteria, p) {
             let Some(State::Pending(p)) = self.sessions.remove(&info.id) else {
                 unreachable!("checked above")
@@ -316,7 +364,11 @@ impl<S: Sink> Sink for Selected<'_, S> {
                 }
                 f.inner.session_end(info, record)
             }
-            Some(State::Pending(_)) => self.filter.hidden += 1,
+            Some(State::Pending(p)) => {
+                let f = &mut *self.filter;
+                f.held_total = f.held_total.saturating_sub(p.bytes);
+                f.hidden += 1;
+            }
             _ => {}
         }
     }
@@ -430,6 +482,50 @@ mod tests {
             verb: verb.into(),
             arg: arg.into(),
         }
+    }
+
+    #[test]
+    fn undecided_sessions_together_hold_at_most_max_held() {
+        let mut f = wanted_from_filter();
+        let line = held_size(&Held::Event(cmd("NOOP", &"x".repeat(1000))));
+        f.max_held = 3 * line;
+        let mut s = Selected {
+            filter: &mut f,
+            frames: &mut NoFrames,
+        };
+        // Two sessions of two long lines each: the fourth line does not fit.
+        for id in [1, 2] {
+            s.session_start(&info(id));
+            s.event(&info(id), &cmd("NOOP", &"x".repeat(1000)));
+            s.event(&info(id), &cmd("NOOP", &"x".repeat(1000)));
+        }
+        assert_eq!(s.filter.held_bytes(), 3 * line);
+        // Session 2 passes (its MAIL line decides, though the budget has no room to keep it):
+        // what it kept is written, and that lines were lost is said.
+        s.event(&info(2), &cmd("MAIL", "FROM:<y@wanted.test>"));
+        assert_eq!(s.filter.inner.0.len(), 3, "{:?}", s.filter.inner.0);
+        assert_eq!(s.filter.inner.0[0], "start 2");
+        assert!(s.filter.inner.0[2].contains("tail-lines-not-kept"));
+        assert_eq!(s.filter.held_bytes(), 2 * line);
+        let i = info(1);
+        let rec = SessionRecord {
+            id: 1,
+            proto: i.proto,
+            start: 0,
+            end: 0,
+            client: i.client,
+            server: i.server,
+            partial: false,
+            gaps: 0,
+            close: crate::flow::CloseReason::Fin,
+            commands: 2,
+            replies: 0,
+            bytes: [0, 0],
+            anomalies: vec![],
+            fields: Default::default(),
+        };
+        s.session_end(&i, &rec);
+        assert_eq!(s.filter.held_bytes(), 0);
     }
 
     #[test]

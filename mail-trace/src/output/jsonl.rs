@@ -41,6 +41,11 @@ impl<W: Write> JsonLines<W> {
         self.out
     }
 
+    /// The first line of a run: `{"type":"run", …}` (see [`crate::output::Outputs::run`]).
+    pub fn run(&mut self, v: &Value) {
+        self.line(v);
+    }
+
     /// One line written straight into the output (see [`RawObject`]).
     fn object(&mut self, v: &impl Object) {
         if self.error.is_some() {

@@ -3,6 +3,7 @@
 pub mod filter;
 pub mod jsonl;
 pub mod pcapng;
+pub mod printable;
 pub mod tail;
 
 use std::io::Write;
@@ -25,6 +26,15 @@ impl<W: Write> Outputs<W> {
             Outputs::Tail(t) => t.flush(),
             Outputs::Json(j) => j.flush(),
             Outputs::Summary(s) => s.flush(),
+        }
+    }
+
+    /// What the run is, said once before any record: JSON lines begin with it (version,
+    /// inputs, the privacy flags in force) so a saved file says how it was made; the human
+    /// outputs say it on stderr instead.
+    pub fn run(&mut self, line: &serde_json::Value) {
+        if let Outputs::Json(j) = self {
+            j.run(line);
         }
     }
 

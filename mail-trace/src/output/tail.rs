@@ -5,6 +5,7 @@ use std::io::Write;
 
 use serde_json::Value;
 
+use super::printable::{printable, Printable};
 use crate::flow::Dir;
 use crate::proto::{Event, Privacy, Proto};
 use crate::session::{SessionInfo, SessionRecord, Sink};
@@ -49,7 +50,7 @@ fn auth_failure(auth: &Value) -> Option<String> {
             let c = c.as_u64()?;
             (!(200..300).contains(&c)).then(|| c.to_string())
         }
-        (_, Some(r)) => (r != "OK" && r != "+OK").then(|| r.to_string()),
+        (_, Some(r)) => (r != "OK" && r != "+OK").then(|| printable(r).into_owned()),
         _ => None,
     }
 }
@@ -128,7 +129,7 @@ impl<W: Write> Tail<W> {
                 } else {
                     format!("{verb} {arg}")
                 };
-                format!("{} {}", self.style.paint("36", "C"), text)
+                format!("{} {}", self.style.paint("36", "C"), printable(&text))
             }
             Event::Reply {
                 code,
@@ -146,14 +147,14 @@ impl<W: Write> Tail<W> {
                 let mut s = format!(
                     "{} {}",
                     self.style.paint("35", "S"),
-                    self.style.paint(colour, code)
+                    self.style.paint(colour, &printable(code))
                 );
                 if let Some(e) = enhanced {
                     // SMTP shows its X.Y.Z where the wire has it; POP3/IMAP codes go in brackets.
                     if code.parse::<u16>().is_ok() {
-                        s.push_str(&format!(" {e}"));
+                        s.push_str(&format!(" {}", Printable(e)));
                     } else {
-                        s.push_str(&format!(" [{e}]"));
+                        s.push_str(&format!(" [{}]", Printable(e)));
                     }
                 }
                 // Only SMTP joins the lines of one reply: IMAP's `*` summary is
@@ -165,7 +166,7 @@ impl<W: Write> Tail<W> {
                 };
                 if !folded.is_empty() {
                     s.push(' ');
-                    s.push_str(&folded);
+                    s.push_str(&printable(&folded));
                 }
                 if let Some(ns) = latency_ns {
                     s.push_str(
@@ -189,7 +190,13 @@ impl<W: Write> Tail<W> {
                     crate::findings::Severity::Warn => "33",
                     crate::findings::Severity::Alert => "1;31",
                 };
-                let line = format!("!! {} {}: {}", f.severity.as_str(), f.id, f.reason);
+                // A reason quotes the wire (addresses, names).
+                let line = format!(
+                    "!! {} {}: {}",
+                    f.severity.as_str(),
+                    f.id,
+                    Printable(&f.reason)
+                );
                 self.style.paint(colour, &line)
             }
         })
@@ -205,7 +212,7 @@ pub fn outcome(rec: &SessionRecord) -> String {
         for tx in txs.into_iter().flatten() {
             if let Some(q) = tx.get("queue_id").and_then(Value::as_str) {
                 queued += 1;
-                ids.push(q.to_string());
+                ids.push(printable(q).into_owned());
             } else if tx
                 .get("reply")
                 .and_then(|r| r.get("code"))
@@ -236,6 +243,7 @@ pub fn outcome(rec: &SessionRecord) -> String {
     }
     if let Some(auth) = rec.field("auth") {
         if let Some(user) = auth.get("user").and_then(Value::as_str) {
+            let user = printable(user);
             // A failed login must not read like a successful one.
             match auth_failure(auth) {
                 Some(result) => parts.push(format!("auth {user} FAILED ({result})")),
@@ -247,9 +255,10 @@ pub fn outcome(rec: &SessionRecord) -> String {
         Some(mode) => {
             let info = rec.field("tls_info");
             let get = |k: &str| info.and_then(|i| i.get(k)).and_then(Value::as_str);
-            let facts: Vec<&str> = [get("sni"), get("version"), get("cipher")]
+            let facts: Vec<std::borrow::Cow<'_, str>> = [get("sni"), get("version"), get("cipher")]
                 .into_iter()
                 .flatten()
+                .map(printable)
                 .collect();
             if facts.is_empty() {
                 format!("tls {mode}")
@@ -294,7 +303,8 @@ impl<W: Write> Sink for Tail<W> {
             info.server
         );
         if let Some(p) = &info.process {
-            body.push_str(&format!(" {p}"));
+            // A process name is whatever its owner chose (comm, /proc).
+            body.push_str(&format!(" {}", printable(&p.to_string())));
         }
         if !tags.is_empty() {
             body.push_str(&format!(" [{}]", tags.join(", ")));
@@ -334,7 +344,11 @@ impl<W: Write> Sink for Tail<W> {
 
     /// Printed as the line arrives, also after `end:` (deliveries come later).
     fn log(&mut self, session: crate::flow::ConnId, line: &crate::maillog::LogLine, _late: bool) {
-        let body = format!("{} {}", self.style.paint("34", "log:"), line.summary());
+        let body = format!(
+            "{} {}",
+            self.style.paint("34", "log:"),
+            printable(&line.summary())
+        );
         self.line(line.ts, session, &body);
     }
 }
@@ -380,7 +394,7 @@ impl<W: Write> Sink for Summary<W> {
             proto,
             info.client,
             info.server,
-            helo,
+            Printable(helo),
             outcome(rec)
         );
         if let Err(e) = r {

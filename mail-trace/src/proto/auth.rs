@@ -3,8 +3,11 @@
 //!
 //! The protocol dissector owns the framing (`334 …` / `+ …` challenges, one
 //! base64 line per client response); this module only looks at the payloads.
-//! It keeps the user name and nothing else: passwords, tokens and digests are
-//! never stored, so they cannot leak through the record.
+//! It keeps the user name and nothing else in the record: passwords, tokens and
+//! digests never reach it. While an exchange is open it remembers the client's
+//! responses (as sent and decoded) only to redact a server reply that echoes one
+//! ([`SaslExchange::redact_echo`], e.g. `535 … bad response: cGFzcw==`); they are
+//! forgotten at the exchange's final reply ([`SaslExchange::finish`]).
 
 use base64::Engine as _;
 
@@ -27,7 +30,46 @@ pub struct SaslExchange {
     pub user: Option<String>,
     /// Client responses seen so far (the initial response counts).
     responses: u32,
+    /// What a reply must not echo, until [`Self::finish`]: each response as sent and the
+    /// secret parts decoded from it.
+    secrets: EchoGuard,
 }
+
+/// Secrets a server reply must not echo (a password, a SASL response), kept from the command
+/// that sent them to its final reply. Nothing of it reaches a record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EchoGuard(Vec<String>);
+
+impl EchoGuard {
+    pub fn remember(&mut self, secret: &[u8]) {
+        let s = String::from_utf8_lossy(secret);
+        let s = s.trim();
+        if s.len() >= MIN_SECRET && self.0.len() < MAX_SECRETS && !self.0.iter().any(|x| x == s) {
+            self.0.push(s.to_string());
+        }
+    }
+
+    /// `text` with every remembered secret replaced by [`REDACTED`]; None when it echoes none.
+    pub fn redact(&self, text: &str) -> Option<String> {
+        let mut out: Option<String> = None;
+        for s in &self.0 {
+            let cur = out.as_deref().unwrap_or(text);
+            if cur.contains(s.as_str()) {
+                out = Some(cur.replace(s.as_str(), REDACTED));
+            }
+        }
+        out
+    }
+
+    pub fn clear(&mut self) {
+        self.0 = Vec::new();
+    }
+}
+
+/// Secrets remembered for [`EchoGuard`] (a mechanism needs two or three).
+const MAX_SECRETS: usize = 8;
+/// Shorter strings are not looked for in replies: "ok" would redact half of every reply.
+const MIN_SECRET: usize = 4;
 
 impl SaslExchange {
     /// Starts an exchange for `mechanism` (any case).
@@ -36,7 +78,23 @@ impl SaslExchange {
             mechanism: mechanism.to_ascii_uppercase(),
             user: None,
             responses: 0,
+            secrets: EchoGuard::default(),
         }
+    }
+
+    fn remember(&mut self, secret: &[u8]) {
+        self.secrets.remember(secret);
+    }
+
+    /// `text` with every remembered response (or secret part of one) replaced by
+    /// [`REDACTED`]; None when it echoes none.
+    pub fn redact_echo(&self, text: &str) -> Option<String> {
+        self.secrets.redact(text)
+    }
+
+    /// The exchange got its final reply: what it remembered for [`Self::redact_echo`] goes.
+    pub fn finish(&mut self) {
+        self.secrets.clear();
     }
 
     /// A client response (the initial response or a line after a challenge),
@@ -48,18 +106,32 @@ impl SaslExchange {
         if b64 == "*" || b64 == "=" || b64.is_empty() {
             return;
         }
+        self.remember(b64.as_bytes());
         let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64) else {
             return;
         };
+        // The decoded parts too (a server may echo "bad password 's3cret'"), the user
+        // name excepted: it is shown anyway.
+        let fields: Vec<&[u8]> = raw.split(|&b| b == 0 || b == 1).collect();
+        match (self.mechanism.as_str(), &fields[..]) {
+            ("LOGIN", _) if index == 0 => {}
+            ("PLAIN", [_, _, password]) => self.remember(password),
+            _ => {
+                for f in fields.iter().filter(|f| !f.is_empty()) {
+                    self.remember(f);
+                }
+            }
+        }
         let user = match self.mechanism.as_str() {
-            // authzid NUL authcid NUL passwd: the authentication identity is the user.
+            // authzid NUL authcid NUL passwd: the authentication identity is the user. Exactly
+            // two NULs, else nothing: in a malformed `user NUL pass` the second field is the
+            // password, and it must not be shown as the user.
             "PLAIN" => {
-                let mut fields = raw.split(|&b| b == 0);
-                let authzid = fields.next().unwrap_or_default();
-                match fields.next() {
-                    Some(authcid) if !authcid.is_empty() => Some(authcid.to_vec()),
-                    Some(_) => Some(authzid.to_vec()),
-                    None => None,
+                let fields: Vec<&[u8]> = raw.splitn(4, |&b| b == 0).collect();
+                match fields[..] {
+                    [_, authcid, _] if !authcid.is_empty() => Some(authcid.to_vec()),
+                    [authzid, _, _] => Some(authzid.to_vec()),
+                    _ => None,
                 }
             }
             // The first response is the user name, the second the password.
@@ -133,6 +205,24 @@ mod tests {
     }
 
     #[test]
+    fn malformed_plain_never_shows_the_password_as_the_user() {
+        for raw in [
+            &b"user\0s3cret"[..],
+            b"\0s3cret",
+            b"s3cret",
+            b"a\0b\0s3cret\0more",
+        ] {
+            let mut x = SaslExchange::new("PLAIN");
+            x.client_response(&b64(raw));
+            assert_eq!(x.user, None, "{raw:?}");
+        }
+        // An empty authcid falls back to the authzid, never to the password.
+        let mut x = SaslExchange::new("PLAIN");
+        x.client_response(&b64(b"zid\0\0s3cret"));
+        assert_eq!(x.user.as_deref(), Some("zid"));
+    }
+
+    #[test]
     fn login_user_is_the_first_response_only() {
         let mut x = SaslExchange::new("LOGIN");
         x.client_response(&b64(b"carol"));
@@ -167,6 +257,35 @@ mod tests {
         let mut x = SaslExchange::new("GSSAPI");
         x.client_response(&b64(b"opaque"));
         assert_eq!(x.user, None);
+    }
+
+    #[test]
+    fn a_reply_echoing_a_response_is_redacted_until_the_exchange_ends() {
+        let mut x = SaslExchange::new("PLAIN");
+        let ir = b64(b"\0alice\0s3cret-pw");
+        x.client_response(&ir);
+        assert_eq!(
+            x.redact_echo(&format!("5.7.8 Error: bad response {ir}"))
+                .as_deref(),
+            Some("5.7.8 Error: bad response <redacted>")
+        );
+        assert_eq!(
+            x.redact_echo("Error: wrong password s3cret-pw for alice")
+                .as_deref(),
+            Some("Error: wrong password <redacted> for alice")
+        );
+        assert_eq!(x.redact_echo("2.7.0 Authentication successful"), None);
+        x.finish();
+        assert_eq!(x.redact_echo(&format!("echo {ir}")), None);
+        // LOGIN: the user (first response) is not a secret, the password is.
+        let mut x = SaslExchange::new("LOGIN");
+        x.client_response(&b64(b"carol"));
+        x.client_response(&b64(b"hunter22"));
+        assert_eq!(x.redact_echo("carol: bad"), None);
+        assert_eq!(
+            x.redact_echo("no hunter22").as_deref(),
+            Some("no <redacted>")
+        );
     }
 
     #[test]

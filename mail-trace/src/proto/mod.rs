@@ -119,6 +119,12 @@ pub trait Dissector: Send {
     fn findings(&self) -> Vec<Finding> {
         Vec::new()
     }
+    /// Heap bytes this session's dissector holds beyond its fixed size and grows with what
+    /// a peer sends (recorded transactions, bytes held for a reply): what the engine's global
+    /// budget (`--max-held`) counts. An estimate; 0 for dissectors bounded per session.
+    fn held_bytes(&self) -> usize {
+        0
+    }
     /// Whether the server offered STARTTLS/STLS (remembered per server by the engine).
     fn tls_offered(&self) -> bool {
         false

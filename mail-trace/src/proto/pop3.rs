@@ -21,9 +21,9 @@
 
 use std::collections::VecDeque;
 
-use super::auth::{SaslExchange, REDACTED, RESPONSE_VERB};
+use super::auth::{EchoGuard, SaslExchange, REDACTED, RESPONSE_VERB};
 use super::stream::{
-    latency, printable, verb_of, CommandStats, Events, Framed, Framer, TlsFacts, TlsTrack,
+    latency, lossy, verb_of, CommandStats, Events, Framed, Framer, TlsFacts, TlsTrack,
 };
 use super::{Dissector, Event, Privacy, SessionStart};
 use crate::flow::Dir;
@@ -76,6 +76,8 @@ pub struct Pop3 {
     pending: VecDeque<Pending>,
     body: Option<Body>,
     sasl: Option<SaslExchange>,
+    /// The PASS/APOP secret until its reply (a server may echo it).
+    echo: EchoGuard,
     /// STLS sent, its reply not seen yet.
     stls_wait: bool,
     /// The USER of a USER/PASS login in progress.
@@ -110,6 +112,7 @@ impl Pop3 {
             pending: VecDeque::new(),
             body: None,
             sasl: None,
+            echo: EchoGuard::default(),
             stls_wait: false,
             login_user: None,
             greeting: None,
@@ -163,7 +166,7 @@ impl Pop3 {
         }
         if let Some(sasl) = &mut self.sasl {
             // Inside AUTH every client line answers a challenge.
-            let line = printable(&l.text);
+            let line = lossy(&l.text);
             sasl.client_response(&line);
             let arg = SaslExchange::response_arg(&line, self.privacy.show_secrets);
             self.ev.push(Event::Command {
@@ -193,7 +196,7 @@ impl Pop3 {
         if !known {
             self.ev.anomaly(ts, "unknown-command");
         }
-        let rest_s = printable(rest);
+        let rest_s = lossy(rest);
         let mut args = rest_s.split_ascii_whitespace();
         let first = args.next();
         let second = args.next();
@@ -207,11 +210,13 @@ impl Pop3 {
             }
             "PASS" => {
                 self.credential("USER/PASS".into());
+                self.echo.remember(rest_s.as_bytes());
                 self.secret(&rest_s)
             }
             "APOP" => {
                 let u: String = first.unwrap_or("").chars().take(MAX_FIELD).collect();
                 self.credential("APOP".into());
+                self.echo.remember(second.unwrap_or("").as_bytes());
                 self.login_user = Some(u.clone());
                 self.user = Some(u.clone());
                 format!("{u} {}", self.secret(second.unwrap_or("")))
@@ -286,7 +291,7 @@ impl Pop3 {
             let stuffed = u64::from(l.text.starts_with(b".."));
             body.bytes += l.raw_len - stuffed;
             if body.verb == "CAPA" && self.capa.len() < MAX_CAPA {
-                let cap: String = printable(&l.text).chars().take(MAX_FIELD).collect();
+                let cap: String = lossy(&l.text).chars().take(MAX_FIELD).collect();
                 self.capa.push(cap);
             }
             return;
@@ -311,7 +316,7 @@ impl Pop3 {
             if self.sasl.is_none() {
                 self.ev.anomaly(ts, "unexpected-continuation");
             }
-            let shown = self.secret(&printable(rest));
+            let shown = self.secret(&lossy(rest));
             let lat = latency(self.pending.back().map(|p| p.end_ts), l.start_ts);
             self.ev.push(Event::Reply {
                 ts: l.start_ts,
@@ -344,6 +349,20 @@ impl Pop3 {
             self.s_resync = false;
         }
         let ok = code == "+OK";
+        // A reply echoing the password or the SASL response shows it redacted.
+        let text_s = if self.privacy.show_secrets {
+            text_s
+        } else {
+            let sasl = self.sasl.as_ref().and_then(|x| x.redact_echo(&text_s));
+            let sasl = sasl.unwrap_or(text_s);
+            self.echo.redact(&sasl).unwrap_or(sasl)
+        };
+        if cmd
+            .as_ref()
+            .is_some_and(|c| matches!(c.verb.as_str(), "PASS" | "APOP"))
+        {
+            self.echo.clear();
+        }
         self.ev.push(Event::Reply {
             ts: l.start_ts,
             code: code.into(),
@@ -435,7 +454,7 @@ fn starts_word(text: &[u8], word: &[u8]) -> bool {
 
 /// RFC 2449 §8: an extended response code in brackets right after the status.
 fn split_code(rest: &[u8]) -> (Option<String>, String) {
-    let text = printable(rest);
+    let text = lossy(rest);
     if let Some(inner) = text.strip_prefix('[') {
         if let Some(end) = inner.find(']') {
             let code: String = inner[..end].chars().take(MAX_FIELD).collect();
@@ -665,6 +684,30 @@ pub(crate) mod tests {
             let got = run_with(Privacy::default(), SessionStart::default(), SESSION, chunk);
             assert_eq!(got, whole, "chunk size {chunk}");
         }
+    }
+
+    #[test]
+    fn a_reply_echoing_the_password_or_sasl_response_is_redacted() {
+        let ir = "AGFsaWNlAGh1bnRlcjIy"; // \0alice\0hunter22
+        let (auth, echo) = (
+            format!("AUTH PLAIN {ir}\r\n"),
+            format!("-ERR bad response {ir} (hunter22)\r\n"),
+        );
+        let steps: &[(Dir, &[u8])] = &[
+            (S, b"+OK ready\r\n"),
+            (C, b"USER mrose\r\nPASS s3cr3t-pw\r\n"),
+            (S, b"+OK\r\n-ERR [AUTH] no such password: s3cr3t-pw\r\n"),
+            (C, auth.as_bytes()),
+            (S, echo.as_bytes()),
+        ];
+        let (ev, _) = run(steps);
+        let all = format!("{ev:?}");
+        assert!(!all.contains("s3cr3t") && !all.contains("hunter22") && !all.contains(ir));
+        assert!(all.contains("no such password: <redacted>"), "{all}");
+        assert!(
+            all.contains("bad response <redacted> (<redacted>)"),
+            "{all}"
+        );
     }
 
     #[test]

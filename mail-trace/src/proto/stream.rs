@@ -180,13 +180,11 @@ pub fn verb_of(word: &[u8]) -> String {
         .collect()
 }
 
-/// Text for output: lossy UTF-8 with control characters replaced, so a hostile
-/// peer cannot write escape sequences into an operator's terminal.
-pub fn printable(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes)
-        .chars()
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect()
+/// Text of wire bytes: lossy UTF-8 (U+FFFD for bytes that are not), nothing else changed, as
+/// SMTP keeps its lines. Control characters stay in the record (JSON escapes them); every
+/// human output makes them printable at [`crate::output::printable`].
+pub fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// TLS as seen by a mailbox dissector: whether and how the session turned to
@@ -345,8 +343,8 @@ mod tests {
     }
 
     #[test]
-    fn printable_strips_controls() {
-        assert_eq!(printable(b"a\x1b[2Jb\xff"), "a\u{fffd}[2Jb\u{fffd}");
+    fn lossy_keeps_controls_for_the_output_boundary() {
+        assert_eq!(lossy(b"a\x1b[2Jb\xff"), "a\x1b[2Jb\u{fffd}");
         assert_eq!(verb_of(b"retr\x01"), "RETR?");
     }
 }

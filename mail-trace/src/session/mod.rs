@@ -122,6 +122,10 @@ pub struct EngineStats {
     pub sessions: u64,
     /// TCP connections that never looked like mail (on a port with no protocol).
     pub unrecognised: u64,
+    /// Bytes the open sessions' dissectors hold right now ([`Dissector::held_bytes`]).
+    pub held_bytes: u64,
+    /// Sessions evicted because everything held passed `--max-held`.
+    pub evicted_held: u64,
 }
 
 enum Dissect {
@@ -157,6 +161,8 @@ struct Session {
     live: Vec<Finding>,
     /// The server offered STARTTLS in an earlier session (see [`TlsMemory`]).
     tls_offered_before: bool,
+    /// The dissector's [`Dissector::held_bytes`] after its last input.
+    held: usize,
 }
 
 /// Servers remembered as having offered STARTTLS/STLS.
@@ -236,7 +242,44 @@ impl Engine {
         self.drive(sink, |flows, on_event| {
             id = flows.segment(&seg, frame.ts, on_event);
         });
+        self.within_budget(frame.ts, sink);
         id
+    }
+
+    /// Everything the open sessions hold beyond their fixed size: out-of-order bytes and
+    /// what the dissectors recorded or hold for a reply.
+    pub fn held_bytes(&self) -> u64 {
+        self.flows.stats().buffered_bytes + self.stats.held_bytes
+    }
+
+    /// Past `--max-held`, evicts the sessions holding the most until what is held is a tenth
+    /// under the budget (so a flood does not scan the table per packet); each is written at
+    /// once with `close: "evicted"` and counted. One peer's long session or a crowd of
+    /// out-of-order streams cannot grow the daemon past the budget.
+    fn within_budget(&mut self, ts: Ts, sink: &mut dyn Sink) {
+        let budget = self.cfg.flow.max_held_total;
+        if self.held_bytes() <= budget {
+            return;
+        }
+        let mut by_size: Vec<(u64, SocketAddr, SocketAddr)> = self
+            .sessions
+            .values()
+            .map(|s| {
+                let flow = self.flows.buffered_of(s.client, s.server) as u64;
+                (s.held as u64 + flow, s.client, s.server)
+            })
+            .collect();
+        by_size.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
+        let target = budget - budget / 10;
+        for (_, client, server) in by_size {
+            if self.held_bytes() <= target {
+                break;
+            }
+            self.stats.evicted_held += 1;
+            self.drive(sink, |flows, on_event| {
+                flows.evict(client, server, ts, on_event)
+            });
+        }
     }
 
     /// Runs one flow-table call with every event it reports handled in order.
@@ -308,7 +351,8 @@ impl Engine {
             return false;
         }
         s.last_ts = s.last_ts.max(ts);
-        feed(s, |x| x.data(dir, data, ts), sink);
+        feed(s, &mut self.stats, |x| x.data(dir, data, ts), sink);
+        self.within_budget(ts, sink);
         true
     }
 
@@ -389,6 +433,7 @@ fn handle(
                 process_lookups: 0,
                 live: Vec::new(),
                 tls_offered_before: tls_memory.0.contains(&server),
+                held: 0,
             };
             match cfg.ports.get(server.port()) {
                 Some((proto, implicit)) => {
@@ -426,13 +471,13 @@ fn handle(
                         activate(cfg, s, id, proto, false, stats, lookup, sink);
                         // Replay what the sniffer held, in arrival order.
                         for (d, bytes, t) in sniffer.into_chunks() {
-                            feed(s, |x| x.data(d, &bytes, t), sink);
+                            feed(s, stats, |x| x.data(d, &bytes, t), sink);
                         }
                         return;
                     }
                 }
             }
-            feed(s, |x| x.data(dir, data, ts), sink);
+            feed(s, stats, |x| x.data(dir, data, ts), sink);
         }
         FlowEvent::Gap { id, dir, len, ts } => {
             let Some(s) = sessions.get_mut(&id) else {
@@ -451,7 +496,7 @@ fn handle(
                 s.dissect = Dissect::Sniffing(Sniffer::default());
                 s.partial = true;
             }
-            feed(s, |x| x.gap(dir, len, ts), sink);
+            feed(s, stats, |x| x.gap(dir, len, ts), sink);
         }
         // Encrypted bytes the kernel did not copy: nothing for the dissector, and not a gap.
         FlowEvent::Skipped { id, dir, len, ts } => {
@@ -459,7 +504,7 @@ fn handle(
             if let Some(s) = sessions.get_mut(&id) {
                 s.last_ts = ts;
                 s.bytes[dir as usize] += len;
-                feed(s, |x| x.skipped(dir, len), sink);
+                feed(s, stats, |x| x.skipped(dir, len), sink);
             }
         }
         FlowEvent::Anomaly { id, kind, ts } => {
@@ -475,6 +520,7 @@ fn handle(
             let Some(s) = sessions.remove(&id) else {
                 return;
             };
+            stats.held_bytes = stats.held_bytes.saturating_sub(s.held as u64);
             if let Some(info) = &s.info {
                 let mut findings = Vec::new();
                 if let Dissect::Active(d) = &s.dissect {
@@ -544,12 +590,23 @@ fn activate(
     s.info = Some(info);
 }
 
-/// Runs one dissector input, then drains its events to the sink.
-fn feed(s: &mut Session, input: impl FnOnce(&mut dyn Dissector), sink: &mut dyn Sink) {
+/// Runs one dissector input, then drains its events to the sink; keeps the engine's count
+/// of held bytes.
+fn feed(
+    s: &mut Session,
+    stats: &mut EngineStats,
+    input: impl FnOnce(&mut dyn Dissector),
+    sink: &mut dyn Sink,
+) {
     let Dissect::Active(d) = &mut s.dissect else {
         return;
     };
     input(d.as_mut());
+    let held = d.held_bytes();
+    if held != s.held {
+        stats.held_bytes = (stats.held_bytes + held as u64).saturating_sub(s.held as u64);
+        s.held = held;
+    }
     while let Some(ev) = d.poll_event() {
         match &ev {
             Event::Command { .. } => s.commands += 1,

@@ -32,9 +32,9 @@ pub mod utf7;
 
 use std::collections::VecDeque;
 
-use super::auth::{SaslExchange, REDACTED, RESPONSE_VERB};
+use super::auth::{EchoGuard, SaslExchange, REDACTED, RESPONSE_VERB};
 use super::stream::{
-    latency, printable, verb_of, CommandStats, Events, Framed, Framer, TlsFacts, TlsTrack,
+    latency, lossy, verb_of, CommandStats, Events, Framed, Framer, TlsFacts, TlsTrack,
 };
 use super::{Dissector, Event, Privacy, SessionStart};
 use crate::flow::Dir;
@@ -240,6 +240,8 @@ pub struct Imap {
     s_resync: bool,
     greeting_due: bool,
     client: Client,
+    /// The LOGIN password until its tagged reply (a server may echo it).
+    echo: EchoGuard,
     building: Option<Building>,
     /// The server line in progress continues after a literal; `true` when it
     /// is a FETCH response (its literal bytes are message data).
@@ -276,6 +278,7 @@ impl Imap {
             s_resync: start.partial,
             greeting_due: !start.partial,
             client: Client::Command,
+            echo: EchoGuard::default(),
             building: None,
             s_cont: None,
             pending: VecDeque::new(),
@@ -415,7 +418,7 @@ impl Imap {
                 return;
             }
             Client::Sasl(ex) => {
-                let line = printable(&l.text);
+                let line = lossy(&l.text);
                 ex.client_response(&line);
                 let arg = SaslExchange::response_arg(&line, self.privacy.show_secrets);
                 self.ev.push(Event::Command {
@@ -490,7 +493,7 @@ impl Imap {
         let capture = matches!(verb.as_str(), "LOGIN" | "SELECT" | "EXAMINE");
         let args = text.get(head + 1..).unwrap_or_default();
         let b = Building {
-            tag: printable(tag).chars().take(MAX_FIELD).collect(),
+            tag: lossy(tag).chars().take(MAX_FIELD).collect(),
             verb,
             text: args.to_vec(),
             literals: Vec::new(),
@@ -532,24 +535,25 @@ impl Imap {
             mailbox: None,
             appended: (0, 0),
         };
-        let shown = printable(&b.text);
+        let shown = lossy(&b.text);
         let arg = match b.verb.as_str() {
             "LOGIN" => {
                 self.credential("LOGIN".into());
-                let user = arg_bytes(toks.first()).map(|u| printable(&u));
+                let user = arg_bytes(toks.first()).map(|u| lossy(&u));
                 let user: Option<String> = user.map(|u| u.chars().take(MAX_FIELD).collect());
                 p.user = user.clone();
                 self.user = user.clone().or(self.user.take());
                 let pass = arg_bytes(toks.get(1))
-                    .map(|p| printable(&p))
+                    .map(|p| lossy(&p))
                     .unwrap_or_default();
+                self.echo.remember(pass.as_bytes());
                 format!("{} {}", user.unwrap_or_default(), self.secret(&pass))
             }
             "AUTHENTICATE" => {
                 let mech = arg_bytes(toks.first())
-                    .map(|m| printable(&m))
+                    .map(|m| lossy(&m))
                     .unwrap_or_default();
-                let initial = arg_bytes(toks.get(1)).map(|ir| printable(&ir));
+                let initial = arg_bytes(toks.get(1)).map(|ir| lossy(&ir));
                 let mut ex = SaslExchange::new(&mech);
                 if let Some(ir) = &initial {
                     ex.client_response(ir);
@@ -569,10 +573,10 @@ impl Imap {
                     Some(n) => n,
                     None => {
                         self.ev.anomaly(ts, "bad-mailbox-name");
-                        printable(&raw)
+                        lossy(&raw)
                     }
                 };
-                let name: String = printable(name.as_bytes()).chars().take(MAX_FIELD).collect();
+                let name: String = lossy(name.as_bytes()).chars().take(MAX_FIELD).collect();
                 p.mailbox = Some(name.clone());
                 name
             }
@@ -637,13 +641,13 @@ impl Imap {
         let rest = l.text.get(2..).unwrap_or_default();
         let lat = latency(self.pending.back().map(|p| p.end_ts), l.start_ts);
         let text = match &self.client {
-            Client::Sasl(_) => self.secret(&printable(rest)),
-            Client::Idle { .. } => printable(rest),
+            Client::Sasl(_) => self.secret(&lossy(rest)),
+            Client::Idle { .. } => lossy(rest),
             // The go-ahead for a synchronising literal: no event.
             _ if self.building.is_some() => return,
             _ => {
                 self.ev.anomaly(ts, "unexpected-continuation");
-                printable(rest)
+                lossy(rest)
             }
         };
         self.ev.push(Event::Reply {
@@ -709,7 +713,7 @@ impl Imap {
             }
             ("CAPABILITY", _) => {
                 let caps = text.get(first.len() + 1..).unwrap_or_default();
-                self.set_capabilities(&printable(caps));
+                self.set_capabilities(&lossy(caps));
                 self.summary.count("CAPABILITY");
             }
             (k, _) => {
@@ -734,7 +738,7 @@ impl Imap {
     fn tagged(&mut self, l: &Framed, ts: Ts) {
         let text = l.text.as_slice();
         let mut words = text.splitn(3, |&b| b == b' ');
-        let tag = printable(words.next().unwrap_or_default());
+        let tag = lossy(words.next().unwrap_or_default());
         let status = verb_of(words.next().unwrap_or_default());
         if !matches!(status.as_str(), "OK" | "NO" | "BAD") {
             if !self.s_resync {
@@ -772,6 +776,20 @@ impl Imap {
         }
         if let Some(Some("CAPABILITY")) = code.as_deref().map(|c| c.split(' ').next()) {
             self.set_capabilities(code.as_deref().unwrap_or_default());
+        }
+        // A reply echoing the LOGIN password or the SASL response shows it redacted.
+        let resp = if self.privacy.show_secrets {
+            resp
+        } else {
+            let sasl = match &self.client {
+                Client::Sasl(x) => x.redact_echo(&resp),
+                _ => None,
+            };
+            let sasl = sasl.unwrap_or(resp);
+            self.echo.redact(&sasl).unwrap_or(sasl)
+        };
+        if cmd.as_ref().is_some_and(|c| c.verb == "LOGIN") {
+            self.echo.clear();
         }
         self.ev.push(Event::Reply {
             ts: l.start_ts,
@@ -844,7 +862,7 @@ impl Imap {
 
 /// A response code in brackets at the start of resp-text (RFC 3501 §7.1).
 fn split_code(rest: &[u8]) -> (Option<String>, String) {
-    let text = printable(rest);
+    let text = lossy(rest);
     if let Some(inner) = text.strip_prefix('[') {
         if let Some(end) = inner.find(']') {
             let code: String = inner[..end].chars().take(MAX_FIELD).collect();
@@ -958,6 +976,22 @@ mod tests {
 
     fn run(steps: &[(Dir, &[u8])]) -> (Vec<Event>, Map<String, Value>) {
         run_with(Privacy::default(), SessionStart::default(), steps, 0)
+    }
+
+    #[test]
+    fn a_reply_echoing_the_login_password_is_redacted() {
+        let steps: &[(Dir, &[u8])] = &[
+            (S, b"* OK ready\r\n"),
+            (C, b"a1 LOGIN alice s3cr3t-pw\r\n"),
+            (
+                S,
+                b"a1 NO [AUTHENTICATIONFAILED] no password s3cr3t-pw here\r\n",
+            ),
+        ];
+        let (ev, r) = run(steps);
+        let all = format!("{ev:?}{r:?}");
+        assert!(!all.contains("s3cr3t"), "{all}");
+        assert!(all.contains("no password <redacted> here"), "{all}");
     }
 
     const SESSION: &[(Dir, &[u8])] = &[

@@ -2,7 +2,10 @@
 
 use super::command;
 use super::message::BodyScanner;
-use super::{Awaiting, ClientMode, Held, Rcpt, Smtp, Transaction, MAX_HELO, MAX_RCPT};
+use super::{
+    Awaiting, ClientMode, Held, Rcpt, Smtp, Transaction, MAX_HELO, MAX_RCPT, MAX_SESSION_RCPT,
+    RECORD_OVERHEAD,
+};
 use crate::flow::Dir;
 use crate::proto::auth::{truncate, RESPONSE_VERB};
 use crate::proto::line::Line;
@@ -179,8 +182,8 @@ impl Smtp {
             "MAIL" => match command::path_arg(c.arg, "FROM:") {
                 Some(p) => {
                     let tx = Transaction {
-                        mail_from: Some(p.addr),
-                        mail_params: p.params,
+                        mail_from: Some(self.capped(p.addr, ts)),
+                        mail_params: self.capped_params(p.params, ts),
                         ..Transaction::default()
                     };
                     self.open_tx = self.new_tx(tx, ts);
@@ -257,17 +260,25 @@ impl Smtp {
         params: std::collections::BTreeMap<String, Option<String>>,
         ts: Ts,
     ) -> Option<usize> {
+        let over_session = self.rcpts >= MAX_SESSION_RCPT;
         let t = self.tx_mut(tx)?;
-        if t.rcpt.len() >= MAX_RCPT {
+        if t.rcpt.len() >= MAX_RCPT || over_session {
             self.anomaly("too-many-recipients", ts);
             return None;
         }
+        // Cut only what is recorded: `address-too-long` counts recorded addresses.
+        let (addr, params) = (self.capped(addr, ts), self.capped_params(params, ts));
+        let bytes = RECORD_OVERHEAD + addr.len() + Self::params_len(&params);
+        let t = self.tx_mut(tx)?;
         t.rcpt.push(Rcpt {
             addr,
             params,
             reply: None,
         });
-        Some(t.rcpt.len() - 1)
+        let i = t.rcpt.len() - 1;
+        self.rcpts += 1;
+        self.recorded_bytes += bytes;
+        Some(i)
     }
 
     /// The "." line of a DATA was read.

@@ -49,7 +49,8 @@
 //! | `fake-end-of-data` | a lone "." beside a bare LF inside DATA (SMTP smuggling) |
 //! | `too-many-pending` | more than [`MAX_PENDING`] commands unanswered (oldest forgotten) |
 //! | `too-many-transactions` | more than [`MAX_TRANSACTIONS`] in one session (not recorded) |
-//! | `too-many-recipients` | more than [`MAX_RCPT`] in one transaction (not recorded) |
+//! | `too-many-recipients` | more than [`MAX_RCPT`] in one transaction or [`MAX_SESSION_RCPT`] in the session (not recorded) |
+//! | `address-too-long` | a MAIL/RCPT address or parameter value over [`MAX_ADDR`] octets (cut) |
 //! | `hold-overflow` | more than [`MAX_HOLD`] bytes sent before the reply deciding how to read them (dropped as a gap) |
 mod client;
 mod command;
@@ -82,6 +83,16 @@ pub const MAX_PENDING: usize = 1024;
 pub const MAX_TRANSACTIONS: usize = 1000;
 /// Recipients recorded per transaction (Postfix's default limit too).
 pub const MAX_RCPT: usize = 1000;
+/// Recipients recorded per session, all transactions together: ten full messages' worth.
+/// Without it one unauthenticated connection could make [`MAX_TRANSACTIONS`] ×
+/// [`MAX_RCPT`] records.
+pub const MAX_SESSION_RCPT: usize = 10_000;
+/// Longest address or parameter value kept (RFC 5321 §4.5.3.1.3: a path is at most 256
+/// octets); the rest is cut and counted.
+pub const MAX_ADDR: usize = 256;
+/// What one recorded transaction or recipient costs besides its strings (structs, maps,
+/// the reply): the unit of [`Dissector::held_bytes`].
+const RECORD_OVERHEAD: usize = 160;
 /// Client bytes held while waiting for a deciding reply.
 pub const MAX_HOLD: usize = 256 * 1024;
 /// Events not yet polled.
@@ -233,6 +244,10 @@ pub struct Smtp {
     auth_clear: Option<String>,
     /// Per-message findings, decided at the end of each message.
     message_findings: Vec<Finding>,
+    /// Recipients recorded in all transactions.
+    rcpts: usize,
+    /// Bytes the recorded transactions hold (estimated): [`Dissector::held_bytes`].
+    recorded_bytes: usize,
 }
 
 impl Smtp {
@@ -268,6 +283,8 @@ impl Smtp {
             starttls_code: None,
             auth_clear: None,
             message_findings: Vec::new(),
+            rcpts: 0,
+            recorded_bytes: 0,
         };
         if start.implicit_tls {
             s.tls = Some(TlsHellos::new());
@@ -422,8 +439,48 @@ impl Smtp {
             self.anomaly("too-many-transactions", ts);
             return None;
         }
+        self.recorded_bytes += RECORD_OVERHEAD
+            + tx.mail_from.as_ref().map_or(0, String::len)
+            + Self::params_len(&tx.mail_params);
         self.transactions.push(tx);
         Some(self.transactions.len() - 1)
+    }
+
+    /// An address as recorded: cut at [`MAX_ADDR`] (counted).
+    fn capped(&mut self, mut s: String, ts: Ts) -> String {
+        if s.len() > MAX_ADDR {
+            self.anomaly("address-too-long", ts);
+            crate::proto::auth::truncate(&mut s, MAX_ADDR);
+            // Truncating keeps the capacity: the cut is only worth it with the memory given back.
+            s.shrink_to_fit();
+        }
+        s
+    }
+
+    /// Parameters as recorded: names and values cut like addresses.
+    fn capped_params(
+        &mut self,
+        params: BTreeMap<String, Option<String>>,
+        ts: Ts,
+    ) -> BTreeMap<String, Option<String>> {
+        if params
+            .iter()
+            .all(|(k, v)| k.len() <= MAX_ADDR && v.as_ref().is_none_or(|v| v.len() <= MAX_ADDR))
+        {
+            return params;
+        }
+        params
+            .into_iter()
+            .map(|(k, v)| (self.capped(k, ts), v.map(|v| self.capped(v, ts))))
+            .collect()
+    }
+
+    /// Bytes of one recorded recipient or transaction's strings.
+    fn params_len(params: &BTreeMap<String, Option<String>>) -> usize {
+        params
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, String::len))
+            .sum()
     }
 
     fn line_anomalies<'l>(&mut self, line: &Line<'l>, ts: Ts) -> std::borrow::Cow<'l, str> {
@@ -474,6 +531,10 @@ impl Dissector for Smtp {
 
     fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.recorded_bytes + self.hold.as_ref().map_or(0, |h| h.bytes)
     }
 
     /// After STARTTLS the client must start over with EHLO (RFC 3207 §4.2);

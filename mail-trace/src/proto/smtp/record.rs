@@ -24,7 +24,17 @@ pub struct SmtpRecord {
     tls_info: Option<TlsInfo>,
     auth: Option<AuthRecord>,
     transactions: Vec<TxRecord>,
+    not_recorded: Option<NotRecorded>,
     findings: Vec<Finding>,
+}
+
+/// What the session's caps left out (present only when something was): the counts behind
+/// the `too-many-*` and `address-too-long` anomalies, which are emitted a few times only.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+struct NotRecorded {
+    transactions: u64,
+    recipients: u64,
+    addresses_cut: u64,
 }
 
 impl SmtpRecord {
@@ -101,6 +111,9 @@ impl Object for SmtpRecord {
         m.entry("tls_info", &self.tls_info)?;
         m.entry("auth", &self.auth)?;
         m.objects("transactions", &self.transactions)?;
+        if let Some(n) = &self.not_recorded {
+            m.entry("not_recorded", n)?;
+        }
         m.entry("findings", &self.findings)
     }
 }
@@ -187,6 +200,16 @@ impl Smtp {
             transactions: (0..self.transactions.len())
                 .map(|i| self.tx_record(i))
                 .collect(),
+            not_recorded: {
+                let n = |id| self.anomaly_counts().get(id).copied().unwrap_or(0);
+                let counts = NotRecorded {
+                    transactions: n("too-many-transactions"),
+                    recipients: n("too-many-recipients"),
+                    addresses_cut: n("address-too-long"),
+                };
+                (counts.transactions + counts.recipients + counts.addresses_cut > 0)
+                    .then_some(counts)
+            },
             findings,
         }
     }

@@ -109,6 +109,10 @@ impl Smtp {
             return true;
         };
         self.lenient = false;
+        let mut r = r;
+        if matches!(p.what, Awaiting::Auth) {
+            self.redact_auth_echo(&mut r);
+        }
         self.emit_reply(&r, ts, Some(ts.saturating_sub(p.ts)));
         let code = r.code;
         match p.what {
@@ -124,13 +128,17 @@ impl Smtp {
                     .collect();
             }
             Awaiting::Mail(tx) => {
+                let bytes = r.lines.iter().map(String::len).sum::<usize>();
                 if let Some(t) = self.tx_mut(tx) {
                     t.mail_reply = Some(r);
+                    self.recorded_bytes += bytes;
                 }
             }
             Awaiting::Rcpt(tx, Some(i)) => {
+                let bytes = r.lines.iter().map(String::len).sum::<usize>();
                 if let Some(rc) = self.tx_mut(tx).and_then(|t| t.rcpt.get_mut(i)) {
                     rc.reply = Some(r);
+                    self.recorded_bytes += bytes;
                 }
             }
             Awaiting::Data(tx) => {
@@ -159,6 +167,9 @@ impl Smtp {
             Awaiting::Auth => {
                 if code != 334 {
                     self.auth_code = Some(code);
+                    if let Some(x) = self.sasl.as_mut() {
+                        x.finish();
+                    }
                 }
                 self.decide(p.what, Some(code));
                 self.release_hold();
@@ -166,6 +177,19 @@ impl Smtp {
             Awaiting::Ehlo | Awaiting::Rcpt(_, None) | Awaiting::Other => {}
         }
         true
+    }
+
+    /// A reply within an AUTH exchange that echoes what the client sent (the base64
+    /// response or a decoded secret) shows `<redacted>` there unless `--show-secrets`.
+    fn redact_auth_echo(&self, r: &mut Reply) {
+        let Some(x) = self.sasl.as_ref().filter(|_| !self.privacy.show_secrets) else {
+            return;
+        };
+        for l in &mut r.lines {
+            if let Some(clean) = x.redact_echo(l) {
+                *l = clean;
+            }
+        }
     }
 
     fn final_reply(&mut self, tx: Option<usize>, r: Reply) {
