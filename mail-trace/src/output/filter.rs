@@ -436,24 +436,7 @@ mod tests {
         for (id, from) in [(1, "FROM:<x@other.test>"), (2, "FROM:<y@wanted.test>")] {
             s.session_start(&info(id));
             s.event(&info(id), &cmd("MAIL", from));
-            let i = info(id);
-            let rec = SessionRecord {
-                id,
-                proto: i.proto,
-                start: 0,
-                end: 0,
-                client: i.client,
-                server: i.server,
-                partial: false,
-                gaps: 0,
-                close: crate::flow::CloseReason::Fin,
-                commands: 1,
-                replies: 0,
-                bytes: [0, 0],
-                anomalies: vec![],
-                fields: Default::default(),
-            };
-            s.session_end(&i, &rec);
+            s.session_end(&info(id), &record(id, 1));
         }
         s.log(1, &line, true);
         s.log(2, &line, true);
@@ -473,6 +456,27 @@ mod tests {
             partial: false,
             implicit_tls: false,
             process: None,
+        }
+    }
+
+    /// The record of session `id` (as `info` describes it), closed by FIN after `commands` commands.
+    fn record(id: u64, commands: u64) -> SessionRecord {
+        let i = info(id);
+        SessionRecord {
+            id,
+            proto: i.proto,
+            start: 0,
+            end: 0,
+            client: i.client,
+            server: i.server,
+            partial: false,
+            gaps: 0,
+            close: crate::flow::CloseReason::Fin,
+            commands,
+            replies: 0,
+            bytes: [0, 0],
+            anomalies: vec![],
+            fields: Default::default(),
         }
     }
 
@@ -507,24 +511,7 @@ mod tests {
         assert_eq!(s.filter.inner.0[0], "start 2");
         assert!(s.filter.inner.0[2].contains("tail-lines-not-kept"));
         assert_eq!(s.filter.held_bytes(), 2 * line);
-        let i = info(1);
-        let rec = SessionRecord {
-            id: 1,
-            proto: i.proto,
-            start: 0,
-            end: 0,
-            client: i.client,
-            server: i.server,
-            partial: false,
-            gaps: 0,
-            close: crate::flow::CloseReason::Fin,
-            commands: 2,
-            replies: 0,
-            bytes: [0, 0],
-            anomalies: vec![],
-            fields: Default::default(),
-        };
-        s.session_end(&i, &rec);
+        s.session_end(&info(1), &record(1, 2));
         assert_eq!(s.filter.held_bytes(), 0);
     }
 
