@@ -123,6 +123,12 @@ impl ReplayLogs {
     /// Feeds the lines written before capture time `ts` and lets the joiner's clock reach it.
     /// A line stamped second S was written during [S, S+1): it is fed once the capture has
     /// passed S+1, so it follows the packets it is about (the linger keeps it in the record).
+    ///
+    /// The joiner's clock at a line is S+1, when the line had certainly been written, never
+    /// S: a record is written at `end + linger` capture time, so with S the record could still
+    /// be held for a line fed after that moment, and whether a line landed in the record or
+    /// in a `log` record of its own depended on which frame happened to come next. With S+1
+    /// the rule is exact: a line is in its session's record iff `S + 1 s < end + linger`.
     pub fn feed_until(&mut self, ts: Ts, sink: &mut dyn Sink) {
         while self
             .merged
@@ -130,7 +136,7 @@ impl ReplayLogs {
             .is_some_and(|t| t.saturating_add(LOG_RESOLUTION) <= ts)
         {
             if let Some(l) = self.merged.next_line() {
-                self.joiner.tick(l.ts, sink);
+                self.joiner.tick(l.ts.saturating_add(LOG_RESOLUTION), sink);
                 self.joiner.line(l, sink);
             }
         }
@@ -141,7 +147,7 @@ impl ReplayLogs {
     /// held record.
     pub fn finish(&mut self, sink: &mut dyn Sink) {
         while let Some(l) = self.merged.next_line() {
-            self.joiner.tick(l.ts, sink);
+            self.joiner.tick(l.ts.saturating_add(LOG_RESOLUTION), sink);
             self.joiner.line(l, sink);
         }
         self.joiner.finish(sink);
