@@ -29,6 +29,7 @@ impl MailTrace {
     /// Starts `mail-trace capture -i IFACE -w FILE ARGS` and waits until its programs are
     /// attached to the interface.
     fn start(iface: &str, file: &Path, extra: &[&str], dir: &Path) -> MailTrace {
+        common::writable_by_dropped_user(file.parent().expect("a directory"));
         let before = attached(iface);
         let stderr = dir.join(format!(
             "{}.stderr",

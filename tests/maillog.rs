@@ -262,6 +262,7 @@ fn tail_and_replay_join_postfix_and_dovecot_lines() {
     let tb = Testbed::start();
     let dir = TempDir::new("maillog");
     let pcap = dir.path().join("tail.pcapng");
+    common::writable_by_dropped_user(dir.path());
     let stdout = dir.path().join("tail.json");
     let plog = tb.postfix.log_path().to_path_buf();
     let dlog = tb.dovecot.log_path().to_path_buf();
@@ -344,10 +345,12 @@ fn tail_and_replay_join_postfix_and_dovecot_lines() {
     let replayed = json_lines(&out.stdout);
     check(&replayed, &seen, &postfix_log, &dovecot_log);
 
-    // Without the linger, the record holds only the lines Postfix had certainly written before
-    // the session's last packet (stamp + 1 s < end: a line stamped S was written in [S, S+1));
-    // every other line comes after the record, as a `log` record of its own. (A session that
-    // starts just before a second boundary has its `connect` line in the record.)
+    // Without the linger, the record holds only the lines the joiner had attached before the
+    // session's last packet. Its clock at a line is the line's stamp + 1 s (a line stamped S was
+    // written in [S, S+1)), and smtpd's lines are attached as a bracket, when its `disconnect`
+    // line closes it (then the lines of its queue id as they come). So a line is in the record
+    // iff max(its stamp, the disconnect's stamp) + 1 s < end; every other line comes after the
+    // record, as a `log` record of its own.
     let out = run_ok(
         Command::new(env!("CARGO_BIN_EXE_mail-trace"))
             .args(["replay", "--json", "--maillog-linger-ms", "0"])
@@ -363,8 +366,13 @@ fn tail_and_replay_join_postfix_and_dovecot_lines() {
         let (s, log) = session_and_log(&late, client);
         let end = micros(&s["end"]);
         let in_record = s["log"].as_array().map_or(0, Vec::len);
+        let disconnect = log
+            .iter()
+            .find(|e| e["event"] == "disconnect")
+            .map(|e| micros(&e["ts"]))
+            .unwrap_or_else(|| panic!("no disconnect line joined: {log:#?}"));
         for (i, e) in log.iter().enumerate() {
-            let certainly_before = micros(&e["ts"]) + 1_000_000 < end;
+            let certainly_before = micros(&e["ts"]).max(disconnect) + 1_000_000 < end;
             assert_eq!(
                 (i < in_record, e["type"] == "log"),
                 (certainly_before, !certainly_before),

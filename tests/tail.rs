@@ -608,6 +608,7 @@ fn smtp_sessions_live() {
     let iface = tb.ns.host_if.clone();
     let dir = tmp.path();
     let picked_pcap = dir.join("picked.pcapng");
+    common::writable_by_dropped_user(dir);
     let from_glob = "pick-me@*";
     let picked_arg = picked_pcap.display().to_string();
 

@@ -2,9 +2,11 @@
 //! into the ring buffer, every outcome counted.
 use core::ffi::c_void;
 
+#[cfg(not(feature = "compat"))]
+use aya_ebpf::helpers::bpf_loop;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_loop},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     maps::lpm_trie::Key,
 };
 use mail_trace_common::{
@@ -82,6 +84,18 @@ pub fn wanted(c: &mut Counters, ports: &PortBits, v: Verdict, t: &Tcp) -> bool {
     true
 }
 
+/// How a program type copies packet bytes into a record: its load-bytes helper.
+pub trait Copier {
+    /// Copies `n` bytes at packet offset `off` of the context `ctx` to `dst`; 0 on success.
+    fn copy(ctx: *mut c_void, off: u32, dst: *mut u8, n: u32) -> i64;
+
+    /// One chunk as a `bpf_loop` callback (see [`emit`]).
+    #[cfg(not(feature = "compat"))]
+    extern "C" fn step(i: u64, job: *mut c_void) -> i64 {
+        chunk_step(i, job, Self::copy)
+    }
+}
+
 /// What the per-chunk callback of `bpf_loop` needs: it runs as its own subprogram and sees
 /// only this (on the caller's stack).
 #[repr(C)]
@@ -95,21 +109,21 @@ pub struct Job {
 
 /// Copies `len` bytes of packet (capped by snaplen and 64 KiB) into records; with
 /// `headers` non-zero (an encrypted flow, see `tls.rs`) only that many, flagged
-/// `FLAG_SUPPRESSED`. `chunk_cb` copies one record with the program type's load-bytes
-/// helper (`tc_chunk` or `xdp_chunk`).
+/// `FLAG_SUPPRESSED`. `C` copies one record with the program type's load-bytes helper.
 ///
 /// The chunks go through `bpf_loop` rather than an unrolled loop: the verifier checks the
 /// callback once instead of every one of the 32 iterations in every state that reaches
-/// it, which took 0.45 s of CPU per program at every start.
+/// it, which took 0.45 s of CPU per program at every start. Kernels before 5.17 have no
+/// `bpf_loop` (and before 5.13 reject the callback's BPF_PSEUDO_FUNC reference): the
+/// compat object (feature `compat`) walks the chunks in a bounded loop instead.
 #[inline(always)]
-pub fn emit(
+pub fn emit<C: Copier>(
     c: &mut Counters,
     ctx: *mut c_void,
     ifindex: u32,
     mut flags: u32,
     len: u32,
     headers: u32,
-    chunk_cb: extern "C" fn(u64, *mut c_void) -> i64,
 ) {
     let (snaplen, wake_bytes) = match CONFIG.get(0) {
         Some(cfg) => (cfg.snaplen, cfg.wake_bytes as u64),
@@ -144,19 +158,22 @@ pub fn emit(
         counters: c,
         wake_bytes,
     };
-    let chunks = cap.div_ceil(CHUNK_LEN as u32).min(MAX_CHUNKS as u32);
-    // SAFETY: the callback only reads and writes `job`, which outlives the call.
-    unsafe {
-        bpf_loop(
-            chunks,
-            chunk_cb as *mut c_void,
-            (&mut job as *mut Job).cast(),
-            0,
-        )
-    };
+    let job = (&mut job as *mut Job).cast();
+    #[cfg(not(feature = "compat"))]
+    {
+        let chunks = cap.div_ceil(CHUNK_LEN as u32).min(MAX_CHUNKS as u32);
+        // SAFETY: the callback only reads and writes `job`, which outlives the call.
+        unsafe { bpf_loop(chunks, C::step as *mut c_void, job, 0) };
+    }
+    #[cfg(feature = "compat")]
+    for i in 0..MAX_CHUNKS as u64 {
+        if chunk_step(i, job, C::copy) != 0 {
+            break;
+        }
+    }
 }
 
-/// The body of `bpf_loop` for chunk `i`: one record, counted. `copy(offset, dst, n)` is
+/// The body of the chunk loop (a `bpf_loop` callback or the compat loop) for chunk `i`: one record, counted. `copy(offset, dst, n)` is
 /// the load-bytes helper. Returns 0 to go on, 1 to stop.
 #[inline(always)]
 pub fn chunk_step<F>(i: u64, job: *mut c_void, copy: F) -> i64

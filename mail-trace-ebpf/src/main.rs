@@ -15,14 +15,16 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_UNSPEC},
-    helpers::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    helpers::bpf_skb_load_bytes,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
 use mail_trace_common::{port_bit, FLAG_EGRESS, FLAG_INGRESS, FLAG_L3, FLAG_XDP};
 
-use crate::parse::{Direct, SkbLoad, Tcp, Verdict, XdpLoad};
+#[cfg(not(feature = "compat"))]
+use crate::parse::XdpLoad;
+use crate::parse::{Direct, SkbLoad, Tcp, Verdict};
 
 #[classifier]
 pub fn mail_trace_in(ctx: TcContext) -> i32 {
@@ -82,21 +84,15 @@ fn tc(ctx: &TcContext, dir: u32) {
     let flags = dir | if l3 { FLAG_L3 } else { 0 };
     let hook = tls::Hook {
         ctx: ctx.as_ptr(),
+        #[cfg(not(feature = "compat"))]
         ext_step: tc_ext_step,
     };
     let headers = tls::copy_len(&SkbLoad(ctx), t, ctx.len(), hook);
-    emit::emit(
-        c,
-        ctx.as_ptr(),
-        ifindex,
-        flags,
-        ctx.len(),
-        headers,
-        tc_chunk,
-    );
+    emit::emit::<TcCopy>(c, ctx.as_ptr(), ifindex, flags, ctx.len(), headers);
 }
 
 /// One ClientHello extension of a TC packet (`bpf_loop` callback, see `tls::ExtWalk`).
+#[cfg(not(feature = "compat"))]
 extern "C" fn tc_ext_step(_i: u64, walk: *mut c_void) -> i64 {
     // SAFETY: `hello_cut` passes its `ExtWalk`, alive for the whole loop.
     let walk = unsafe { &mut *(walk as *mut tls::ExtWalk) };
@@ -105,6 +101,7 @@ extern "C" fn tc_ext_step(_i: u64, walk: *mut c_void) -> i64 {
 }
 
 /// One ClientHello extension of an XDP frame (`bpf_loop` callback, see `tls::ExtWalk`).
+#[cfg(not(feature = "compat"))]
 extern "C" fn xdp_ext_step(_i: u64, walk: *mut c_void) -> i64 {
     // SAFETY: `hello_cut` passes its `ExtWalk`, alive for the whole loop.
     let walk = unsafe { &mut *(walk as *mut tls::ExtWalk) };
@@ -112,12 +109,15 @@ extern "C" fn xdp_ext_step(_i: u64, walk: *mut c_void) -> i64 {
     tls::ext_step(&XdpLoad(md), walk)
 }
 
-/// One chunk of a TC packet (`bpf_loop` callback, see `emit::emit`).
-extern "C" fn tc_chunk(i: u64, job: *mut c_void) -> i64 {
-    emit::chunk_step(i, job, |skb, off, dst, n| {
+/// A TC packet's bytes, through `bpf_skb_load_bytes` (see `emit::emit`).
+struct TcCopy;
+
+impl emit::Copier for TcCopy {
+    #[inline(always)]
+    fn copy(skb: *mut c_void, off: u32, dst: *mut u8, n: u32) -> i64 {
         // SAFETY: dst has room for n bytes (bounded by the caller); skb is the context.
         unsafe { bpf_skb_load_bytes(skb, off, dst.cast(), n) }
-    })
+    }
 }
 
 #[inline(always)]
@@ -146,18 +146,45 @@ fn xdp_in(ctx: &XdpContext) {
     let len = (ctx.data_end() - ctx.data()) as u32;
     let hook = tls::Hook {
         ctx: ctx.as_ptr(),
+        #[cfg(not(feature = "compat"))]
         ext_step: xdp_ext_step,
     };
     let headers = tls::copy_len(&direct, &t, len, hook);
-    emit::emit(c, ctx.as_ptr(), ifindex, flags, len, headers, xdp_chunk);
+    emit::emit::<XdpCopy>(c, ctx.as_ptr(), ifindex, flags, len, headers);
 }
 
-/// One chunk of an XDP frame (`bpf_loop` callback, see `emit::emit`).
-extern "C" fn xdp_chunk(i: u64, job: *mut c_void) -> i64 {
-    emit::chunk_step(i, job, |md, off, dst, n| {
+/// An XDP frame's bytes (see `emit::emit`): `bpf_xdp_load_bytes` (5.18); the compat object
+/// reads the frame's linear data with `bpf_probe_read_kernel` instead (kernels before 5.18
+/// have no multi-buffer XDP, so the frame is all in `data..data_end`).
+struct XdpCopy;
+
+impl emit::Copier for XdpCopy {
+    #[inline(always)]
+    fn copy(md: *mut c_void, off: u32, dst: *mut u8, n: u32) -> i64 {
+        #[cfg(not(feature = "compat"))]
         // SAFETY: dst has room for n bytes (bounded by the caller); md is the context.
-        unsafe { bpf_xdp_load_bytes(md.cast(), off, dst.cast(), n) }
-    })
+        unsafe {
+            aya_ebpf::helpers::bpf_xdp_load_bytes(md.cast(), off, dst.cast(), n)
+        }
+        #[cfg(feature = "compat")]
+        {
+            let md = md as *const aya_ebpf::bindings::xdp_md;
+            // SAFETY: md is the program's context; data and data_end are its frame bounds.
+            let (start, end) = unsafe { ((*md).data as usize, (*md).data_end as usize) };
+            let from = start + off as usize;
+            if from + n as usize > end {
+                return -1;
+            }
+            // SAFETY: dst has room for n bytes; the source lies within the frame.
+            unsafe {
+                aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                    dst.cast(),
+                    n,
+                    from as *const c_void,
+                )
+            }
+        }
+    }
 }
 
 #[cfg(not(test))]

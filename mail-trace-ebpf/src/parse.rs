@@ -1,9 +1,13 @@
 //! Bounded header walk: Ethernet (+ up to two VLAN tags), IPv4 or IPv6 with
 //! extension headers, down to the TCP ports. Generic over how bytes are read so
 //! the same code serves direct packet access and `bpf_skb_load_bytes`.
-use core::mem::{size_of, MaybeUninit};
+use core::mem::size_of;
+#[cfg(not(feature = "compat"))]
+use core::mem::MaybeUninit;
 
-use aya_ebpf::{bindings::xdp_md, helpers::bpf_xdp_load_bytes, programs::TcContext};
+use aya_ebpf::programs::TcContext;
+#[cfg(not(feature = "compat"))]
+use aya_ebpf::{bindings::xdp_md, helpers::bpf_xdp_load_bytes};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -49,8 +53,10 @@ impl Reader for SkbLoad<'_> {
 }
 
 /// `bpf_xdp_load_bytes`: for `bpf_loop` callbacks, which cannot carry packet pointers.
+#[cfg(not(feature = "compat"))]
 pub struct XdpLoad(pub *mut xdp_md);
 
+#[cfg(not(feature = "compat"))]
 impl Reader for XdpLoad {
     #[inline(always)]
     fn read<T: Copy>(&self, off: usize) -> Option<T> {

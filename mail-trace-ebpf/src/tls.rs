@@ -13,6 +13,7 @@
 //! RST removes both directions; the LRU map is the backstop for flows whose end was missed.
 use core::ffi::c_void;
 
+#[cfg(not(feature = "compat"))]
 use aya_ebpf::helpers::bpf_loop;
 use mail_trace_common::{
     hello_record_len, FlowKey, TlsFlow, CFG_TLS_SUPPRESS, PORT_IMPLICIT_TLS, TLS_ARMED, TLS_DONE,
@@ -67,6 +68,7 @@ fn hello_cut<R: Reader>(r: &R, base: usize, limit: u32, hook: Hook) -> Option<u3
         cut: 0,
     };
     // SAFETY: the callback only reads and writes `walk`, which outlives the call.
+    #[cfg(not(feature = "compat"))]
     unsafe {
         bpf_loop(
             MAX_EXTS as u32,
@@ -75,6 +77,13 @@ fn hello_cut<R: Reader>(r: &R, base: usize, limit: u32, hook: Hook) -> Option<u3
             0,
         )
     };
+    // Without bpf_loop (kernels before 5.17), a bounded loop with the caller's reader.
+    #[cfg(feature = "compat")]
+    for _ in 0..MAX_EXTS {
+        if ext_step(r, &mut walk) != 0 {
+            break;
+        }
+    }
     (walk.cut != 0).then_some(walk.cut)
 }
 
@@ -83,6 +92,7 @@ fn hello_cut<R: Reader>(r: &R, base: usize, limit: u32, hook: Hook) -> Option<u3
 #[derive(Clone, Copy)]
 pub struct Hook {
     pub ctx: *mut c_void,
+    #[cfg(not(feature = "compat"))]
     pub ext_step: extern "C" fn(u64, *mut c_void) -> i64,
 }
 

@@ -120,6 +120,16 @@ pub struct TlsPicture {
     pub auth_in_clear: Option<String>,
 }
 
+/// The TLS handshake began but failed (`why` from [`crate::proto::tls::TlsInfo::failed`]):
+/// the session is not protected, whatever the hellos offered.
+pub fn tls_handshake_failed(why: &str) -> Finding {
+    Finding::new(
+        "tls-handshake-failed",
+        Severity::Warn,
+        format!("the TLS handshake failed: {why}"),
+    )
+}
+
 /// The TLS command's name in each protocol.
 pub fn starttls_verb(proto: crate::proto::Proto) -> &'static str {
     match proto {

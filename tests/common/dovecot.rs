@@ -157,6 +157,23 @@ service anvil {{
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Appends `settings` to the configuration and reloads (`dovecot reload`: new login
+    /// processes take new connections, old ones finish theirs).
+    pub fn reconfigure(&self, settings: &str) {
+        let mut conf = std::fs::read_to_string(&self.config).expect("read dovecot.conf");
+        conf.push_str(settings);
+        conf.push('\n');
+        write(&self.config, conf);
+        run_ok(
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns, "dovecot", "-c"])
+                .arg(&self.config)
+                .arg("reload"),
+            Duration::from_secs(30),
+            "dovecot reload",
+        );
+    }
 }
 
 impl Drop for Dovecot {

@@ -53,6 +53,23 @@ impl Journald {
             }
         }
         std::fs::create_dir_all(SOCKETS).expect("create /run/systemd/journal");
+        if !Path::new(VOLATILE).exists() {
+            // As systemd-tmpfiles sets it up on a systemd host (systemd's tmpfiles.d/systemd.conf):
+            // setgid systemd-journal, so the journal files are readable by that group, which is
+            // how an unprivileged reader (mail-trace after its privilege drop) gets at them.
+            run_ok(
+                Command::new("install").args([
+                    "-d",
+                    "-m",
+                    "2755",
+                    "-g",
+                    "systemd-journal",
+                    VOLATILE,
+                ]),
+                Duration::from_secs(10),
+                "install -d /run/log/journal",
+            );
+        }
         let child = Command::new(JOURNALD)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -10,6 +10,7 @@
 )]
 
 pub mod clients;
+pub mod craft;
 pub mod dovecot;
 pub mod journal;
 pub mod netns;
@@ -150,6 +151,16 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// A test bed timeout, stretched inside a kernel-matrix guest (`MT_GUEST_KERNEL`): qemu without
+/// KVM runs Postfix's start-up checks, tshark and the daemon's start several times slower.
+pub fn patience(d: Duration) -> Duration {
+    if std::env::var_os("MT_GUEST_KERNEL").is_some() {
+        d * 6
+    } else {
+        d
+    }
+}
+
 /// Polls `f` every 50 ms until it returns Some, or panics naming `what` after `timeout`.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -269,6 +280,32 @@ pub fn set_mode(path: &Path, mode: u32) {
 pub fn write(path: &Path, contents: impl AsRef<[u8]>) {
     std::fs::write(path, contents)
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
+/// The user mail-trace becomes after attaching when no `--user` is given (cmd::privilege).
+pub fn dropped_user() -> &'static str {
+    let exists = |u: &str| {
+        Command::new("id")
+            .args(["-u", u])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if exists("mail-trace") {
+        "mail-trace"
+    } else {
+        "nobody"
+    }
+}
+
+/// Lets the dropped user create its `-w` files in `dir` (they are opened after the drop).
+pub fn writable_by_dropped_user(dir: &Path) {
+    run_ok(
+        Command::new("chown").arg(dropped_user()).arg(dir),
+        Duration::from_secs(10),
+        "chown",
+    );
 }
 
 /// `chown owner path` (owner like "postfix:postfix" or "5000:5000").

@@ -12,7 +12,10 @@ use std::time::{Duration, SystemTime};
 
 use super::{children_of, chown, mkdir, reap, run, wait_for, write, Logs, NetNs, DOMAIN, USERS};
 
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `postfix start` and its first greeting may take.
+fn start_timeout() -> Duration {
+    super::patience(Duration::from_secs(60))
+}
 
 pub struct Postfix {
     config: PathBuf,
@@ -88,7 +91,7 @@ impl Postfix {
             .stderr(console_file)
             .spawn()
             .expect("spawn postfix start");
-        let status = super::wait_child(&mut child, START_TIMEOUT);
+        let status = super::wait_child(&mut child, start_timeout());
         let mut pf = Postfix {
             config,
             queue,
@@ -107,7 +110,7 @@ impl Postfix {
             || pf.read_master_pid(),
         ));
         let addr = SocketAddr::new(ns.server_v4().into(), 25);
-        wait_for(START_TIMEOUT, "Postfix greeting on port 25", || {
+        wait_for(start_timeout(), "Postfix greeting on port 25", || {
             greeting(addr).filter(|g| g.starts_with("220 "))
         });
         pf

@@ -50,7 +50,7 @@ impl Tail {
             what: what.to_string(),
         };
         wait_for(
-            Duration::from_secs(30),
+            super::patience(Duration::from_secs(30)),
             &format!("mail-trace tail ({what}) to say it is tracing"),
             || {
                 if let Some(Ok(Some(status))) = t.child.as_mut().map(Child::try_wait) {
@@ -99,7 +99,7 @@ impl Tail {
     pub fn session(&self, client: SocketAddr) -> Value {
         let want = client.to_string();
         wait_for(
-            RECORD_TIMEOUT,
+            super::patience(RECORD_TIMEOUT),
             &format!("the session record of {want} from tail ({})", self.what),
             || {
                 self.sessions()
@@ -113,13 +113,14 @@ impl Tail {
     pub fn stop(mut self) -> Stopped {
         let mut child = self.child.take().expect("tail running");
         signal(child.id(), libc::SIGINT);
-        let status = wait_child(&mut child, Duration::from_secs(20)).unwrap_or_else(|| {
-            panic!(
-                "tail ({}) ignored SIGINT for 20 s: {}",
-                self.what,
-                self.stderr()
-            )
-        });
+        let status = wait_child(&mut child, super::patience(Duration::from_secs(20)))
+            .unwrap_or_else(|| {
+                panic!(
+                    "tail ({}) ignored SIGINT for 20 s: {}",
+                    self.what,
+                    self.stderr()
+                )
+            });
         let stopped = Stopped {
             stdout: self.stdout(),
             stderr: self.stderr(),

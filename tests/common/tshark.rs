@@ -40,7 +40,7 @@ impl Capture {
             }
         });
         let mut seen = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + super::patience(Duration::from_secs(20));
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
@@ -50,7 +50,8 @@ impl Capture {
                     let _ = child.kill();
                     let _ = child.wait();
                     panic!(
-                        "tshark on {iface} did not report \"Capturing on\" within 20 s: {}",
+                        "tshark on {iface} did not report \"Capturing on\" within {:?}: {}",
+                        super::patience(Duration::from_secs(20)),
                         seen.join(" | ")
                     );
                 }

@@ -9,7 +9,9 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod dist;
 mod fuzz;
+mod kernels;
 
 /// bpf-linker 0.10.0 emits BTF the kernel rejects; 0.11+ need a system LLVM Debian lacks.
 const BPF_LINKER_VERSION: &str = "0.10.4";
@@ -56,6 +58,17 @@ enum Task {
     },
     /// Everything CI runs: fmt check, clippy, unit tests, integration tests (as root).
     Test,
+    /// The kernel matrix (as root): tests/kernel.rs inside qemu guests of Debian's 5.10, 6.1 and
+    /// 6.12 kernels (target/kernels caches the packages), or only the RELEASEs named.
+    TestKernels { releases: Vec<String> },
+    /// Boot a Debian RELEASE's kernel under qemu with ROOT (default /) shared read-only as its
+    /// root file system and run SCRIPT (a path inside ROOT) there; exits with the script's status.
+    Guest {
+        release: String,
+        script: PathBuf,
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
     /// Benchmarks against tcpdump and tshark, written to BENCHMARKS.md (as root; bench/bench.py).
     /// SECTIONS: any of kernel, live, tls, replay, memory (default: all).
     Bench {
@@ -68,6 +81,12 @@ enum Task {
         secs: u64,
         targets: Vec<String>,
     },
+    /// Release artifacts in target/dist/: the static x86_64 binary (musl) and the .deb
+    /// (cargo-deb; man pages, completions, lintian-clean), each with a .sha256 file.
+    Dist,
+    /// `dist`, then `dpkg -i` the .deb into Debian 11, 12 and 13 root file systems (debootstrap,
+    /// cached in target/dist-test/) and check it there (as root; the last step of `test`).
+    TestDist,
 }
 
 fn main() {
@@ -76,8 +95,16 @@ fn main() {
         Task::Build => build(),
         Task::Run { args } => run(args),
         Task::Test => test(),
+        Task::TestKernels { releases } => kernels::test_kernels(&releases),
+        Task::Guest {
+            release,
+            script,
+            root,
+        } => kernels::guest(&release, &root, &script),
         Task::Bench { sections } => bench(sections),
         Task::Fuzz { secs, targets } => fuzz::fuzz(secs, &targets),
+        Task::Dist => dist::dist().map(|_| ()),
+        Task::TestDist => dist::test_dist(),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
@@ -255,10 +282,19 @@ fn test() -> Result<()> {
     }
     step("cargo fmt --all -- --check");
     sh("fmt check", cargo().args(["fmt", "--all", "--", "--check"]))?;
-    step("cargo clippy --all-targets -- -D warnings");
+    // The feature adds mail-trace-gen (man pages, completions), which a plain build skips.
+    step("cargo clippy --all-targets --features mail-trace/gen -- -D warnings");
     sh(
         "clippy",
-        cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]),
+        cargo().args([
+            "clippy",
+            "--all-targets",
+            "--features",
+            "mail-trace/gen",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
     step("unit tests: cargo test --lib --bins");
     sh("unit tests", cargo().args(["test", "--lib", "--bins"]))?;
@@ -277,12 +313,19 @@ fn test() -> Result<()> {
             "--",
             "--test-threads=1",
         ]),
-    )
+    )?;
+    step("test-dist: the .deb and the static binary on Debian 11, 12 and 13");
+    dist::test_dist()
 }
 
 /// Installs the integration tests' Debian packages that `dpkg -s` says are missing.
 fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    apt_install(DEBIAN_PACKAGES)
+}
+
+/// Installs those of `packages` that `dpkg -s` says are missing.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {

@@ -94,7 +94,15 @@ impl Btf {
                     }
                     12 * vlen
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+                KIND_ENUM => {
+                    // Enumerators as (name, 0, value): what `enum_has` asks about.
+                    for i in 0..vlen {
+                        let m = at + i * 8;
+                        members.push((u32_at(tsec, m)?, 0, u32_at(tsec, m + 4)?));
+                    }
+                    8 * vlen
+                }
+                KIND_FUNC_PROTO => 8 * vlen,
                 KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
                 0..=19 => 0,
                 _ => return None,
@@ -127,6 +135,25 @@ impl Btf {
             t.kind == KIND_STRUCT && !t.members.is_empty() && self.name(t.name) == name.as_bytes()
         })?;
         u32::try_from(i + 1).ok()
+    }
+
+    /// Whether the enum `name` has the enumerator `member`: how the kernel says which
+    /// helpers (`bpf_func_id`), map types and attach types it knows.
+    pub fn enum_has(&self, name: &str, member: &str) -> bool {
+        self.types.iter().any(|t| {
+            t.kind == KIND_ENUM
+                && self.name(t.name) == name.as_bytes()
+                && t.members
+                    .iter()
+                    .any(|m| self.name(m.0) == member.as_bytes())
+        })
+    }
+
+    /// Whether a typedef `name` exists: each raw tracepoint has one, `btf_trace_<event>`.
+    pub fn has_typedef(&self, name: &str) -> bool {
+        self.types
+            .iter()
+            .any(|t| t.kind == KIND_TYPEDEF && self.name(t.name) == name.as_bytes())
     }
 
     /// Through typedefs and qualifiers to the type itself.
@@ -243,7 +270,13 @@ mod tests {
             }
             for &(m, ty, bits) in members {
                 let m = name(m);
-                for v in [m, ty, bits] {
+                // An enumerator is (name, value); `bits` carries the value.
+                let words: &[u32] = if kind == KIND_ENUM {
+                    &[m, bits]
+                } else {
+                    &[m, ty, bits]
+                };
+                for v in words {
                     tsec.extend_from_slice(&v.to_ne_bytes());
                 }
             }
@@ -329,6 +362,29 @@ mod tests {
             sock_offsets(&btf).unwrap_err(),
             "no sock_common.skc_daddr in the kernel BTF"
         );
+    }
+
+    #[test]
+    fn enumerators_and_tracepoint_typedefs_are_found_by_name() {
+        let b = blob(&[
+            (KIND_INT, "int", 4, &[]), // 1
+            (
+                KIND_ENUM,
+                "bpf_func_id",
+                4,
+                &[("BPF_FUNC_unspec", 0, 0), ("BPF_FUNC_loop", 0, 181)],
+            ), // 2
+            (KIND_TYPEDEF, "btf_trace_sock_send_length", 1, &[]), // 3
+            (KIND_STRUCT, "sock", 4, &[("BPF_FUNC_xdp_load_bytes", 1, 0)]), // 4
+        ]);
+        let btf = Btf::parse(&b).expect("parses");
+        assert!(btf.enum_has("bpf_func_id", "BPF_FUNC_loop"));
+        assert!(!btf.enum_has("bpf_func_id", "BPF_FUNC_xdp_load_bytes"));
+        // A struct member of that name is not an enumerator.
+        assert!(!btf.enum_has("sock", "BPF_FUNC_xdp_load_bytes"));
+        assert!(!btf.enum_has("bpf_map_type", "BPF_FUNC_loop"));
+        assert!(btf.has_typedef("btf_trace_sock_send_length"));
+        assert!(!btf.has_typedef("btf_trace_sock_recv_length"));
     }
 
     #[test]

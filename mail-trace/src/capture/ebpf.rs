@@ -15,7 +15,6 @@ use aya::{
         tc::{self, NlOptions, TcAttachOptions},
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
-    util::KernelVersion,
     Ebpf, EbpfLoader,
 };
 use mail_trace_common::{
@@ -25,10 +24,14 @@ use mail_trace_common::{
 };
 use tokio::io::unix::AsyncFd;
 
+use super::kernel::{Features, Module, Variant};
 use super::{Direction, Frame, LinkType};
 
-/// The object built by `build.rs`; empty when built with `MAIL_TRACE_SKIP_EBPF=1`.
+/// The objects built by `build.rs`; empty when built with `MAIL_TRACE_SKIP_EBPF=1`. The
+/// compat one is for kernels without bpf_loop (see `kernel::Variant`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mail-trace"));
+static EBPF_COMPAT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mail-trace-compat"));
 
 /// Ports whose sessions are TLS from the first byte: submissions, POP3S, IMAPS.
 const IMPLICIT_TLS_PORTS: [u16; 3] = [465, 995, 993];
@@ -55,8 +58,9 @@ pub enum CaptureError {
     BadRingSize(u32),
     #[error("permission denied loading eBPF programs: run as root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON)")]
     Permission,
-    #[error("this kernel lacks BTF (/sys/kernel/btf/vmlinux); Linux >= 5.8 with CONFIG_DEBUG_INFO_BTF is required")]
-    NoBtf,
+    /// What the kernel lacks, from `kernel::Features::missing`.
+    #[error("{0}")]
+    Kernel(String),
     #[error("this kernel has no BPF ring buffer (Linux >= 5.8 required): {0}")]
     NoRingBuf(String),
     #[error("loading the eBPF programs: {0}")]
@@ -150,6 +154,7 @@ pub struct EbpfCapture {
     /// CLOCK_REALTIME − CLOCK_MONOTONIC at start, to turn kernel times into epoch times.
     epoch_offset: i128,
     ready: std::collections::VecDeque<Captured>,
+    kernel: Features,
     // Owns the programs and their links: dropped last, which detaches them.
     ebpf: Ebpf,
 }
@@ -174,15 +179,20 @@ impl EbpfCapture {
             .iter()
             .map(|n| lookup_iface(n))
             .collect::<Result<Vec<_>, _>>()?;
-        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-            return Err(CaptureError::NoBtf);
+        let kernel = Features::probe();
+        if let Some(lacks) = kernel.missing() {
+            return Err(CaptureError::Kernel(lacks));
         }
+        let object = match kernel.variant() {
+            Variant::Main => EBPF_OBJECT,
+            Variant::Compat => EBPF_COMPAT,
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, cfg.ring_size)
-            .load(EBPF_OBJECT)
+            .load(object)
             .map_err(|e| classify_load(&e))?;
         configure(&mut ebpf, cfg, &ifaces).map_err(|e| CaptureError::Load(e.to_string()))?;
-        attach(&mut ebpf, cfg, &ifaces)?;
+        attach(&mut ebpf, cfg, &ifaces, &kernel)?;
         let events = ebpf
             .take_map(names::EVENTS)
             .ok_or_else(|| CaptureError::Load("no EVENTS map in the object".into()))?;
@@ -197,8 +207,14 @@ impl EbpfCapture {
             joiner: Joiner::default(),
             epoch_offset: epoch_offset(),
             ready: Default::default(),
+            kernel,
             ebpf,
         })
+    }
+
+    /// What the kernel offered at start-up, and so which object and fallbacks are in use.
+    pub fn kernel(&self) -> &Features {
+        &self.kernel
     }
 
     pub fn interfaces(&self) -> &[Iface] {
@@ -433,9 +449,41 @@ fn configure(ebpf: &mut Ebpf, cfg: &LiveConfig, ifaces: &[Iface]) -> Result<(), 
     config.set(0, c, 0).map_err(|e| chain(&e))
 }
 
-fn attach(ebpf: &mut Ebpf, cfg: &LiveConfig, ifaces: &[Iface]) -> Result<(), CaptureError> {
-    let tcx = !cfg.force_netlink
-        && KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+fn attach(
+    ebpf: &mut Ebpf,
+    cfg: &LiveConfig,
+    ifaces: &[Iface],
+    kernel: &Features,
+) -> Result<(), CaptureError> {
+    let tcx = !cfg.force_netlink && kernel.tcx;
+    // The netlink path needs the clsact qdisc (sch_ingress) and cls_bpf: load them now if
+    // they are modules (a kernel without a usable modprobe helper fails with "Specified
+    // qdisc kind is unknown" otherwise); what modprobe says is kept for the error below.
+    let mut modprobe_said = None;
+    if !tcx {
+        let wanted: Vec<&str> = [
+            ("sch_ingress", kernel.sch_ingress),
+            ("cls_bpf", kernel.cls_bpf),
+        ]
+        .into_iter()
+        .filter(|(_, m)| *m != Module::Present)
+        .map(|(n, _)| n)
+        .collect();
+        if !wanted.is_empty() {
+            modprobe_said = super::kernel::modprobe(&wanted).err();
+        }
+    }
+    let no_modules = |e: String| {
+        let said = modprobe_said
+            .as_deref()
+            .map(|s| format!(" (modprobe: {s})"))
+            .unwrap_or_default();
+        format!(
+            "{e}; without TCX (Linux 6.6) the programs attach through netlink, which needs the \
+             kernel modules sch_ingress and cls_bpf (CONFIG_NET_SCH_INGRESS, CONFIG_NET_CLS_BPF): \
+             modprobe sch_ingress cls_bpf{said}"
+        )
+    };
     let load_err = |e: aya::programs::ProgramError| match os_error(&e) {
         Some(libc::EPERM) => CaptureError::Permission,
         _ => CaptureError::Load(chain(&e)),
@@ -461,8 +509,12 @@ fn attach(ebpf: &mut Ebpf, cfg: &LiveConfig, ifaces: &[Iface]) -> Result<(), Cap
             } else {
                 // EEXIST: the clsact qdisc is already there, which is fine.
                 if let Err(e) = tc::qdisc_add_clsact(&i.name) {
-                    if os_error(&e) != Some(libc::EEXIST) {
-                        return Err(fail(chain(&e)));
+                    match os_error(&e) {
+                        Some(libc::EEXIST) => {}
+                        Some(libc::ENOENT | libc::EOPNOTSUPP) => {
+                            return Err(fail(no_modules(chain(&e))))
+                        }
+                        _ => return Err(fail(chain(&e))),
                     }
                 }
                 remove_stale_filters(i, kind, name);
@@ -474,6 +526,7 @@ fn attach(ebpf: &mut Ebpf, cfg: &LiveConfig, ifaces: &[Iface]) -> Result<(), Cap
             prog.attach_with_options(&i.name, kind, opts)
                 .map_err(|e| match os_error(&e) {
                     Some(libc::EPERM) => CaptureError::Permission,
+                    Some(libc::ENOENT | libc::EOPNOTSUPP) if !tcx => fail(no_modules(chain(&e))),
                     _ => fail(chain(&e)),
                 })?;
         }

@@ -64,6 +64,7 @@ impl Frame {
 }
 pub mod btf;
 pub mod ebpf;
+pub mod kernel;
 pub mod procfs;
 mod tcfilter;
 pub mod uprobe;

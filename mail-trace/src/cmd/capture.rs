@@ -1,6 +1,5 @@
 //! `mail-trace capture`: raw mail packets as tcpdump-like lines and/or pcapng.
 use std::{
-    fs::File,
     io::{BufWriter, Write},
     net::SocketAddr,
     path::PathBuf,
@@ -61,13 +60,15 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<()> {
 
 async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
     let cfg = args.live.to_config();
-    let mut file = match &args.write {
-        Some(p) => Some(BufWriter::new(
-            File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
-        None => None,
-    };
+    // Before anything is attached: a Ctrl-C during start-up is a clean exit, not the default
+    // action that kills the process half set up.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     let mut cap = EbpfCapture::open(&cfg)?;
+    crate::note!(
+        "mail-trace: {}",
+        cap.kernel().summary(cfg.force_netlink, cfg.xdp)
+    );
     // The socket probes find each chunk's connection; kept for the capture's life.
     let mut _owners = None;
     let mut resolver = None;
@@ -79,7 +80,16 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
         resolver = Some(ConnResolver::new(args.tls.comm.clone(), cfg.ports.clone()));
     }
     // After the TLS probes too: attaching them needs the privileges.
-    args.live.drop_privileges()?;
+    args.live.drop_privileges(&[])?;
+    args.live.sandbox()?;
+    // Created as the dropped user (cmd::outfile).
+    let mut file = match &args.write {
+        Some(p) => Some(BufWriter::new(
+            super::outfile::create_private(p)
+                .with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
     let names: Vec<String> = cap.interfaces().iter().map(|i| i.name.clone()).collect();
     let mut sink = file
         .take()
@@ -88,8 +98,6 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
     let print = sink.is_none() || args.print;
     let mut delivered = vec![0u64; names.len()];
     let mut out = std::io::stdout().lock();
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = args
         .duration
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));

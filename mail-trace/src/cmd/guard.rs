@@ -71,7 +71,13 @@ pub fn whole_blocks_len(bytes: &[u8]) -> usize {
 /// After a failed write (a full disk), cuts the pcapng file back to its last complete block so
 /// that what was written stays readable. Returns the length kept.
 pub fn keep_whole_blocks(path: &Path) -> std::io::Result<u64> {
-    let mut f = OpenOptions::new().read(true).write(true).open(path)?;
+    // Never through a symlink planted after the file was created (cmd::outfile).
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes)?;
     let keep = whole_blocks_len(&bytes) as u64;

@@ -1,6 +1,8 @@
 //! Options shared by the commands that read live traffic (`capture`, `tail`).
 use std::{path::PathBuf, str::FromStr};
 
+use anyhow::Context as _;
+
 use mail_trace_common::DEFAULT_PORTS;
 
 use crate::capture::ebpf::{Cidr, LiveConfig};
@@ -35,19 +37,32 @@ pub struct LiveArgs {
     /// the kernel sends their packets header-only after the TLS handshake.
     #[arg(long)]
     pub full_payload: bool,
-    /// After attaching, run as this user (every capability is dropped either way).
+    /// After attaching, run as this user. Default: `mail-trace` if that user exists, else
+    /// `nobody`; `root` keeps uid 0. Every capability is dropped either way.
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
+    /// The seccomp allow-list installed after the drop: enforce (default), log (allow and log
+    /// what it would refuse, to find a missing call), off. For debugging.
+    #[arg(long, hide = true, value_enum, default_value_t = super::privilege::SeccompMode::Enforce)]
+    pub seccomp: super::privilege::SeccompMode,
 }
 
 impl LiveArgs {
-    /// What the live commands do once the capture is open: give up root.
-    pub fn drop_privileges(&self) -> anyhow::Result<()> {
-        super::privilege::drop_privileges(
-            super::privilege::needs_net_admin_at_exit(self.tc_netlink),
-            self.user.as_deref(),
-        )
-        .map_err(|e| e.context("dropping privileges"))
+    /// What the live commands do once the capture is open: give up root, saying so, keeping
+    /// the groups that read the logs asked for (`logs`, see [`super::privilege::log_groups`]).
+    pub fn drop_privileges(&self, logs: &[(String, libc::gid_t)]) -> anyhow::Result<()> {
+        use super::privilege as p;
+        let user = p::choose_user(self.user.as_deref()).context("dropping privileges")?;
+        let dropped = p::drop_privileges(p::needs_net_admin_at_exit(self.tc_netlink), &user, logs)
+            .map_err(|e| e.context("dropping privileges"))?;
+        crate::note!("{}", dropped.describe(self.seccomp));
+        Ok(())
+    }
+
+    /// After [`Self::drop_privileges`] and after any helper program has been started: from
+    /// here on only the allow-listed system calls work.
+    pub fn sandbox(&self) -> anyhow::Result<()> {
+        super::privilege::install_seccomp(self.seccomp)
     }
 }
 

@@ -69,14 +69,27 @@ pub struct LiveLogs {
 }
 
 /// Starts a follower per file (from its end) and the journal reader.
-pub fn start_live(args: &LogArgs) -> anyhow::Result<Option<LiveLogs>> {
+/// Opens the `--maillog` files, at their end: before the privilege drop, so that a file only
+/// root may read is read all the same.
+pub fn open_live(args: &LogArgs) -> anyhow::Result<Vec<follow::OpenLog>> {
+    args.paths()?
+        .into_iter()
+        .map(|p| {
+            follow::OpenLog::open(p.clone())
+                .map_err(|e| anyhow::anyhow!("--maillog {}: {e}", p.display()))
+        })
+        .collect()
+}
+
+/// Follows the files [`open_live`] opened and, with `--journal`, the journal: after the
+/// privilege drop (the reader threads start here).
+pub fn start_live(args: &LogArgs, files: Vec<follow::OpenLog>) -> anyhow::Result<Option<LiveLogs>> {
     if !args.enabled() {
         return Ok(None);
     }
     let (tx, rx) = mpsc::channel(CHANNEL);
-    for p in args.paths()? {
-        follow::follow_file(p.clone(), tx.clone())
-            .map_err(|e| anyhow::anyhow!("--maillog {}: {e}", p.display()))?;
+    for f in files {
+        f.follow(tx.clone());
     }
     let journal = if args.journal {
         Some(Journal::start(tx).map_err(|e| anyhow::anyhow!(e))?)

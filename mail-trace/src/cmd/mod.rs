@@ -4,6 +4,7 @@ pub mod engine;
 pub mod guard;
 pub mod live;
 pub mod maillog;
+pub mod outfile;
 pub mod output;
 pub mod privilege;
 pub mod replay;

@@ -1,7 +1,6 @@
 //! `mail-trace tail`: the live session view. Kernel capture → session engine →
 //! the chosen output, with the filters of [`crate::output::filter`].
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -218,6 +217,9 @@ impl<S: Sink> Sink for Counted<'_, S> {
     fn log(&mut self, session: crate::flow::ConnId, line: &crate::maillog::LogLine, late: bool) {
         self.inner.log(session, line, late);
     }
+    fn unmatched(&mut self, line: &crate::maillog::LogLine, why: &str) {
+        self.inner.unmatched(line, why);
+    }
     fn session_end(&mut self, info: &SessionInfo, rec: &SessionRecord) {
         // Accepted at end of data: not every server names a queue id.
         self.tally.messages += rec.fields.accepted_messages();
@@ -275,14 +277,16 @@ pub(crate) async fn trace<W: Write>(
     out: Outputs<W>,
     mut done: impl FnMut() -> bool,
 ) -> anyhow::Result<Outputs<W>> {
+    // Before anything is attached: a Ctrl-C during start-up is then an ordinary clean exit
+    // (detaching, the summary), not the default action that kills the process half set up.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     let cfg = args.live.to_config();
-    let file = match &args.write {
-        Some(p) => Some(BufWriter::new(
-            File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
-        None => None,
-    };
     let mut cap = EbpfCapture::open(&cfg)?;
+    crate::note!(
+        "mail-trace: {}",
+        cap.kernel().summary(cfg.force_netlink, cfg.xdp)
+    );
     // The socket probes name each session's process (and find the connection of
     // TLS plaintext); without them, /proc alone, which misses short-lived daemons.
     let owners = match cap.attach_sock_probes() {
@@ -305,7 +309,23 @@ pub(crate) async fn trace<W: Write>(
         ));
     }
     // After the TLS probes too: attaching them needs the privileges.
-    args.live.drop_privileges()?;
+    // The log files are opened as root; the groups that read them (and the journal) stay,
+    // for a rotated file and journalctl.
+    let log_files = crate::cmd::maillog::open_live(&args.logs)?;
+    let log_groups = if args.logs.enabled() {
+        crate::cmd::privilege::log_groups(&args.logs.paths()?, args.logs.journal)
+    } else {
+        Vec::new()
+    };
+    args.live.drop_privileges(&log_groups)?;
+    // Created as the dropped user (cmd::outfile).
+    let file = match &args.write {
+        Some(p) => Some(BufWriter::new(
+            crate::cmd::outfile::create_private(p)
+                .with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
     let names: Vec<String> = cap.interfaces().iter().map(|i| i.name.clone()).collect();
     let mut frames = PcapFrames {
         sink: file
@@ -348,7 +368,9 @@ pub(crate) async fn trace<W: Write>(
         }
         None => scans.run(now_ns, || procfs::owner_of(client, server)),
     }));
-    let mut logs = crate::cmd::maillog::start_live(&args.logs)?;
+    let mut logs = crate::cmd::maillog::start_live(&args.logs, log_files)?;
+    // After journalctl is started: the allow-list has no execve.
+    args.live.sandbox()?;
     let mut joiner = logs
         .is_some()
         .then(|| Joiner::new(args.logs.join_config(), args.output.privacy()));
@@ -380,8 +402,6 @@ pub(crate) async fn trace<W: Write>(
         }
     );
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = args
         .duration
         .map(|s| Instant::now() + Duration::from_secs(s));

@@ -307,6 +307,10 @@ fn log_text(e: &Value) -> String {
     if let Some(sess) = e["session"].as_u64() {
         s.push_str(&format!("  [#{sess}]"));
     }
+    // A line of an smtpd connection no session agreed with: said, with the reason.
+    if let Some(why) = e["unmatched"].as_str() {
+        s.push_str(&format!("  [unmatched: {why}]"));
+    }
     s
 }
 

@@ -8,7 +8,13 @@
 //! and held, up to a byte bound. A hole becomes a gap when the caller says so: the peer
 //! acknowledged past it ([`Half::skip_to`]), the bound was hit, or the connection ends
 //! ([`Half::flush`]).
+//!
+//! Held bytes keep the capture time of the segment that brought them: handed out later (when
+//! the hole is filled or declared), they still say when they crossed the wire, so what a peer
+//! sent after a loss is timed as it was sent, not when the hole was given up.
 use std::collections::BTreeMap;
+
+use crate::time::Ts;
 
 /// Bookkeeping cost charged per held segment on top of its bytes, so that a flood of empty
 /// (fully snaplen-cut) segments is bounded too.
@@ -21,7 +27,9 @@ pub const MAX_SEQ_JUMP: u64 = 1 << 30;
 /// What a direction hands out, in stream order.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Out<'a> {
-    Data(&'a [u8]),
+    /// In-order bytes; with the capture time of their segment when they were held (else they
+    /// came with the segment being taken).
+    Data(&'a [u8], Option<Ts>),
     /// Bytes that will never be seen.
     Gap(u64),
     /// Bytes that crossed the wire but were deliberately not copied (the kernel sends
@@ -40,6 +48,8 @@ struct Held {
     data: Vec<u8>,
     lost: u64,
     suppressed: bool,
+    /// Capture time of the segment that brought the bytes.
+    ts: Ts,
 }
 
 impl Held {
@@ -127,17 +137,20 @@ impl Half {
         max_buffer: usize,
         emit: &mut dyn FnMut(Out<'_>),
     ) {
-        self.segment_with(off, data, lost, false, max_buffer, emit);
+        self.segment_with(off, data, lost, false, 0, max_buffer, emit);
     }
 
     /// [`Half::segment`], with the `lost` bytes `suppressed` (seen, not copied): they are
-    /// handed out as [`Out::Skipped`] instead of [`Out::Gap`].
+    /// handed out as [`Out::Skipped`] instead of [`Out::Gap`]. `ts` is the segment's capture
+    /// time, kept with its bytes if they are held.
+    #[expect(clippy::too_many_arguments, reason = "one segment's facts")]
     pub fn segment_with(
         &mut self,
         off: i64,
         data: &[u8],
         lost: u64,
         suppressed: bool,
+        ts: Ts,
         max_buffer: usize,
         emit: &mut dyn FnMut(Out<'_>),
     ) {
@@ -158,7 +171,7 @@ impl Half {
             let off = off as u64;
             let new_cost = data.len() + HELD_OVERHEAD;
             if self.buffered + new_cost <= max_buffer {
-                self.hold(off, data, lost, suppressed, emit);
+                self.hold(off, data, lost, suppressed, ts, emit);
                 return;
             }
             // Over the bound: give up on the first hole, which frees the bytes after it.
@@ -207,6 +220,7 @@ impl Half {
                         let stop = (piece_end as i64).min(data_end);
                         emit(Out::Data(
                             &data[(cur_i - off) as usize..(stop - off) as usize],
+                            None,
                         ));
                     }
                     let lost_from = cur.max(data_end.max(0) as u64);
@@ -238,7 +252,7 @@ impl Half {
         let from = self.next - k;
         let dlen = h.data.len() as u64;
         if from < dlen {
-            emit(Out::Data(&h.data[from as usize..]));
+            emit(Out::Data(&h.data[from as usize..], Some(h.ts)));
         }
         if h.lost > 0 {
             let n = end - self.next.max(k + dlen);
@@ -272,6 +286,7 @@ impl Half {
         data: &[u8],
         lost: u64,
         suppressed: bool,
+        ts: Ts,
         emit: &mut dyn FnMut(Out<'_>),
     ) {
         let data_end = off + data.len() as u64;
@@ -315,6 +330,7 @@ impl Half {
                 lost: to - from - bytes.len() as u64,
                 data: bytes,
                 suppressed,
+                ts,
             };
             self.buffered += h.cost();
             self.held.insert(from, h);
@@ -372,7 +388,7 @@ mod tests {
 
     fn ev(o: Out<'_>) -> Ev {
         match o {
-            Out::Data(d) => Ev::D(d.to_vec()),
+            Out::Data(d, _) => Ev::D(d.to_vec()),
             Out::Gap(n) => Ev::G(n),
             Out::Skipped(n) => Ev::S(n),
             Out::Mismatch => Ev::M,
@@ -385,9 +401,9 @@ mod tests {
         let mut h = Half::default();
         h.set_base(0);
         let mut v = Vec::new();
-        h.segment_with(0, b"ab", 8, true, MAX, &mut |o| v.push(ev(o)));
-        h.segment_with(20, b"", 5, true, MAX, &mut |o| v.push(ev(o)));
-        h.segment_with(10, b"", 10, false, MAX, &mut |o| v.push(ev(o)));
+        h.segment_with(0, b"ab", 8, true, 0, MAX, &mut |o| v.push(ev(o)));
+        h.segment_with(20, b"", 5, true, 0, MAX, &mut |o| v.push(ev(o)));
+        h.segment_with(10, b"", 10, false, 0, MAX, &mut |o| v.push(ev(o)));
         assert_eq!(v, vec![d("ab"), Ev::S(8), Ev::G(10), Ev::S(5)]);
         assert_eq!((h.next(), h.buffered()), (25, 0));
     }
@@ -397,6 +413,33 @@ mod tests {
     }
 
     const MAX: usize = 1 << 20;
+
+    #[test]
+    fn held_bytes_keep_their_segments_time() {
+        let mut h = Half::default();
+        h.set_base(0);
+        let v = std::cell::RefCell::new(Vec::new());
+        let mut take = |o: Out<'_>| {
+            if let Out::Data(d, t) = o {
+                v.borrow_mut().push((d.to_vec(), t));
+            }
+        };
+        h.segment_with(6, b"world", 0, false, 20, MAX, &mut take);
+        h.segment_with(11, b"!", 0, false, 30, MAX, &mut take);
+        h.segment_with(0, b"hello ", 0, false, 40, MAX, &mut take);
+        assert_eq!(
+            *v.borrow(),
+            vec![
+                (b"hello ".to_vec(), None),
+                (b"world".to_vec(), Some(20)),
+                (b"!".to_vec(), Some(30))
+            ]
+        );
+        // Declared lost: the bytes after the hole still say when they came.
+        h.segment_with(20, b"late", 0, false, 50, MAX, &mut take);
+        h.skip_to(20, &mut take);
+        assert_eq!(v.borrow()[3], (b"late".to_vec(), Some(50)));
+    }
 
     #[test]
     fn in_order_is_handed_out_directly() {

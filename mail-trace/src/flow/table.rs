@@ -118,7 +118,13 @@ fn report(
 ) {
     let anomaly = |kind| FlowEvent::Anomaly { id, kind, ts };
     match o {
-        Out::Data(data) => out(FlowEvent::Data { id, dir, data, ts }),
+        // Held bytes keep the time they were captured at (see `reassembly`).
+        Out::Data(data, held) => out(FlowEvent::Data {
+            id,
+            dir,
+            data,
+            ts: held.unwrap_or(ts),
+        }),
         Out::Gap(len) => {
             stats.gap_bytes += len;
             stats.gaps += 1;
@@ -328,6 +334,7 @@ impl FlowTable {
                 seg.payload,
                 lost,
                 seg.suppressed,
+                ts,
                 max_buffer,
                 &mut |o| emit_for(dir, o),
             );

@@ -17,6 +17,9 @@ pub struct Parsed {
     pub pid: Option<u32>,
     pub kind: Kind,
     pub fields: Map<String, Value>,
+    /// The text may quote a header (mail_log's `msgid=` and `subject=`, like Postfix's
+    /// Message-ID and header_checks lines).
+    pub private: bool,
 }
 
 /// Dovecot's syslog ident: `dovecot`, or `dovecot-NAME` for `instance_name = dovecot-NAME`.
@@ -72,9 +75,18 @@ pub fn parse(program: &str, message: &str) -> Option<Parsed> {
     if let Some(s) = parts.next() {
         f.insert("session".into(), s.into());
     }
-    let kind = if let Some(r) = message.strip_prefix("Disconnected: ") {
-        // `Logged out in=103 out=1454 …` (imap), `Logged out top=0/0, retr=1/424, …` (pop3)
-        let (reason, stats) = match r.find('=') {
+    // The mail process's last line: `Disconnected: Logged out in=103 out=1454 …` (imap),
+    // `Disconnected: Logged out top=0/0, retr=1/424, …` (pop3), `Disconnected: Connection
+    // closed (IDLE running for …, state=wait-input) in=… out=…`, `Disconnected for
+    // inactivity in=…`, or (2.2) `Connection closed in=… out=…`.
+    let last = message
+        .strip_prefix("Disconnected: ")
+        .or_else(|| message.strip_prefix("Disconnected ").map(|_| message))
+        .or_else(|| message.starts_with("Connection closed").then_some(message));
+    let kind = if let Some(r) = last {
+        // The statistics start after the reason's parenthesis (which may hold `state=…`).
+        let from = r.rfind(')').map_or(0, |i| i + 1);
+        let (reason, stats) = match r[from..].find('=').map(|i| i + from) {
             Some(i) => {
                 let cut = r[..i].rfind(' ').unwrap_or(0);
                 (&r[..cut], r[cut..].trim())
@@ -95,11 +107,13 @@ pub fn parse(program: &str, message: &str) -> Option<Parsed> {
         f.insert("text".into(), message.into());
         Kind::Other
     };
+    let private = kind == Kind::Other && mail_log_into(&mut f, message);
     Some(Parsed {
         program: proto.to_string(),
         pid,
         kind,
         fields: f,
+        private,
     })
 }
 
@@ -170,7 +184,42 @@ fn login(program: &str, message: &str) -> Parsed {
         pid: None,
         kind,
         fields: f,
+        private: false,
     }
+}
+
+/// mail_log plugin lines (`save: box=INBOX, uid=7, msgid=<…>, size=407, subject=Hi`): the
+/// action and the elements that are not header text go into fields; true when the line quotes
+/// a header (`msgid`, `subject`, `from`), which then stays only in `text`, shown only with
+/// `--show-headers`.
+fn mail_log_into(f: &mut Map<String, Value>, message: &str) -> bool {
+    const HEADERS: [&str; 3] = ["msgid=", "subject=", "from="];
+    let Some((action, elems)) = message.split_once(": ") else {
+        return false;
+    };
+    let private = elems
+        .split(", ")
+        .any(|e| HEADERS.iter().any(|h| e.starts_with(h)));
+    if !private || !action.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        return private;
+    }
+    f.insert("action".into(), action.into());
+    // Header values may hold ", " themselves: everything from the first header element on is
+    // left out, not split.
+    for e in elems.split(", ") {
+        if HEADERS.iter().any(|h| e.starts_with(h)) {
+            break;
+        }
+        if let Some((k, v)) = e.split_once('=') {
+            if matches!(k, "box" | "uid" | "size" | "vsize" | "flags") {
+                let v = v
+                    .parse::<u64>()
+                    .map_or_else(|_| Value::from(v), Value::from);
+                f.insert(k.into(), v);
+            }
+        }
+    }
+    true
 }
 
 fn flag_into(f: &mut Map<String, Value>, flag: &str) {
@@ -242,6 +291,93 @@ mod tests {
         assert_eq!(pid, Some(14511));
         assert_eq!(f["retr"], "1/424");
         assert_eq!(f["size"], 407);
+    }
+
+    #[test]
+    fn every_last_line_of_a_mail_process_closes_it() {
+        // Debian's dovecot-core through syslog: `dovecot: imap(…)…: Disconnected: …`.
+        let x = parse("dovecot", "imap(alice@mx.test)<14450><uLc8lEphtMoKY5gB>: Disconnected: Connection closed (IDLE running for 0.001 + waiting input for 28.132 secs, 2 B in + 10+10 B out, state=wait-input) in=20 out=335 deleted=0 expunged=0 trashed=0 hdr_count=0 hdr_bytes=0 body_count=0 body_bytes=0").unwrap();
+        assert_eq!((x.kind, x.pid), (Kind::Logout, Some(14450)));
+        assert_eq!(
+            x.fields["reason"],
+            "Connection closed (IDLE running for 0.001 + waiting input for 28.132 secs, 2 B in + 10+10 B out, state=wait-input)"
+        );
+        assert_eq!(
+            (x.fields["in"].clone(), x.fields["out"].clone()),
+            (json!(20), json!(335))
+        );
+        assert!(x.fields.get("state").is_none());
+        let (_, _, kind, f) = p(
+            "imap(alice@mx.test)<1><s>",
+            "Info: Disconnected for inactivity in=5 out=300",
+        );
+        assert_eq!(
+            (kind, f["reason"].clone(), f["in"].clone()),
+            (Kind::Logout, json!("Disconnected for inactivity"), json!(5))
+        );
+        let (_, _, kind, f) = p(
+            "imap(alice@mx.test)<1><s>",
+            "Info: Connection closed (UID FETCH finished 0.1 secs ago) in=1 out=2",
+        );
+        assert_eq!((kind, f["out"].clone()), (Kind::Logout, json!(2)));
+        let (_, _, kind, _) = p("imap(alice@mx.test)<1><s>", "Info: Some other line");
+        assert_eq!(kind, Kind::Other);
+    }
+
+    #[test]
+    fn login_with_client_ports() {
+        // `login_log_format_elements = user=<%u> method=%m rip=%r rport=%{rport} lip=%l lport=%{lport} mpid=%e %c session=<%{session}>`
+        let (_, _, kind, f) = p("pop3-login", "Info: Login: user=<bob@mx.test>, method=PLAIN, rip=10.99.1.1, rport=51234, lip=10.99.1.2, lport=110, mpid=201, session=<7Ob2lEphCoUKYwEB>");
+        assert_eq!(kind, Kind::Login);
+        assert_eq!(
+            (f["rport"].clone(), f["lport"].clone(), f["session"].clone()),
+            (json!(51234), json!(110), json!("7Ob2lEphCoUKYwEB"))
+        );
+    }
+
+    #[test]
+    fn mail_log_message_ids_and_subjects_are_private() {
+        let x = parse(
+            "imap(alice@mx.test)<14430><uLc8lEphtMoKY5gB>",
+            "Info: expunge: box=INBOX, uid=7, msgid=<20261127@client.test>, size=407, subject=Salary, bonus",
+        )
+        .unwrap();
+        assert!(x.private);
+        assert_eq!(x.fields["action"], "expunge");
+        assert_eq!(
+            (x.fields["box"].clone(), x.fields["uid"].clone()),
+            (json!("INBOX"), json!(7))
+        );
+        assert!(x.fields.get("msgid").is_none() && x.fields.get("size").is_none());
+        let plain = parse(
+            "imap(alice@mx.test)<1><s>",
+            "Info: Connection closed (UID FETCH finished 0.1 secs ago) in=1 out=2",
+        )
+        .unwrap();
+        assert!(!plain.private);
+        // Through the line parser: hidden by default, kept with --show-headers.
+        let line = "Nov 27 23:40:03 imap(alice@mx.test)<14430><uLc8lEphtMoKY5gB>: Info: save: box=INBOX, uid=8, msgid=<x@y>, from=<boss@example.org>, subject=Layoffs";
+        let l = crate::maillog::parse(line, &crate::maillog::Clock::utc(1_795_823_100_000_000_000))
+            .unwrap();
+        let shown = l
+            .clone()
+            .redacted(crate::proto::Privacy::default())
+            .to_json();
+        assert_eq!(
+            shown["fields"],
+            json!({"user":"alice@mx.test","session":"uLc8lEphtMoKY5gB","action":"save","box":"INBOX","uid":8})
+        );
+        assert!(shown.get("line").is_none());
+        let open = l
+            .redacted(crate::proto::Privacy {
+                show_headers: true,
+                show_secrets: false,
+            })
+            .to_json();
+        assert!(open["fields"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("subject=Layoffs"));
     }
 
     #[test]

@@ -74,70 +74,177 @@ pub fn follow_file(
     path: PathBuf,
     tx: Sender<String>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let mut file = File::open(&path)?;
-    let mut pos = file.seek(SeekFrom::End(0))?;
-    let mut ino = file.metadata()?.ino();
-    Ok(std::thread::spawn(move || {
-        let mut split = LineSplitter::default();
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) | Err(_) => {
-                    let meta = std::fs::metadata(&path);
-                    match meta {
-                        Ok(m) if m.ino() != ino => {
-                            if let Ok(f) = File::open(&path) {
-                                file = f;
-                                ino = m.ino();
+    Ok(OpenLog::open(path)?.follow(tx))
+}
+
+/// A mail log opened at its end, not yet followed: opened while the daemon is still root (a
+/// file only root may read, such as Dovecot's own `log_path`), followed by a thread started
+/// after the privilege drop (a thread started before would keep root's capabilities).
+pub struct OpenLog {
+    path: PathBuf,
+    file: File,
+    pos: u64,
+    ino: u64,
+}
+
+impl OpenLog {
+    pub fn open(path: PathBuf) -> std::io::Result<OpenLog> {
+        let mut file = File::open(&path)?;
+        let pos = file.seek(SeekFrom::End(0))?;
+        let ino = file.metadata()?.ino();
+        Ok(OpenLog {
+            path,
+            file,
+            pos,
+            ino,
+        })
+    }
+
+    /// Reads on from the end in a thread of its own; a rotated file is reopened by name (as
+    /// the user the daemon runs as: when it may not, that is said once and the old file is
+    /// still read).
+    pub fn follow(self, tx: Sender<String>) -> std::thread::JoinHandle<()> {
+        let OpenLog {
+            path,
+            mut file,
+            mut pos,
+            mut ino,
+        } = self;
+        std::thread::spawn(move || {
+            let mut refused = None;
+            let mut split = LineSplitter::default();
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match file.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let meta = std::fs::metadata(&path);
+                        match meta {
+                            Ok(m) if m.ino() != ino => match File::open(&path) {
+                                Ok(f) => {
+                                    file = f;
+                                    ino = m.ino();
+                                    pos = 0;
+                                    refused = None;
+                                    continue;
+                                }
+                                Err(e) => {
+                                    if refused != Some(m.ino()) {
+                                        crate::note!(
+                                        "mail-trace: --maillog {}: rotated, cannot reopen it: {e} (give the user mail-trace runs as the file's group)",
+                                        path.display()
+                                    );
+                                        refused = Some(m.ino());
+                                    }
+                                }
+                            },
+                            Ok(m) if m.len() < pos && file.seek(SeekFrom::Start(0)).is_ok() => {
                                 pos = 0;
                                 continue;
                             }
+                            _ => {}
                         }
-                        Ok(m) if m.len() < pos && file.seek(SeekFrom::Start(0)).is_ok() => {
-                            pos = 0;
-                            continue;
+                        if tx.is_closed() {
+                            return;
                         }
-                        _ => {}
+                        std::thread::sleep(POLL);
                     }
-                    if tx.is_closed() {
-                        return;
-                    }
-                    std::thread::sleep(POLL);
-                }
-                Ok(n) => {
-                    pos += n as u64;
-                    let mut closed = false;
-                    split.push(&buf[..n], &mut |l| closed |= tx.blocking_send(l).is_err());
-                    if closed {
-                        return;
+                    Ok(n) => {
+                        pos += n as u64;
+                        let mut closed = false;
+                        split.push(&buf[..n], &mut |l| closed |= tx.blocking_send(l).is_err());
+                        if closed {
+                            return;
+                        }
                     }
                 }
             }
-        }
-    }))
+        })
+    }
 }
 
 /// `journalctl -f -o json -n 0`, killed on drop. Entries of programs other than Postfix and
-/// Dovecot are skipped here (journalctl cannot match `postfix/*`).
+/// Dovecot are skipped here (journalctl cannot match `postfix/*`), and so are entries of any
+/// sender but root and the mail system's users (see [`Trusted`]).
 pub struct Journal {
     child: Child,
 }
 
+/// journalctl by absolute path: a root daemon does not run whatever `journalctl` comes first
+/// in a PATH someone else may have set.
+pub const JOURNALCTL: [&str; 2] = ["/usr/bin/journalctl", "/bin/journalctl"];
+
+/// The first of [`JOURNALCTL`] that is a root-owned file nobody else may write.
+fn journalctl() -> Option<&'static str> {
+    JOURNALCTL.into_iter().find(|p| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.uid() == 0 && m.mode() & 0o022 == 0)
+    })
+}
+
+/// The senders whose journal entries are believed: `SYSLOG_IDENTIFIER` is whatever the sender
+/// says (`logger -t postfix/smtp` by any user), `_UID` is what journald saw on the socket.
+/// `_SYSTEMD_UNIT` alone is not enough: Postfix's `local` runs a user's `.forward` pipe
+/// command inside Postfix's unit, as that user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trusted {
+    uids: Vec<u32>,
+}
+
+/// The mail system's users, where they exist: Postfix's, Dovecot's (its login and mail users)
+/// and the usual virtual-mail owners.
+pub const MAIL_USERS: [&str; 5] = ["postfix", "dovecot", "dovenull", "vmail", "mail"];
+
+impl Trusted {
+    /// Root and the [`MAIL_USERS`] of this host (looked up now, before any privilege drop).
+    pub fn mail_system() -> Trusted {
+        let mut uids = vec![0];
+        uids.extend(MAIL_USERS.iter().filter_map(|u| uid_of(u)));
+        Trusted { uids }
+    }
+
+    pub fn uids(uids: &[u32]) -> Trusted {
+        Trusted {
+            uids: uids.to_vec(),
+        }
+    }
+
+    fn believes(&self, entry: &Value) -> bool {
+        entry
+            .get("_UID")
+            .and_then(Value::as_str)
+            .and_then(|u| u.parse::<u32>().ok())
+            .is_some_and(|u| self.uids.contains(&u))
+    }
+}
+
+/// The uid of user `name` from the passwd database.
+fn uid_of(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getpwnam_r writes only into pw, buf and out, all valid for the sizes given.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 4096];
+        let mut out: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out);
+        (rc == 0 && !out.is_null()).then_some(pw.pw_uid)
+    }
+}
+
 impl Journal {
     pub fn start(tx: Sender<String>) -> Result<Journal, String> {
-        let mut child = Command::new("journalctl")
+        let trusted = Trusted::mail_system();
+        let Some(bin) = journalctl() else {
+            return Err(format!(
+                "--journal: journalctl not found as a root-owned {} (no systemd journal here?); use --maillog PATH",
+                JOURNALCTL.join(" or ")
+            ));
+        };
+        let mut child = Command::new(bin)
             .args(["-f", "-o", "json", "-n", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    "--journal: journalctl not found (no systemd journal here?); use --maillog PATH"
-                        .to_string()
-                }
-                _ => format!("--journal: cannot run journalctl: {e}"),
-            })?;
+            .map_err(|e| format!("--journal: cannot run {bin}: {e}"))?;
         if !JOURNAL_DIRS.iter().any(|d| has_journal_files(Path::new(d))) {
             // journalctl -f waits silently when there is no journal at all.
             crate::note!(
@@ -166,7 +273,7 @@ impl Journal {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
                 }
-                if let Some(l) = journal_line(&line) {
+                if let Some(l) = journal_line(&line, &trusted) {
                     if tx.blocking_send(l).is_err() {
                         return;
                     }
@@ -203,9 +310,12 @@ fn has_journal_files(dir: &Path) -> bool {
 }
 
 /// A journal JSON entry as a log line with an RFC 3339 timestamp, or None when it is not
-/// from Postfix or Dovecot.
-pub fn journal_line(json: &str) -> Option<String> {
+/// from Postfix or Dovecot, or not sent by a `trusted` user.
+pub fn journal_line(json: &str, trusted: &Trusted) -> Option<String> {
     let v: Value = serde_json::from_str(json).ok()?;
+    if !trusted.believes(&v) {
+        return None;
+    }
     let ident = v.get("SYSLOG_IDENTIFIER")?.as_str()?;
     let ours = ident.starts_with("postfix")
         || super::dovecot::is_syslog_ident(ident)
@@ -233,9 +343,10 @@ pub fn journal_line(json: &str) -> Option<String> {
         .get("_HOSTNAME")
         .and_then(Value::as_str)
         .unwrap_or("localhost");
+    // _PID is journald's (from the socket's credentials), SYSLOG_PID the sender's word.
     let pid = v
-        .get("SYSLOG_PID")
-        .or_else(|| v.get("_PID"))
+        .get("_PID")
+        .or_else(|| v.get("SYSLOG_PID"))
         .and_then(Value::as_str)
         .map(|p| format!("[{p}]"))
         .unwrap_or_default();
@@ -365,41 +476,79 @@ mod tests {
         assert_eq!(cut, 1);
     }
 
+    fn root() -> Trusted {
+        Trusted::uids(&[0])
+    }
+
     #[test]
     fn journal_entries_become_lines() {
-        let j = r#"{"__REALTIME_TIMESTAMP":"1795822796118183","_HOSTNAME":"mx","SYSLOG_IDENTIFIER":"postfix/smtpd","SYSLOG_PID":"14344","MESSAGE":"connect from unknown[10.99.152.1]:46226"}"#;
-        let line = journal_line(j).unwrap();
+        let j = r#"{"_UID":"0","__REALTIME_TIMESTAMP":"1795822796118183","_HOSTNAME":"mx","SYSLOG_IDENTIFIER":"postfix/smtpd","SYSLOG_PID":"14344","MESSAGE":"connect from unknown[10.99.152.1]:46226"}"#;
+        let line = journal_line(j, &root()).unwrap();
         assert_eq!(line, "2026-11-27T23:39:56.118183+00:00 mx postfix/smtpd[14344]: connect from unknown[10.99.152.1]:46226");
         let l = parse(&line, &Clock::utc(0)).unwrap();
         assert_eq!(l.kind, super::super::Kind::Connect);
         assert_eq!(
             journal_line(
-                r#"{"SYSLOG_IDENTIFIER":"sshd","MESSAGE":"x","__REALTIME_TIMESTAMP":"1"}"#
+                r#"{"_UID":"0","SYSLOG_IDENTIFIER":"sshd","MESSAGE":"x","__REALTIME_TIMESTAMP":"1"}"#,
+                &root()
             ),
             None
         );
         // Not UTF-8: the bad byte replaced, the line kept; a newline cannot start a new line.
         assert_eq!(
             journal_line(
-                r#"{"SYSLOG_IDENTIFIER":"postfix/qmgr","MESSAGE":[65,255,10,66],"__REALTIME_TIMESTAMP":"1000000"}"#
+                r#"{"_UID":"0","SYSLOG_IDENTIFIER":"postfix/qmgr","MESSAGE":[65,255,10,66],"__REALTIME_TIMESTAMP":"1000000"}"#, &root()
             )
             .as_deref(),
             Some("1970-01-01T00:00:01.000000+00:00 localhost postfix/qmgr: A\u{fffd} B")
         );
         assert_eq!(
             journal_line(
-                r#"{"SYSLOG_IDENTIFIER":"postfix/qmgr","MESSAGE":[1,300],"__REALTIME_TIMESTAMP":"1"}"#
+                r#"{"_UID":"0","SYSLOG_IDENTIFIER":"postfix/qmgr","MESSAGE":[1,300],"__REALTIME_TIMESTAMP":"1"}"#,
+                &root()
             ),
             None
         );
         // A named Dovecot instance logs as dovecot-NAME, with the real program in the message.
         let line = journal_line(
-            r#"{"__REALTIME_TIMESTAMP":"1795822796118183","_HOSTNAME":"mx","SYSLOG_IDENTIFIER":"dovecot-mt1","SYSLOG_PID":"90","MESSAGE":"imap-login: Disconnected (auth failed, 1 attempts in 0 secs): user=<alice@mx.test>, method=PLAIN, rip=10.99.1.1, lip=10.99.1.2, session=<x>"}"#,
+            r#"{"_UID":"0","__REALTIME_TIMESTAMP":"1795822796118183","_HOSTNAME":"mx","SYSLOG_IDENTIFIER":"dovecot-mt1","SYSLOG_PID":"90","MESSAGE":"imap-login: Disconnected (auth failed, 1 attempts in 0 secs): user=<alice@mx.test>, method=PLAIN, rip=10.99.1.1, lip=10.99.1.2, session=<x>"}"#, &root(),
         )
         .unwrap();
         let l = parse(&line, &Clock::utc(0)).unwrap();
         assert_eq!(l.kind, super::super::Kind::LoginFailed);
-        assert_eq!(journal_line("not json"), None);
+        assert_eq!(journal_line("not json", &root()), None);
+    }
+
+    #[test]
+    fn journal_entries_are_believed_by_their_sender_uid_not_their_identifier() {
+        let postfix = Trusted::uids(&[0, 102]);
+        let entry = |uid: &str, unit: &str| {
+            format!(
+                r#"{{"_UID":"{uid}","_PID":"4242","SYSLOG_PID":"1","_SYSTEMD_UNIT":"{unit}","__REALTIME_TIMESTAMP":"1795822796118183","_HOSTNAME":"mx","SYSLOG_IDENTIFIER":"postfix/smtp","MESSAGE":"A74CF98E292: to=<alice@mx.test>, relay=evil, status=sent (forged)"}}"#
+            )
+        };
+        // The pid is journald's, not the one the sender wrote.
+        assert_eq!(
+            journal_line(&entry("102", "postfix@-.service"), &postfix).as_deref(),
+            Some("2026-11-27T23:39:56.118183+00:00 mx postfix/smtp[4242]: A74CF98E292: to=<alice@mx.test>, relay=evil, status=sent (forged)")
+        );
+        assert!(journal_line(&entry("0", "session-3.scope"), &postfix).is_some());
+        // Any other user, whatever identifier or unit (a .forward pipe runs in Postfix's unit).
+        assert_eq!(
+            journal_line(&entry("1000", "session-3.scope"), &postfix),
+            None
+        );
+        assert_eq!(
+            journal_line(&entry("65534", "postfix@-.service"), &postfix),
+            None
+        );
+        let no_uid = entry("0", "x").replace(r#""_UID":"0","#, "");
+        assert_eq!(journal_line(&no_uid, &postfix), None);
+        // This host's mail users are found by name.
+        let here = Trusted::mail_system();
+        assert!(here.uids[0] == 0 && here.uids.len() <= 1 + MAIL_USERS.len());
+        assert_eq!(uid_of("root"), Some(0));
+        assert_eq!(uid_of("no such user here"), None);
     }
 
     #[test]

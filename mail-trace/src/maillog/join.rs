@@ -3,10 +3,25 @@
 //! - A line with a queue id goes to the session that queued it: the id comes from the
 //!   end-of-data reply (`queued as X`), the finished record, or smtpd's `X: client=ip:port`.
 //!   A bounce's new queue id is linked to the same session.
-//! - A line without one (`NOQUEUE: reject`, `connect from`) goes to the SMTP session of its
-//!   client `ip:port` (or, without `smtpd_client_port_logging`, the client ip and the time).
-//! - Dovecot login lines go to the IMAP/POP3 session with the same `rip`/`lip` open at that
-//!   time; the mail process's later lines follow Dovecot's `session=<…>` id.
+//! - An smtpd's lines follow its brackets ([`super::bracket`]): `connect from` opens a
+//!   connection of that pid, `disconnect from` closes it, every line of the pid in between
+//!   (`client=`, `NOQUEUE: reject`, `lost connection`, warnings) is that connection's. A closed
+//!   bracket goes to the first wire session of its client address (and port, when logged),
+//!   in start order, whose commands, replies, refused recipients and queue ids agree with
+//!   the bracket's `disconnect` statistics, rejects and `client=` queue ids; a bracket no
+//!   session agrees with stays unmatched (counted in `mismatched`), never given to a
+//!   neighbour. Only an smtpd line outside any bracket (its connect was never read) falls
+//!   back to the address: its client `ip:port` (or, without `smtpd_client_port_logging`, the
+//!   client ip and the time).
+//! - Dovecot's lines follow its own `session=<…>` id ([`super::bracket::DovecotSession`]):
+//!   the login process's line (`Login:`, or a pre-login `auth failed` / `Aborted login` /
+//!   `no auth attempts` disconnect) names the client (`rip`, `lip`, `rport` when logged), the
+//!   mail process logs under the same id until its `Disconnected:`. The id's lines go to the
+//!   first IMAP/POP3 session of that client address (and port) and server, in start order,
+//!   not yet taken, alive around the login line, whose login outcome, user and TLS agree
+//!   with the log's; none agreeing: unmatched, like a bracket. Once given, every later line
+//!   of the id is that session's, however late. A login line without `session=` (a
+//!   customised `login_log_format_elements`) falls back to the address and time.
 //!
 //! Lines and packets race (the log is read by polling), so a line that matches no session yet
 //! waits, bounded in number and age, until its session or queue id shows up. A finished
@@ -18,6 +33,9 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
+use super::bracket::{
+    disagreement, dovecot_disagreement, Bracket, DovecotSession, Tally, WireLogin,
+};
 use super::{Kind, LogLine};
 use crate::flow::{ConnId, Dir};
 use crate::proto::{Event, Privacy, Proto};
@@ -65,6 +83,9 @@ pub struct JoinStats {
     pub unmatched: u64,
     /// Lines matched but not kept in a full record.
     pub dropped: u64,
+    /// Lines of smtpd connections (brackets) that no wire session agreed with: also counted
+    /// in `unmatched`.
+    pub mismatched: u64,
 }
 
 /// A bounded map that forgets its oldest insertions first.
@@ -120,11 +141,28 @@ enum State {
 struct Tracked {
     info: SessionInfo,
     end: Option<Ts>,
-    lines: Vec<LogLine>,
+    lines: Vec<Held>,
     state: State,
     /// A Dovecot login line already matched (a second one is another connection's).
     dovecot_login: bool,
+    /// What the wire saw, for the brackets' cross-check (SMTP only).
+    tally: Tally,
+    /// An smtpd bracket was given to this session (a second one is another connection's).
+    bracket: bool,
+    /// What the wire saw of the login, once the session ended (IMAP/POP3).
+    login: Option<WireLogin>,
 }
+
+/// Lines are kept with their arrival order, so a record lists them as the log did even when
+/// a bracket's lines join it after lines found by queue id.
+type Held = (u64, LogLine);
+
+/// How long around its `connect` stamp a bracket's session may have started: the stamp is
+/// cut to the second (files) and written just after the accept.
+const BEFORE_CONNECT: Ts = 5_000_000_000;
+const AFTER_CONNECT: Ts = 2_000_000_000;
+/// A session still open this long after its bracket closed is not that connection.
+const CLOSE_SLACK: Ts = 3_000_000_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Key {
@@ -142,11 +180,27 @@ pub struct Joiner {
     closed: VecDeque<ConnId>,
     queue: Bounded<ConnId>,
     dovecot: Bounded<ConnId>,
-    waiting: HashMap<Key, Vec<LogLine>>,
+    waiting: HashMap<Key, Vec<Held>>,
     waiting_order: VecDeque<(Ts, Key)>,
     waiting_count: usize,
     stats: JoinStats,
+    /// Open smtpd brackets by (program, pid): `postfix/smtpd`, `postfix/submission/smtpd`, ….
+    open: HashMap<(String, u32), Bracket>,
+    /// Closed brackets waiting for their session (in connect order).
+    pending: VecDeque<Bracket>,
+    /// Lines read so far: the order of the next one.
+    seq: u64,
+    /// The latest time the joiner was told (capture or wall clock).
+    now: Ts,
+    /// The last brackets no session agreed with, and why (for `why`).
+    mismatches: VecDeque<(Vec<Held>, String)>,
+    /// Dovecot connections by session id, not yet given to a wire session (first line order).
+    dsessions: HashMap<String, DovecotSession>,
+    dorder: VecDeque<String>,
 }
+
+/// Mismatched brackets kept for `why`.
+const MAX_MISMATCHES: usize = 64;
 
 impl Joiner {
     pub fn new(cfg: JoinConfig, privacy: Privacy) -> Self {
@@ -162,7 +216,22 @@ impl Joiner {
             waiting_order: VecDeque::new(),
             waiting_count: 0,
             stats: JoinStats::default(),
+            open: HashMap::new(),
+            pending: VecDeque::new(),
+            seq: 0,
+            now: 0,
+            mismatches: VecDeque::new(),
+            dsessions: HashMap::new(),
+            dorder: VecDeque::new(),
         }
+    }
+
+    /// The last smtpd connections whose lines no session agreed with, each with the reason
+    /// the nearest candidate gave (oldest first).
+    pub fn mismatches(&self) -> impl Iterator<Item = (&[Held], &str)> {
+        self.mismatches
+            .iter()
+            .map(|(lines, why)| (lines.as_slice(), why.as_str()))
     }
 
     pub fn stats(&self) -> JoinStats {
@@ -172,22 +241,355 @@ impl Joiner {
     /// One parsed log line.
     pub fn line(&mut self, line: LogLine, sink: &mut dyn Sink) {
         self.stats.lines += 1;
+        self.seq += 1;
+        let seq = self.seq;
         let line = line.redacted(self.privacy);
+        let Some(line) = self.bracket_line(seq, line, sink) else {
+            return;
+        };
+        let Some(line) = self.dovecot_line(seq, line, sink) else {
+            return;
+        };
         match self.find(&line) {
-            Some(id) => self.deliver(id, line, sink),
-            None => self.wait(line),
+            Some(id) => self.deliver(id, (seq, line), sink),
+            None => self.wait((seq, line)),
+        }
+    }
+
+    /// An smtpd line into its pid's bracket; the line back when it is in none.
+    fn bracket_line(&mut self, seq: u64, l: LogLine, sink: &mut dyn Sink) -> Option<LogLine> {
+        let Some(pid) = l.pid.filter(|_| is_smtpd(&l.program)) else {
+            return Some(l);
+        };
+        let key = (l.program.clone(), pid);
+        if l.kind == Kind::Connect {
+            // A connect while one is open: the disconnect line was lost; that one is over.
+            if let Some(prev) = self.open.remove(&key) {
+                self.pending.push_back(prev);
+            }
+            match Bracket::open(seq, l.clone()) {
+                Some(b) if self.open.len() < self.cfg.max_waiting => {
+                    self.open.insert(key, b);
+                }
+                _ => return Some(l),
+            }
+            self.match_brackets(sink);
+            return None;
+        }
+        let Some(b) = self.open.get_mut(&key) else {
+            return Some(l);
+        };
+        let (closes, kept) = b.push(seq, l, self.cfg.max_lines_per_session);
+        if !kept {
+            self.stats.dropped += 1;
+        }
+        if closes {
+            if let Some(b) = self.open.remove(&key) {
+                self.pending.push_back(b);
+            }
+            self.match_brackets(sink);
+        }
+        None
+    }
+
+    /// Gives every closed bracket that can be decided its session.
+    fn match_brackets(&mut self, sink: &mut dyn Sink) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            match self.pick(&self.pending[i]) {
+                Ok(id) => {
+                    if let Some(b) = self.pending.remove(i) {
+                        self.attach(b, id, sink);
+                    }
+                }
+                Err(_) => i += 1,
+            }
+        }
+    }
+
+    /// The session of a closed bracket: the first of its client's sessions (in start order)
+    /// that agrees with it. Err(None) while an earlier candidate is still open (wait for its
+    /// end), Err(Some(reason)) when none agrees (yet).
+    fn pick(&self, b: &Bracket) -> Result<ConnId, Option<String>> {
+        let mut c: Vec<(Ts, ConnId, &Tracked)> = self.candidates(b).collect();
+        c.sort_unstable_by_key(|(start, id, _)| (*start, *id));
+        let mut why = None;
+        for (_, id, t) in c {
+            if t.end.is_none() {
+                let closed = b.closed.unwrap_or(b.opened);
+                if self.now < closed.saturating_add(CLOSE_SLACK) {
+                    return Err(None);
+                }
+                continue;
+            }
+            match disagreement(b, &t.tally) {
+                None => return Ok(id),
+                Some(r) => {
+                    why.get_or_insert_with(|| format!("session #{id}: {r}"));
+                }
+            }
+        }
+        Err(why)
+    }
+
+    /// The sessions a bracket may be: its client's, started around its connect, not taken.
+    fn candidates<'a>(
+        &'a self,
+        b: &'a Bracket,
+    ) -> impl Iterator<Item = (Ts, ConnId, &'a Tracked)> + 'a {
+        self.by_ip
+            .get(&b.ip)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| Some((*id, self.sessions.get(id)?)))
+            .filter(|(_, t)| {
+                t.info.proto == Proto::Smtp
+                    && !t.bracket
+                    && b.port.is_none_or(|p| t.info.client.port() == p)
+                    && t.info.start.saturating_add(BEFORE_CONNECT) >= b.opened
+                    && t.info.start <= b.opened.saturating_add(AFTER_CONNECT)
+            })
+            .map(|(id, t)| (t.info.start, id, t))
+    }
+
+    fn attach(&mut self, b: Bracket, id: ConnId, sink: &mut dyn Sink) {
+        if let Some(t) = self.sessions.get_mut(&id) {
+            t.bracket = true;
+        }
+        for q in &b.queue_ids {
+            self.queue.insert(q, id);
+        }
+        for l in b.lines {
+            self.deliver(id, l, sink);
+        }
+        for q in &b.queue_ids {
+            self.retry(Key::Queue(q.clone()), sink);
+        }
+    }
+
+    /// A bracket given up: its lines are unmatched, kept for `why` with the reason.
+    fn give_up(&mut self, b: Bracket, sink: &mut dyn Sink) {
+        let n = b.lines.len() as u64;
+        self.stats.unmatched += n;
+        let why = self
+            .pick(&b)
+            .err()
+            .flatten()
+            .unwrap_or_else(|| "no session of that client address".to_string());
+        self.stats.mismatched += n;
+        self.unmatched(b.lines, why, sink);
+    }
+
+    fn unmatched(&mut self, lines: Vec<Held>, why: String, sink: &mut dyn Sink) {
+        for (_, l) in &lines {
+            sink.unmatched(l, &why);
+        }
+        self.mismatches.push_back((lines, why));
+        while self.mismatches.len() > MAX_MISMATCHES {
+            self.mismatches.pop_front();
+        }
+    }
+
+    /// A Dovecot line with a session id into its connection; the line back when it has none
+    /// (a customised `login_log_format_elements` without `session=`).
+    fn dovecot_line(&mut self, seq: u64, l: LogLine, sink: &mut dyn Sink) -> Option<LogLine> {
+        if !matches!(
+            l.program.as_str(),
+            "imap-login" | "pop3-login" | "imap" | "pop3"
+        ) {
+            return Some(l);
+        }
+        let Some(sid) = l.get("session").map(str::to_string) else {
+            return Some(l);
+        };
+        // Already given to its session: every later line of the id is that session's,
+        // however late (a logout hours after the login).
+        if let Some(id) = self.dovecot.get(&sid) {
+            self.deliver(id, (seq, l), sink);
+            return None;
+        }
+        if !self.dsessions.contains_key(&sid) {
+            if self.dsessions.len() >= self.cfg.max_waiting {
+                self.stats.unmatched += 1;
+                return None;
+            }
+            self.dsessions
+                .insert(sid.clone(), DovecotSession::new(&sid, l.ts));
+            self.dorder.push_back(sid.clone());
+        }
+        let max = self.cfg.max_lines_per_session;
+        if let Some(d) = self.dsessions.get_mut(&sid) {
+            if !d.push(seq, l, max) {
+                self.stats.dropped += 1;
+            }
+        }
+        self.match_dovecot(sink);
+        None
+    }
+
+    /// Gives every Dovecot connection that can be decided its session.
+    fn match_dovecot(&mut self, sink: &mut dyn Sink) {
+        let mut i = 0;
+        while i < self.dorder.len() {
+            let sid = &self.dorder[i];
+            let Some(d) = self.dsessions.get(sid) else {
+                self.dorder.remove(i);
+                continue;
+            };
+            match self.pick_dovecot(d) {
+                Ok(id) => {
+                    let sid = self.dorder.remove(i).unwrap_or_default();
+                    if let Some(d) = self.dsessions.remove(&sid) {
+                        self.attach_dovecot(d, id, sink);
+                    }
+                }
+                Err(_) => i += 1,
+            }
+        }
+    }
+
+    /// The session of a Dovecot connection: the first session (in start order) of its client
+    /// address (and port, when logged) and server address, of its protocol, not yet taken,
+    /// alive around its login line, whose login outcome, user and TLS agree. Err(None) while
+    /// undecided (no login line yet, an earlier candidate still open), Err(Some(reason))
+    /// when none agrees.
+    fn pick_dovecot(&self, d: &DovecotSession) -> Result<ConnId, Option<String>> {
+        const SLACK: Ts = 2_000_000_000;
+        let Some(login) = &d.login else {
+            return Err(None);
+        };
+        let at = d
+            .lines
+            .iter()
+            .find(|(_, l)| l.program.ends_with("-login"))
+            .map_or(d.opened, |(_, l)| l.ts);
+        let want = if login.imap { Proto::Imap } else { Proto::Pop3 };
+        let mut c: Vec<(Ts, ConnId, &Tracked)> = self
+            .by_ip
+            .get(&login.rip)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| Some((*id, self.sessions.get(id)?)))
+            .filter(|(_, t)| {
+                t.info.proto == want
+                    && !t.dovecot_login
+                    && login.rport.is_none_or(|p| t.info.client.port() == p)
+                    && login.lip.is_none_or(|s| t.info.server.ip() == s)
+                    && login.lport.is_none_or(|p| t.info.server.port() == p)
+                    && t.info.start <= at.saturating_add(SLACK)
+                    && t.end.is_none_or(|e| at <= e.saturating_add(SLACK))
+            })
+            .map(|(id, t)| (t.info.start, id, t))
+            .collect();
+        c.sort_unstable_by_key(|(start, id, _)| (*start, *id));
+        let mut why = None;
+        for (_, id, t) in c {
+            let Some(wire) = t.login.as_ref().filter(|_| t.end.is_some()) else {
+                // Still open: wait for it unless the log has long said this one is over.
+                // At the end of input every session has ended.
+                let over = self.now == Ts::MAX
+                    || d.closed
+                        .is_some_and(|c| self.now >= c.saturating_add(CLOSE_SLACK));
+                if over {
+                    continue;
+                }
+                return Err(None);
+            };
+            match dovecot_disagreement(login, wire) {
+                None => return Ok(id),
+                Some(r) => {
+                    why.get_or_insert_with(|| format!("session #{id}: {r}"));
+                }
+            }
+        }
+        Err(Some(why.unwrap_or_else(|| {
+            "no session of that client address".to_string()
+        })))
+    }
+
+    fn attach_dovecot(&mut self, d: DovecotSession, id: ConnId, sink: &mut dyn Sink) {
+        if let Some(t) = self.sessions.get_mut(&id) {
+            t.dovecot_login = true;
+        }
+        self.dovecot.insert(&d.id, id);
+        for l in d.lines {
+            self.deliver(id, l, sink);
+        }
+    }
+
+    /// Dovecot connections given up: closed (or first seen) longer than the wait ago.
+    fn expire_dovecot(&mut self, now: Ts, all: bool, sink: &mut dyn Sink) {
+        let mut i = 0;
+        while i < self.dorder.len() {
+            let Some(d) = self.dsessions.get(&self.dorder[i]) else {
+                self.dorder.remove(i);
+                continue;
+            };
+            let since = d.closed.unwrap_or(d.opened);
+            let picked = self.pick_dovecot(d);
+            // A logged-in session still open on the wire (IDLE for hours) keeps waiting.
+            let open = d.login.is_some() && picked == Err(None);
+            if !all && (open || since.saturating_add(self.cfg.wait) > now) {
+                i += 1;
+                continue;
+            }
+            let why = match picked {
+                Err(Some(why)) => why,
+                _ => format!("no login line of session {}", d.id),
+            };
+            let sid = self.dorder.remove(i).unwrap_or_default();
+            if let Some(d) = self.dsessions.remove(&sid) {
+                let n = d.lines.len() as u64;
+                self.stats.unmatched += n;
+                self.stats.mismatched += n;
+                self.unmatched(d.lines, why, sink);
+            }
         }
     }
 
     /// Lets time pass: records whose linger is over are written, old waiting lines and
     /// ended sessions are forgotten.
     pub fn tick(&mut self, now: Ts, sink: &mut dyn Sink) {
-        let due: Vec<ConnId> = self
+        self.now = self.now.max(now);
+        if !self.pending.is_empty() {
+            self.match_brackets(sink);
+            while let Some(b) = self.pending.front() {
+                let closed = b.closed.unwrap_or(b.opened);
+                if closed.saturating_add(self.cfg.wait) > now {
+                    break;
+                }
+                if let Some(b) = self.pending.pop_front() {
+                    self.give_up(b, sink);
+                }
+            }
+        }
+        if !self.dorder.is_empty() {
+            self.match_dovecot(sink);
+            self.expire_dovecot(now, false, sink);
+        }
+        // A connection still open past the wait, with no session on the wire that could be
+        // it (its packets were never captured): its lines will find nothing.
+        let stale: Vec<(String, u32)> = self
+            .open
+            .iter()
+            .filter(|(_, b)| {
+                b.opened.saturating_add(self.cfg.wait) <= now && self.candidates(b).next().is_none()
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            if let Some(b) = self.open.remove(&k) {
+                self.give_up(b, sink);
+            }
+        }
+        let mut due: Vec<ConnId> = self
             .sessions
             .iter()
             .filter(|(_, t)| matches!(t.state, State::Lingering { until, .. } if until <= now))
             .map(|(id, _)| *id)
             .collect();
+        // In session order, not the map's.
+        due.sort_unstable();
         for id in due {
             self.write_record(id, now, sink);
         }
@@ -215,7 +617,7 @@ impl Joiner {
             let wait = self.cfg.wait;
             if let Some(v) = self.waiting.get_mut(&key) {
                 let before = v.len();
-                v.retain(|l| l.ts.saturating_add(wait) > now);
+                v.retain(|l| l.1.ts.saturating_add(wait) > now);
                 let gone = before - v.len();
                 self.waiting_count -= gone;
                 self.stats.unmatched += gone as u64;
@@ -228,6 +630,17 @@ impl Joiner {
 
     /// Writes every held record (end of input).
     pub fn finish(&mut self, sink: &mut dyn Sink) {
+        // The capture is over: what is still open is closed, and every candidate has ended.
+        self.now = Ts::MAX;
+        let mut open: Vec<Bracket> = self.open.drain().map(|(_, b)| b).collect();
+        open.sort_unstable_by_key(|b| b.lines.first().map(|l| l.0));
+        self.pending.extend(open);
+        self.match_brackets(sink);
+        while let Some(b) = self.pending.pop_front() {
+            self.give_up(b, sink);
+        }
+        self.match_dovecot(sink);
+        self.expire_dovecot(Ts::MAX, true, sink);
         let ids: Vec<ConnId> = self
             .sessions
             .iter()
@@ -269,7 +682,8 @@ impl Joiner {
         };
         let mut record = *record;
         if !t.lines.is_empty() {
-            let entries: Vec<Value> = t.lines.iter().map(|l| entry_for(l, &record)).collect();
+            t.lines.sort_unstable_by_key(|l| l.0);
+            let entries: Vec<Value> = t.lines.iter().map(|l| entry_for(&l.1, &record)).collect();
             record.fields.insert("log".into(), Value::Array(entries));
         }
         t.lines = Vec::new();
@@ -378,8 +792,8 @@ impl Joiner {
         Some(Key::Addr(ip.parse().ok()?, port))
     }
 
-    fn wait(&mut self, l: LogLine) {
-        let Some(key) = Self::key(&l) else {
+    fn wait(&mut self, l: Held) {
+        let Some(key) = Self::key(&l.1) else {
             self.stats.unmatched += 1;
             return;
         };
@@ -387,7 +801,7 @@ impl Joiner {
             self.stats.unmatched += 1;
             return;
         }
-        self.waiting_order.push_back((l.ts, key.clone()));
+        self.waiting_order.push_back((l.1.ts, key.clone()));
         self.waiting.entry(key).or_default().push(l);
         self.waiting_count += 1;
     }
@@ -399,7 +813,7 @@ impl Joiner {
         };
         let mut keep = Vec::new();
         for l in lines {
-            match self.find(&l) {
+            match self.find(&l.1) {
                 Some(id) => {
                     self.waiting_count -= 1;
                     self.deliver(id, l, sink);
@@ -419,14 +833,14 @@ impl Joiner {
         self.retry(Key::Queue(q.to_string()), sink);
     }
 
-    fn deliver(&mut self, id: ConnId, l: LogLine, sink: &mut dyn Sink) {
+    fn deliver(&mut self, id: ConnId, (seq, l): Held, sink: &mut dyn Sink) {
         self.stats.matched += 1;
         // A bounce belongs to the story of the message that caused it.
         let bounce = (l.kind == Kind::Bounce).then(|| l.get("new_queue_id").map(str::to_string));
         let late = match self.sessions.get_mut(&id) {
             Some(t) if !matches!(t.state, State::Closed { .. }) => {
                 if t.lines.len() < self.cfg.max_lines_per_session {
-                    t.lines.push(l.clone());
+                    t.lines.push((seq, l.clone()));
                 } else {
                     self.stats.dropped += 1;
                 }
@@ -439,6 +853,11 @@ impl Joiner {
             self.learn_queue_id(&new, id, sink);
         }
     }
+}
+
+/// `postfix/smtpd`, `postfix/submission/smtpd`, `postfix/smtps/smtpd` (any `syslog_name`).
+fn is_smtpd(program: &str) -> bool {
+    program.starts_with("postfix") && (program == "smtpd" || program.ends_with("/smtpd"))
 }
 
 /// The `log` entry of a record; a RCPT reject names the transaction and recipient it answered.
@@ -491,6 +910,10 @@ impl Sink for Joined<'_> {
                 lines: Vec::new(),
                 state: State::Open,
                 dovecot_login: false,
+                // Joined in the middle: the wire's counts are a lower bound.
+                tally: Tally::new(info.partial),
+                bracket: false,
+                login: None,
             },
         );
         j.by_ip.entry(info.client.ip()).or_default().push(info.id);
@@ -498,6 +921,7 @@ impl Sink for Joined<'_> {
         let ip = info.client.ip();
         j.retry(Key::Addr(ip, Some(info.client.port())), self.inner);
         j.retry(Key::Addr(ip, None), self.inner);
+        j.match_brackets(self.inner);
     }
 
     fn event(&mut self, info: &SessionInfo, ev: &Event) {
@@ -505,6 +929,11 @@ impl Sink for Joined<'_> {
         let Some(j) = self.joiner.as_deref_mut() else {
             return;
         };
+        if info.proto == Proto::Smtp {
+            if let Some(t) = j.sessions.get_mut(&info.id) {
+                t.tally.event(ev);
+            }
+        }
         if let Event::Reply { text, code, .. } = ev {
             if code.starts_with('2') {
                 if let Some(q) = queued_as(text) {
@@ -516,6 +945,13 @@ impl Sink for Joined<'_> {
 
     fn gap(&mut self, info: &SessionInfo, dir: Dir, len: u64, ts: Ts) {
         self.inner.gap(info, dir, len, ts);
+        if let Some(t) = self
+            .joiner
+            .as_deref_mut()
+            .and_then(|j| j.sessions.get_mut(&info.id))
+        {
+            t.tally.incomplete = true;
+        }
     }
 
     fn session_end(&mut self, info: &SessionInfo, record: &SessionRecord) {
@@ -541,6 +977,9 @@ impl Sink for Joined<'_> {
             return self.inner.session_end(info, record);
         };
         t.end = Some(record.end);
+        if matches!(info.proto, Proto::Imap | Proto::Pop3) {
+            t.login = Some(WireLogin::of(record, info.partial || t.tally.incomplete));
+        }
         t.state = State::Lingering {
             record: Box::new(record.clone()),
             until,
@@ -548,10 +987,16 @@ impl Sink for Joined<'_> {
         let ip = info.client.ip();
         j.retry(Key::Addr(ip, Some(info.client.port())), self.inner);
         j.retry(Key::Addr(ip, None), self.inner);
+        j.match_brackets(self.inner);
+        j.match_dovecot(self.inner);
     }
 
     fn log(&mut self, session: ConnId, line: &LogLine, late: bool) {
         self.inner.log(session, line, late);
+    }
+
+    fn unmatched(&mut self, line: &LogLine, why: &str) {
+        self.inner.unmatched(line, why);
     }
 }
 
@@ -583,6 +1028,10 @@ mod tests {
         }
         fn log(&mut self, s: ConnId, l: &LogLine, late: bool) {
             self.out.push(format!("log #{s} {} {late}", l.kind.name()));
+        }
+        fn unmatched(&mut self, l: &LogLine, why: &str) {
+            self.out
+                .push(format!("unmatched {} ({why})", l.kind.name()));
         }
     }
 
@@ -701,7 +1150,8 @@ mod tests {
                 lines: 5,
                 matched: 5,
                 unmatched: 0,
-                dropped: 0
+                dropped: 0,
+                mismatched: 0,
             }
         );
     }
@@ -828,6 +1278,294 @@ mod tests {
         );
     }
 
+    fn cmd(verb: &str, arg: &str) -> Event {
+        Event::Command {
+            ts: T0,
+            verb: verb.into(),
+            arg: arg.into(),
+        }
+    }
+
+    fn coded(code: &str, text: &str) -> Event {
+        Event::Reply {
+            ts: T0,
+            code: code.into(),
+            enhanced: None,
+            text: text.into(),
+            latency_ns: None,
+        }
+    }
+
+    /// One wire session through the joiner: start, the dialogue, end.
+    fn session(j: &mut Joiner, out: &mut Rec, i: &SessionInfo, evs: &[Event], fields: Value) {
+        let mut s = Joined {
+            joiner: Some(j),
+            inner: out,
+        };
+        s.session_start(i);
+        for e in evs {
+            s.event(i, e);
+        }
+        s.session_end(i, &record(i, i.start + S / 10, fields));
+    }
+
+    #[test]
+    fn one_smtpd_pid_back_to_back_without_ports_follows_its_brackets() {
+        let mut j = Joiner::new(JoinConfig::default(), Privacy::default());
+        let mut out = Rec::default();
+        let delivered = [
+            coded("220", "mx"),
+            cmd("EHLO", "c"),
+            coded("250", "mx"),
+            cmd("MAIL", "FROM:<s@c>"),
+            coded("250", "Ok"),
+            cmd("RCPT", "TO:<alice@mx.test>"),
+            coded("250", "Ok"),
+            cmd("DATA", ""),
+            coded("354", "go"),
+            coded("250", "Ok: queued as A74CF98E292"),
+            cmd("QUIT", ""),
+            coded("221", "Bye"),
+        ];
+        let rejected = [
+            coded("220", "mx"),
+            cmd("EHLO", "c"),
+            coded("250", "mx"),
+            cmd("MAIL", "FROM:<s@c>"),
+            coded("250", "Ok"),
+            cmd("RCPT", "TO:<nobody@mx.test>"),
+            coded("550", "5.1.1 rejected"),
+            cmd("QUIT", ""),
+            coded("221", "Bye"),
+        ];
+        // Both sessions within one second, both ended before any line is read.
+        let a = info(1, Proto::Smtp, "10.99.1.1:4000", "10.99.1.2:25", T0);
+        let b = info(2, Proto::Smtp, "10.99.1.1:4002", "10.99.1.2:25", T0 + S / 5);
+        // A third session from the client whose lines are lost.
+        let c = info(3, Proto::Smtp, "10.99.1.1:4004", "10.99.1.2:25", T0 + S / 2);
+        session(&mut j, &mut out, &a, &delivered, json!({}));
+        session(&mut j, &mut out, &b, &rejected, json!({}));
+        session(&mut j, &mut out, &c, &rejected, json!({}));
+        let pf = |m: &str| line(&format!("Nov 27 23:39:56 mx postfix/smtpd[7]: {m}"));
+        for l in [
+            "connect from unknown[10.99.1.1]",
+            "A74CF98E292: client=unknown[10.99.1.1]",
+            "disconnect from unknown[10.99.1.1] ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5",
+            "connect from unknown[10.99.1.1]",
+            "NOQUEUE: reject: RCPT from unknown[10.99.1.1]: 550 5.1.1 <nobody@mx.test>: Recipient address rejected: User unknown; from=<s@c> to=<nobody@mx.test> proto=ESMTP helo=<c>",
+            "disconnect from unknown[10.99.1.1] ehlo=1 mail=1 rcpt=0/1 quit=1 commands=3/4",
+            // A connection the wire did not see like this: no session agrees.
+            "connect from unknown[10.99.1.1]",
+            "disconnect from unknown[10.99.1.1] ehlo=1 quit=1 commands=2",
+        ] {
+            j.line(pf(l), &mut out);
+        }
+        j.line(
+            line("Nov 27 23:39:56 mx postfix/qmgr[9]: A74CF98E292: removed"),
+            &mut out,
+        );
+        j.finish(&mut out);
+        assert_eq!(
+            out.out[3..],
+            [
+                "log #1 connect false",
+                "log #1 client false",
+                "log #1 disconnect false",
+                "log #2 connect false",
+                "log #2 reject false",
+                "log #2 disconnect false",
+                "log #1 removed false",
+                "unmatched connect (session #3: mail: 1/1 on the wire, none in the log)",
+                "unmatched disconnect (session #3: mail: 1/1 on the wire, none in the log)",
+                "end #1",
+                "end #2",
+                "end #3",
+            ]
+        );
+        assert_eq!(j.stats().mismatched, 2);
+        assert_eq!(j.stats().unmatched, 2);
+        let (lines, why) = j.mismatches().next().unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(why, "session #3: mail: 1/1 on the wire, none in the log");
+        let log = out.records[1].field("log").unwrap();
+        assert_eq!(
+            (log[1]["event"].as_str(), log[1]["transaction"].clone()),
+            (Some("reject"), Value::Null)
+        );
+    }
+
+    /// An IMAP/POP3 session's record as the dissectors write it.
+    fn mailbox(user: &str, mechanism: &str, result: &str) -> Value {
+        json!({"tls": false, "user": user, "auth": {"mechanism": mechanism, "user": user, "result": result}})
+    }
+
+    /// Debian's dovecot-core through syslog: the ident is `dovecot`, the program follows.
+    fn dc(m: &str) -> LogLine {
+        line(&format!("Nov 27 23:39:56 mx dovecot: {m}"))
+    }
+
+    #[test]
+    fn dovecot_back_to_back_without_ports_follows_session_ids_and_the_wire_login() {
+        let mut j = Joiner::new(JoinConfig::default(), Privacy::default());
+        let mut out = Rec::default();
+        let imap = |id, port: u16, start| {
+            info(
+                id,
+                Proto::Imap,
+                &format!("10.99.1.1:{port}"),
+                "10.99.1.2:143",
+                start,
+            )
+        };
+        let s1 = imap(1, 4000, T0);
+        let s2 = imap(2, 4002, T0 + S / 5);
+        let s3 = imap(3, 4004, T0 + 2 * S / 5);
+        let s4 = info(
+            4,
+            Proto::Pop3,
+            "10.99.1.1:4006",
+            "10.99.1.2:110",
+            T0 + 3 * S / 5,
+        );
+        let s5 = imap(5, 4008, T0 + 4 * S / 5);
+        let alice = "alice@mx.test";
+        session(&mut j, &mut out, &s1, &[], mailbox(alice, "LOGIN", "OK"));
+        session(&mut j, &mut out, &s2, &[], mailbox(alice, "LOGIN", "NO"));
+        session(&mut j, &mut out, &s3, &[], mailbox(alice, "PLAIN", "OK"));
+        session(
+            &mut j,
+            &mut out,
+            &s4,
+            &[],
+            mailbox("bob@mx.test", "USER", "-ERR"),
+        );
+        session(&mut j, &mut out, &s5, &[], mailbox(alice, "LOGIN", "NO"));
+        for m in [
+            // The journal may have the mail process's last line before the login process's
+            // (Dovecot's log process reads them from two pipes).
+            "imap(alice@mx.test)<14443><LLVHlEphMFcKY5gB>: Disconnected: Logged out in=37 out=456 deleted=0 expunged=0 trashed=0 hdr_count=0 hdr_bytes=0 body_count=0 body_bytes=0",
+            "imap-login: Login: user=<alice@mx.test>, method=PLAIN, rip=10.99.1.1, lip=10.99.1.2, mpid=14443, session=<LLVHlEphMFcKY5gB>",
+            "imap-login: Disconnected: Aborted login by logging out (auth failed, 1 attempts in 0 secs): user=<alice@mx.test>, method=PLAIN, rip=10.99.1.1, lip=10.99.1.2, session=<MHM+lEphvsoKY5gB>",
+            "imap-login: Login: user=<alice@mx.test>, method=PLAIN, rip=10.99.1.1, lip=10.99.1.2, mpid=14450, session=<uLc8lEphtMoKY5gB>",
+        ] {
+            j.line(dc(m), &mut out);
+        }
+        // The records are written; the rest of the lines come late.
+        j.tick(T0 + 10 * S, &mut out);
+        for m in [
+            "pop3-login: Disconnected (auth failed, 1 attempts in 0 secs): user=<bob@mx.test>, method=PLAIN, rip=10.99.1.1, lip=10.99.1.2, session=<vqxTlEph3rEKY5gB>",
+            "imap(alice@mx.test)<14450><uLc8lEphtMoKY5gB>: Info: Disconnected: Connection closed (IDLE running for 0.001 + waiting input for 0.002 secs, 2 B in + 10+10 B out, state=wait-input) in=20 out=335 deleted=0 expunged=0 trashed=0 hdr_count=0 hdr_bytes=0 body_count=0 body_bytes=0",
+            // Said to have logged in, but the one session left failed on the wire.
+            "imap-login: Login: user=<alice@mx.test>, method=PLAIN, rip=10.99.1.1, lip=10.99.1.2, mpid=14460, session=<ZZZZlEphtMoKY5gB>",
+            "imap(alice@mx.test)<14460><ZZZZlEphtMoKY5gB>: Disconnected: Logged out in=1 out=2",
+        ] {
+            j.line(dc(m), &mut out);
+        }
+        j.finish(&mut out);
+        let why = "session #5: login failed on the wire, login succeeded in the log";
+        assert_eq!(
+            out.out[5..],
+            [
+                "log #1 logout false",
+                "log #1 login false",
+                "log #2 login-failed false",
+                "log #3 login false",
+                "end #1",
+                "end #2",
+                "end #3",
+                "end #4",
+                "end #5",
+                "log #4 login-failed true",
+                "log #3 logout true",
+                &format!("unmatched login ({why})"),
+                &format!("unmatched logout ({why})"),
+            ]
+        );
+        assert_eq!((j.stats().unmatched, j.stats().mismatched), (2, 2));
+        let (lines, w) = j.mismatches().next().unwrap();
+        assert_eq!((lines.len(), w), (2, why));
+        // The record lists them as the log did.
+        let log = out.records[0].field("log").unwrap();
+        assert_eq!(
+            (log[0]["event"].as_str(), log[1]["event"].as_str()),
+            (Some("logout"), Some("login"))
+        );
+        assert_eq!(log[1]["fields"]["session"], "LLVHlEphMFcKY5gB");
+    }
+
+    #[test]
+    fn dovecot_rport_and_user_choose_among_concurrent_sessions() {
+        let mut j = Joiner::new(JoinConfig::default(), Privacy::default());
+        let mut out = Rec::default();
+        let a = info(1, Proto::Imap, "10.99.1.1:4000", "10.99.1.2:143", T0);
+        let b = info(2, Proto::Imap, "10.99.1.1:4002", "10.99.1.2:143", T0);
+        let c = info(3, Proto::Imap, "10.99.1.1:4004", "10.99.1.2:143", T0);
+        session(
+            &mut j,
+            &mut out,
+            &a,
+            &[],
+            mailbox("alice@mx.test", "LOGIN", "OK"),
+        );
+        session(
+            &mut j,
+            &mut out,
+            &b,
+            &[],
+            mailbox("bob@mx.test", "LOGIN", "OK"),
+        );
+        session(
+            &mut j,
+            &mut out,
+            &c,
+            &[],
+            mailbox("alice@mx.test", "LOGIN", "OK"),
+        );
+        for m in [
+            // rport names session #3 although #1 started first with the same user.
+            "imap-login: Login: user=<alice@mx.test>, method=PLAIN, rip=10.99.1.1, rport=4004, lip=10.99.1.2, mpid=1, session=<c>",
+            // Without a port, the user sets #2 apart.
+            "imap-login: Login: user=<bob@mx.test>, method=PLAIN, rip=10.99.1.1, lip=10.99.1.2, mpid=2, session=<b>",
+            "imap-login: Login: user=<alice@mx.test>, method=PLAIN, rip=10.99.1.1, lip=10.99.1.2, mpid=3, session=<a>",
+            // A port no session has.
+            "imap-login: Disconnected (auth failed, 1 attempts in 0 secs): user=<carol@mx.test>, method=PLAIN, rip=10.99.1.1, rport=4999, lip=10.99.1.2, session=<x>",
+        ] {
+            j.line(dc(m), &mut out);
+        }
+        j.finish(&mut out);
+        assert_eq!(
+            out.out[3..],
+            [
+                "log #3 login false",
+                "log #2 login false",
+                "log #1 login false",
+                "unmatched login-failed (no session of that client address)",
+                "end #1",
+                "end #2",
+                "end #3",
+            ]
+        );
+        // A user mismatch is said as such.
+        let wire = WireLogin::of(
+            &record(&a, T0, mailbox("alice@mx.test", "LOGIN", "OK")),
+            false,
+        );
+        let l = super::super::bracket::DovecotLogin::of(&dc("imap-login: Login: user=<bob@mx.test>, method=PLAIN, rip=10.99.1.1, lip=10.99.1.2, mpid=2, session=<b>")).unwrap();
+        assert_eq!(
+            dovecot_disagreement(&l, &wire).as_deref(),
+            Some("user \"alice@mx.test\" on the wire, \"bob@mx.test\" in the log")
+        );
+        let tls = WireLogin {
+            tls: Some(true),
+            blind: true,
+            ..WireLogin::default()
+        };
+        assert_eq!(
+            dovecot_disagreement(&l, &tls).as_deref(),
+            Some("TLS used on the wire, no TLS in the log")
+        );
+    }
+
     #[test]
     fn bounded_map_forgets_the_oldest() {
         let mut b = Bounded::new(2);
@@ -863,6 +1601,36 @@ mod output_tests {
     use super::*;
     use crate::maillog::{parse, Clock};
     use crate::output::{jsonl::JsonLines, tail};
+
+    #[test]
+    fn unmatched_lines_in_the_tail_and_as_json_records() {
+        let l = parse(
+            "Nov 27 23:39:56 mx postfix/smtpd[7]: A74CF98E292: client=unknown[10.99.1.1]",
+            &Clock::utc(1_795_823_100_000_000_000),
+        )
+        .unwrap()
+        .redacted(Privacy::default());
+        let why = "session #3: queue id A74CF98E292 not queued in the session";
+        let mut j = JsonLines::new(Vec::new(), false);
+        j.unmatched(&l, why);
+        assert_eq!(
+            String::from_utf8(j.into_inner()).unwrap(),
+            "{\"type\":\"log\",\"session\":null,\"unmatched\":\"session #3: queue id A74CF98E292 not queued in the session\",\"ts\":\"2026-11-27T23:39:56.000000Z\",\"program\":\"postfix/smtpd\",\"pid\":7,\"queue_id\":\"A74CF98E292\",\"event\":\"client\",\"fields\":{\"client\":\"unknown[10.99.1.1]\",\"client_ip\":\"10.99.1.1\"}}\n"
+        );
+        let mut t = tail::Tail::new(
+            Vec::new(),
+            tail::Style {
+                color: false,
+                explain: true,
+            },
+            Privacy::default(),
+        );
+        t.unmatched(&l, why);
+        assert_eq!(
+            String::from_utf8(t.into_inner()).unwrap(),
+            "23:39:56.000000 log unmatched: postfix/smtpd[7] A74CF98E292 client: client=unknown[10.99.1.1] (session #3: queue id A74CF98E292 not queued in the session)\n"
+        );
+    }
 
     #[test]
     fn late_lines_in_the_tail_and_as_json_records() {

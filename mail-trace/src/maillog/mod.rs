@@ -3,6 +3,7 @@
 //! or the journal ([`follow`]).
 //!
 //! Parsing is sans-I/O: a line and a [`Clock`] in, a [`LogLine`] out.
+pub mod bracket;
 pub mod dovecot;
 pub mod follow;
 pub mod join;
@@ -113,6 +114,7 @@ pub fn parse(line: &str, clock: &Clock) -> Option<LogLine> {
         out.pid = out.pid.or(d.pid);
         out.kind = d.kind;
         out.fields = d.fields;
+        out.private = d.private;
     }
     Some(out)
 }
@@ -165,6 +167,15 @@ impl LogLine {
     /// A follow-up `log` record of session `session`.
     pub fn record_json(&self, session: u64) -> Value {
         let mut v = json!({"type": "log", "session": session});
+        if let (Value::Object(m), Value::Object(e)) = (&mut v, self.to_json()) {
+            m.extend(e);
+        }
+        v
+    }
+
+    /// A `log` record of a line no session agreed with: `"session":null` and the reason.
+    pub fn unmatched_json(&self, why: &str) -> Value {
+        let mut v = json!({"type": "log", "session": null, "unmatched": why});
         if let (Value::Object(m), Value::Object(e)) = (&mut v, self.to_json()) {
             m.extend(e);
         }

@@ -29,7 +29,14 @@ impl Clock {
 
     /// This host's local offset at `reference` (from the C library, which reads TZ).
     pub fn local(reference: Ts) -> Clock {
-        let secs = (reference / 1_000_000_000) as libc::time_t;
+        // Its type is the C library's time_t, inferred from localtime_r (naming `libc::time_t`
+        // is deprecated on musl, whose time_t is changing to 64 bits).
+        let Ok(secs) = (reference / 1_000_000_000).try_into() else {
+            return Clock {
+                utc_offset: 0,
+                reference,
+            };
+        };
         // SAFETY: localtime_r writes only into the tm we pass; both pointers are valid.
         let offset = unsafe {
             let mut tm: libc::tm = std::mem::zeroed();

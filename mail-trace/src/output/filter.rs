@@ -349,6 +349,13 @@ impl<S: Sink> Sink for Selected<'_, S> {
         }
     }
 
+    fn unmatched(&mut self, line: &crate::maillog::LogLine, why: &str) {
+        // About no session: shown only when every session is.
+        if self.filter.criteria.is_empty() {
+            self.filter.inner.unmatched(line, why);
+        }
+    }
+
     fn session_end(&mut self, info: &SessionInfo, record: &SessionRecord) {
         match self.filter.sessions.remove(&info.id) {
             Some(State::Shown) => {

@@ -180,6 +180,10 @@ impl<W: Write> Sink for JsonLines<W> {
             self.line(&line.record_json(session));
         }
     }
+
+    fn unmatched(&mut self, line: &crate::maillog::LogLine, why: &str) {
+        self.line(&line.unmatched_json(why));
+    }
 }
 
 #[cfg(test)]

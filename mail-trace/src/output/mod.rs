@@ -81,6 +81,14 @@ impl<W: Write> Sink for Outputs<W> {
         }
     }
 
+    fn unmatched(&mut self, line: &crate::maillog::LogLine, why: &str) {
+        match self {
+            Outputs::Tail(t) => t.unmatched(line, why),
+            Outputs::Json(j) => j.unmatched(line, why),
+            Outputs::Summary(_) => {}
+        }
+    }
+
     fn session_end(&mut self, info: &SessionInfo, rec: &SessionRecord) {
         match self {
             Outputs::Tail(t) => t.session_end(info, rec),

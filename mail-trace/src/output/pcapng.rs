@@ -1,7 +1,11 @@
 //! pcapng output that tshark and Wireshark read: one IDB per capture interface
 //! (name, nanosecond timestamps), an EPB per frame carrying its direction, and
 //! at the end an ISB per interface with the drop counters.
-use std::{borrow::Cow, io::Write, time::Duration};
+use std::{
+    borrow::Cow,
+    io::{self, Write},
+    time::Duration,
+};
 
 use pcap_file::{
     pcapng::{
@@ -47,10 +51,19 @@ pub struct PcapngSink<W: Write> {
     last_ts: u64,
 }
 
+/// The writer's own error for an I/O failure reads "Error reading bytes" whatever the call was:
+/// the OS error itself is what the operator needs (a full disk, a closed pipe).
+fn io_error(e: PcapError) -> io::Error {
+    match e {
+        PcapError::IoError(e) => e,
+        e => io::Error::other(e),
+    }
+}
+
 impl<W: Write> PcapngSink<W> {
     /// Writes the section header and one IDB per interface.
-    pub fn new(out: W, ifaces: &[IfaceDesc]) -> Result<Self, PcapError> {
-        let mut w = PcapNgWriter::new(out)?;
+    pub fn new(out: W, ifaces: &[IfaceDesc]) -> io::Result<Self> {
+        let mut w = PcapNgWriter::new(out).map_err(io_error)?;
         for i in ifaces {
             w.write_pcapng_block(InterfaceDescriptionBlock {
                 linktype: datalink(i.link),
@@ -59,7 +72,8 @@ impl<W: Write> PcapngSink<W> {
                     InterfaceDescriptionOption::IfName(Cow::Owned(i.name.clone())),
                     InterfaceDescriptionOption::IfTsResol(TSRESOL_NANOS),
                 ],
-            })?;
+            })
+            .map_err(io_error)?;
         }
         Ok(PcapngSink {
             w,
@@ -68,11 +82,9 @@ impl<W: Write> PcapngSink<W> {
         })
     }
 
-    pub fn write(&mut self, f: &Frame) -> Result<(), PcapError> {
+    pub fn write(&mut self, f: &Frame) -> io::Result<()> {
         if f.iface as usize >= self.ifaces {
-            return Err(PcapError::InvalidField(
-                "frame for an interface without IDB",
-            ));
+            return Err(io::Error::other("frame for an interface without IDB"));
         }
         let flags = match f.dir {
             Direction::In => vec![EnhancedPacketOption::Flags(EPB_INBOUND)],
@@ -80,32 +92,36 @@ impl<W: Write> PcapngSink<W> {
             Direction::Unknown => vec![],
         };
         self.last_ts = self.last_ts.max(f.ts);
-        self.w.write_pcapng_block(EnhancedPacketBlock {
-            interface_id: f.iface,
-            timestamp: Duration::from_nanos(f.ts),
-            original_len: f.orig_len.max(f.data.len() as u32),
-            data: Cow::Borrowed(&f.data),
-            options: flags,
-        })?;
+        self.w
+            .write_pcapng_block(EnhancedPacketBlock {
+                interface_id: f.iface,
+                timestamp: Duration::from_nanos(f.ts),
+                original_len: f.orig_len.max(f.data.len() as u32),
+                data: Cow::Borrowed(&f.data),
+                options: flags,
+            })
+            .map_err(io_error)?;
         Ok(())
     }
 
     /// Writes one ISB per interface (`stats[i]` for IDB `i`) and flushes.
-    pub fn finish(mut self, end_ts: u64, stats: &[IfaceStats]) -> Result<W, PcapError> {
+    pub fn finish(mut self, end_ts: u64, stats: &[IfaceStats]) -> io::Result<W> {
         let ts = end_ts.max(self.last_ts);
         for (id, s) in stats.iter().enumerate().take(self.ifaces) {
-            self.w.write_pcapng_block(InterfaceStatisticsBlock {
-                interface_id: id as u32,
-                timestamp: ts,
-                options: vec![
-                    InterfaceStatisticsOption::IsbEndTime(ts),
-                    InterfaceStatisticsOption::IsbIfDrop(s.dropped),
-                    InterfaceStatisticsOption::IsbUsrDeliv(s.delivered),
-                ],
-            })?;
+            self.w
+                .write_pcapng_block(InterfaceStatisticsBlock {
+                    interface_id: id as u32,
+                    timestamp: ts,
+                    options: vec![
+                        InterfaceStatisticsOption::IsbEndTime(ts),
+                        InterfaceStatisticsOption::IsbIfDrop(s.dropped),
+                        InterfaceStatisticsOption::IsbUsrDeliv(s.delivered),
+                    ],
+                })
+                .map_err(io_error)?;
         }
         let mut out = self.w.into_inner();
-        out.flush().map_err(PcapError::IoError)?;
+        out.flush()?;
         Ok(out)
     }
 }

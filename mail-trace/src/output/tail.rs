@@ -351,6 +351,21 @@ impl<W: Write> Sink for Tail<W> {
         );
         self.line(line.ts, session, &body);
     }
+
+    fn unmatched(&mut self, line: &crate::maillog::LogLine, why: &str) {
+        if self.error.is_some() {
+            return;
+        }
+        let body = format!(
+            "{} {} ({})",
+            self.style.paint("33", "log unmatched:"),
+            printable(&line.summary()),
+            printable(why)
+        );
+        if let Err(e) = writeln!(self.out, "{} {body}", clock(line.ts)) {
+            self.error = Some(e);
+        }
+    }
 }
 
 /// `--summary`: one line per finished session.

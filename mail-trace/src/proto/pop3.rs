@@ -18,6 +18,17 @@
 //! | `too-many-pending` | more pipelined commands than [`MAX_PENDING`] |
 //! | `data-after-stls` | client bytes between STLS and its reply (injection attempt) |
 //! | `gap-resync` | bytes were lost; lines skipped until the stream made sense again |
+//! | `unpaired-reply` | after a loss, a server line that cannot be attributed to a command (not shown) |
+//! | `unpaired-command` | a command whose reply may have been lost (it is answered by nothing) |
+//!
+//! After a loss the pairing is rebuilt from evidence, never by counting: POP3 replies carry no
+//! tag, so once a server gap (or a client gap with nothing left to answer) makes the order
+//! unknown, the commands waiting are given up (`unpaired-command`) and every server line is
+//! *unattributed*: not shown (it may be a line of a RETR/TOP body whose `+OK` was lost), a
+//! `.` line ending a body that may be in progress. The next command the client sends proves the
+//! server finished what it was sending (a POP3 client waits for a multi-line response before its
+//! next command), and the next status line answers it. A body a gap fell into stays a body
+//! (its lines are never read as replies) until its `.` or the client's next command.
 
 use std::collections::VecDeque;
 
@@ -47,13 +58,16 @@ struct Pending {
     verb: String,
     /// A `+OK` to it is followed by a dot-terminated body.
     multi: bool,
-    end_ts: Ts,
+    /// None when bytes of it may have been lost (no latency is computed from it).
+    end_ts: Option<Ts>,
 }
 
 #[derive(Debug)]
 struct Body {
     verb: String,
     bytes: u64,
+    /// A gap fell into it: its size is unknown, it is not counted.
+    lossy: bool,
 }
 
 #[derive(Debug)]
@@ -72,10 +86,18 @@ pub struct Pop3 {
     /// Skip lines until one parses (after a gap or a mid-stream pickup).
     c_resync: bool,
     s_resync: bool,
+    /// Server lines cannot be attributed (see the module docs): not shown until the client
+    /// sends its next command.
+    unattributed: bool,
+    /// Client bytes were lost: the commands waiting now are the last ones the pairing is sure
+    /// of; once they are answered the server's lines are unattributed.
+    c_lost: bool,
     greeting_due: bool,
     pending: VecDeque<Pending>,
     body: Option<Body>,
     sasl: Option<SaslExchange>,
+    /// The AUTH exchange's final reply may have been lost (a server gap while it was open).
+    sasl_outcome_lost: bool,
     /// The PASS/APOP secret until its reply (a server may echo it).
     echo: EchoGuard,
     /// STLS sent, its reply not seen yet.
@@ -108,10 +130,13 @@ impl Pop3 {
             ev: Events::default(),
             c_resync: start.partial,
             s_resync: start.partial,
+            unattributed: start.partial,
+            c_lost: false,
             greeting_due: !start.partial,
             pending: VecDeque::new(),
             body: None,
             sasl: None,
+            sasl_outcome_lost: false,
             echo: EchoGuard::default(),
             stls_wait: false,
             login_user: None,
@@ -164,6 +189,11 @@ impl Pop3 {
             self.ev.anomaly(ts, "data-after-stls");
             return;
         }
+        if self.sasl.is_some() && self.sasl_outcome_lost && is_command_line(&l.text) {
+            // The exchange's final reply was lost and the client went on: base64 has no space,
+            // so a known verb with an argument is a command.
+            self.sasl = None;
+        }
         if let Some(sasl) = &mut self.sasl {
             // Inside AUTH every client line answers a challenge.
             let line = lossy(&l.text);
@@ -175,7 +205,7 @@ impl Pop3 {
                 arg,
             });
             if let Some(p) = self.pending.back_mut() {
-                p.end_ts = ts;
+                p.end_ts = p.end_ts.map(|_| ts);
             }
             return;
         }
@@ -193,8 +223,24 @@ impl Pop3 {
             self.c_resync = false;
         }
         self.line_anomalies(&l, ts);
+        if self.unattributed {
+            // The client's next command: the server finished what it was sending.
+            self.unattributed = false;
+            self.body = None;
+        }
         if !known {
             self.ev.anomaly(ts, "unknown-command");
+            if !self.privacy.show_secrets {
+                // It may be anything the client typed (a password at the wrong prompt).
+                self.stats.sent("OTHER");
+                self.push_pending("OTHER".into(), false, ts);
+                self.ev.push(Event::Command {
+                    ts,
+                    verb: format!("<unrecognised line, {} bytes>", l.raw_len),
+                    arg: String::new(),
+                });
+                return;
+            }
         }
         let rest_s = lossy(rest);
         let mut args = rest_s.split_ascii_whitespace();
@@ -253,26 +299,49 @@ impl Pop3 {
             _ => rest_s,
         };
         self.stats.sent(&verb);
-        if self.pending.len() >= MAX_PENDING {
-            self.pending.pop_front();
-            self.ev.anomaly(ts, "too-many-pending");
-        }
-        self.pending.push_back(Pending {
-            verb: verb.clone(),
-            multi,
-            end_ts: ts,
-        });
+        self.push_pending(verb.clone(), multi, ts);
         self.ev.push(Event::Command { ts, verb, arg });
         if let Some(f) = self.tls_facts.due.take() {
             self.ev.push(Event::Finding { ts, finding: f });
         }
     }
 
+    fn push_pending(&mut self, verb: String, multi: bool, ts: Ts) {
+        if self.pending.is_empty() {
+            // Nothing was waiting: what answered the lost commands came before this one
+            // (a client sends its next command once the last reply is in).
+            self.c_lost = false;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+            self.ev.anomaly(ts, "too-many-pending");
+        }
+        self.pending.push_back(Pending {
+            verb,
+            multi,
+            end_ts: Some(ts),
+        });
+    }
+
     fn server_line(&mut self, l: Framed, ts: Ts) {
+        if self.c_lost && self.pending.is_empty() && self.body.is_none() {
+            // What answers the lost commands comes now, framing unknown.
+            self.c_lost = false;
+            self.unattributed = true;
+        }
+        if self.unattributed && self.body.is_none() {
+            if l.text == b"." {
+                return;
+            }
+            if starts_word(&l.text, b"+OK") || starts_word(&l.text, b"-ERR") {
+                self.ev.anomaly(ts, "unpaired-reply");
+            }
+            return;
+        }
         if let Some(body) = &mut self.body {
             if l.text == b"." {
                 let body = std::mem::take(&mut self.body);
-                if let Some(b) = body {
+                if let Some(b) = body.filter(|b| !b.lossy) {
                     match b.verb.as_str() {
                         "RETR" => {
                             self.retrieved.0 += 1;
@@ -317,7 +386,7 @@ impl Pop3 {
                 self.ev.anomaly(ts, "unexpected-continuation");
             }
             let shown = self.secret(&lossy(rest));
-            let lat = latency(self.pending.back().map(|p| p.end_ts), l.start_ts);
+            let lat = latency(self.pending.back().and_then(|p| p.end_ts), l.start_ts);
             self.ev.push(Event::Reply {
                 ts: l.start_ts,
                 code: code.into(),
@@ -368,7 +437,7 @@ impl Pop3 {
             code: code.into(),
             enhanced,
             text: text_s,
-            latency_ns: latency(cmd.as_ref().map(|c| c.end_ts), l.start_ts),
+            latency_ns: latency(cmd.as_ref().and_then(|c| c.end_ts), l.start_ts),
         });
         if let Some(c) = cmd {
             if !ok {
@@ -379,6 +448,7 @@ impl Pop3 {
                 self.body = Some(Body {
                     verb: c.verb,
                     bytes: 0,
+                    lossy: false,
                 });
             }
         }
@@ -396,6 +466,7 @@ impl Pop3 {
                 });
             }
             "AUTH" => {
+                self.sasl_outcome_lost = false;
                 if let Some(ex) = self.sasl.take() {
                     if ex.user.is_some() {
                         self.user = ex.user.clone();
@@ -446,6 +517,14 @@ impl Pop3 {
     }
 }
 
+/// A POP3 command with an argument: a known verb, a space, more (no SASL response has a space).
+fn is_command_line(text: &[u8]) -> bool {
+    let Some(i) = text.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    KNOWN.contains(&verb_of(&text[..i]).as_str()) && i + 1 < text.len()
+}
+
 fn starts_word(text: &[u8], word: &[u8]) -> bool {
     text.len() >= word.len()
         && text[..word.len()].eq_ignore_ascii_case(word)
@@ -494,14 +573,31 @@ impl Dissector for Pop3 {
             Dir::ToServer => {
                 self.client.reset();
                 self.c_resync = true;
+                self.c_lost = true;
+                // The lost bytes may be the rest of the AUTH exchange (a SASL response): its
+                // reply cannot be timed from the last response seen.
+                if self.sasl.is_some() {
+                    if let Some(p) = self.pending.back_mut() {
+                        p.end_ts = None;
+                    }
+                }
             }
             Dir::ToClient => {
-                // The reply (or the body's end) may be in the hole: nothing
-                // waiting can be matched with confidence any more.
+                // The reply (or the body's end) may be in the hole: nothing waiting can be
+                // matched with confidence any more. A body in progress stays one (its lines
+                // are never replies) until its end or the client's next command.
                 self.server.reset();
                 self.s_resync = true;
-                self.body = None;
-                self.pending.clear();
+                for _ in self.pending.drain(..) {
+                    self.ev.anomaly(ts, "unpaired-command");
+                }
+                if self.sasl.is_some() {
+                    self.sasl_outcome_lost = true;
+                }
+                if let Some(b) = &mut self.body {
+                    b.lossy = true;
+                }
+                self.unattributed = true;
                 self.greeting_due = false;
             }
         }
@@ -900,9 +996,12 @@ pub(crate) mod tests {
             })
             .collect();
         assert_eq!(ids, vec!["bad-reply", "bad-reply", "unknown-command"]);
+        // A line that is not a POP3 command may be anything the client typed: its size only.
+        assert!(ev.contains(&cmd(5, "<unrecognised line, 9 bytes>", "")));
+        assert!(!format!("{ev:?}{r:?}").contains("XYZZY"));
         assert_eq!(
             r["commands"][1],
-            json!({"verb": "XYZZY", "count": 1, "errors": 1})
+            json!({"verb": "OTHER", "count": 1, "errors": 1})
         );
     }
 
@@ -924,11 +1023,11 @@ pub(crate) mod tests {
                 id: "gap-resync"
             }
         );
-        // The lone +OK after the gap is shown but matches nothing; the NOOP
-        // reply is matched again.
-        assert_eq!(ev.len(), 7);
+        // The body goes on after the gap: its "+OK" line is not a reply; the NOOP reply is
+        // matched again.
+        assert_eq!(ev.len(), 6, "{ev:?}");
         assert_eq!(
-            ev[6],
+            ev[5],
             Event::Reply {
                 ts: 7,
                 code: "+OK".into(),
@@ -984,6 +1083,138 @@ pub(crate) mod tests {
             ts: 4,
             id: "line-too-long"
         }));
+    }
+
+    fn drain(d: &mut Pop3) -> Vec<Event> {
+        std::iter::from_fn(|| d.poll_event()).collect()
+    }
+
+    #[test]
+    fn after_a_server_gap_nothing_is_paired_until_the_next_command() {
+        let mut d = Pop3::new(Privacy::default(), SessionStart::default());
+        d.data(S, b"+OK\r\n", 1);
+        d.data(C, b"RETR 1\r\n", 2);
+        // The +OK of the RETR is lost: its body must not become replies.
+        d.gap(S, 20, 3);
+        d.data(
+            S,
+            b"+OK a body line that looks like a status\r\nbody\r\n.\r\n",
+            4,
+        );
+        d.data(C, b"NOOP\r\n", 5);
+        d.data(S, b"+OK noop\r\n", 6);
+        let ev = drain(&mut d);
+        assert!(!format!("{ev:?}").contains("looks like"), "{ev:?}");
+        assert_eq!(
+            ev[2..],
+            [
+                Event::Anomaly {
+                    ts: 3,
+                    id: "gap-resync"
+                },
+                Event::Anomaly {
+                    ts: 3,
+                    id: "unpaired-command"
+                },
+                Event::Anomaly {
+                    ts: 4,
+                    id: "unpaired-reply"
+                },
+                Event::Command {
+                    ts: 5,
+                    verb: "NOOP".into(),
+                    arg: String::new()
+                },
+                Event::Reply {
+                    ts: 6,
+                    code: "+OK".into(),
+                    enhanced: None,
+                    text: "noop".into(),
+                    latency_ns: Some(1)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_lost_command_does_not_shift_the_pairing() {
+        let mut d = Pop3::new(Privacy::default(), SessionStart::default());
+        d.data(S, b"+OK\r\n", 1);
+        d.data(C, b"STAT\r\n", 2);
+        // RETR 1 is lost; its reply and body come after the STAT reply.
+        d.gap(C, 8, 3);
+        d.data(
+            S,
+            b"+OK 1 20\r\n+OK 20 octets\r\n+OK private line\r\n.\r\n",
+            4,
+        );
+        d.data(C, b"QUIT\r\n", 5);
+        d.data(S, b"+OK bye\r\n", 6);
+        let ev = drain(&mut d);
+        let replies: Vec<_> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::Reply {
+                    text, latency_ns, ..
+                } => Some((text.as_str(), *latency_ns)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            replies,
+            vec![("", None), ("1 20", Some(2)), ("bye", Some(1))]
+        );
+        assert!(!format!("{ev:?}").contains("private"));
+    }
+
+    #[test]
+    fn a_lost_auth_outcome_ends_at_a_command_line() {
+        let mut d = Pop3::new(Privacy::default(), SessionStart::default());
+        d.data(S, b"+OK\r\n", 1);
+        d.data(C, b"AUTH PLAIN\r\n", 2);
+        d.data(S, b"+ \r\n", 3);
+        d.data(C, b"AGFsaWNlAHNlY3JldA==\r\n", 4);
+        d.gap(S, 15, 5);
+        // STAT alone could be base64; `LIST 1` cannot.
+        d.data(C, b"STAT\r\nLIST 1\r\n", 6);
+        let ev = drain(&mut d);
+        assert!(!format!("{ev:?}").contains("AGFsaWNl"));
+        assert!(ev.contains(&cmd_ts(6, "AUTH-DATA", "<redacted>")));
+        assert!(ev.contains(&cmd_ts(6, "LIST", "1")));
+    }
+
+    fn cmd_ts(ts: u64, verb: &str, arg: &str) -> Event {
+        Event::Command {
+            ts,
+            verb: verb.into(),
+            arg: arg.into(),
+        }
+    }
+
+    #[test]
+    fn without_its_greeting_the_capa_reply_is_not_the_greeting() {
+        let mut d = Pop3::new(Privacy::default(), SessionStart::default());
+        d.gap(S, 30, 1);
+        d.data(C, b"CAPA\r\n", 2);
+        d.data(
+            S,
+            b"+OK Capability list follows\r\nUSER\r\nSTLS\r\n.\r\n",
+            3,
+        );
+        let ev = drain(&mut d);
+        assert_eq!(
+            ev[2],
+            Event::Reply {
+                ts: 3,
+                code: "+OK".into(),
+                enhanced: None,
+                text: "Capability list follows".into(),
+                latency_ns: Some(1),
+            }
+        );
+        let r = d.record();
+        assert_eq!(r["greeting"], Value::Null);
+        assert_eq!(r["capa"], json!(["USER", "STLS"]));
     }
 
     use proptest::strategy::Strategy as _;

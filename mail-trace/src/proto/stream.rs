@@ -238,13 +238,17 @@ impl TlsTrack {
     /// `tls`, `tls_mode`, `tls_info` of the record.
     pub fn record(&self, m: &mut serde_json::Map<String, serde_json::Value>) {
         let info = self.hellos.info();
-        let known = info.sni.is_some() || info.version.is_some() || info.cipher.is_some();
+        let known = info.sni.is_some()
+            || info.version.is_some()
+            || info.cipher.is_some()
+            || info.failed.is_some();
         m.insert("tls".into(), self.on().into());
         m.insert("tls_mode".into(), self.mode.into());
         m.insert(
             "tls_info".into(),
             if known {
-                serde_json::json!({"sni": info.sni, "version": info.version, "cipher": info.cipher})
+                // As SMTP's: `failed` only when the handshake failed.
+                serde_json::to_value(info).unwrap_or_default()
             } else {
                 serde_json::Value::Null
             },
@@ -286,7 +290,11 @@ impl TlsFacts {
             client_hello: tls.client_hello_seen(),
             auth_in_clear: self.auth_clear.clone(),
         };
-        findings::tls_findings(&p, verb)
+        let mut out = findings::tls_findings(&p, verb);
+        if let Some(why) = tls.hellos.info().failed.as_deref() {
+            out.push(findings::tls_handshake_failed(why));
+        }
+        out
     }
 }
 
@@ -298,6 +306,31 @@ pub fn latency(cmd_end: Option<Ts>, reply_start: Ts) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_handshake_is_a_finding_and_in_the_record() {
+        let mut tls = TlsTrack::default();
+        tls.start("starttls");
+        tls.feed(
+            Dir::ToServer,
+            &crate::proto::tls::tests::client_hello("imap.example"),
+        );
+        // The server refuses the hello: a fatal handshake_failure alert in clear.
+        tls.feed(Dir::ToClient, &[21, 3, 3, 0, 2, 2, 40]);
+        let ids: Vec<String> = TlsFacts::default()
+            .findings(&tls, Some(true), "STARTTLS")
+            .iter()
+            .map(|f| f.id.to_string())
+            .collect();
+        assert_eq!(ids, ["tls-handshake-failed"]);
+        let mut m = serde_json::Map::new();
+        tls.record(&mut m);
+        assert_eq!(
+            m["tls_info"],
+            serde_json::json!({"sni": "imap.example", "version": null, "cipher": null,
+                               "failed": "the server sent a fatal alert (handshake_failure)"})
+        );
+    }
 
     #[test]
     fn framer_reports_raw_length_and_start_time() {

@@ -5,15 +5,25 @@
 //! Only the first handshake message of each direction is wanted, so only the
 //! records that carry it are buffered (at most [`MAX_HELLO`] bytes per
 //! direction); a hello split over several records or TCP segments is joined.
-//! Everything after it, and anything that is not a TLS handshake record, is
-//! ignored: this never fails, it just learns nothing.
+//! After it only record headers are read (and a clear alert's two bytes), for one
+//! question: did the handshake fail? A fatal alert sent in clear, or a TLS 1.3 client whose
+//! first record after its hello is an encrypted alert (too short to be its Finished), means
+//! it did: the hellos' version and cipher were then never in use and are not reported.
+//! Anything that is not TLS is ignored: this never fails, it just learns nothing.
 
 use crate::flow::Dir;
 
 /// Largest hello kept (a post-quantum ClientHello is ~2 KiB; 16 KiB is one record).
 pub const MAX_HELLO: usize = 32 * 1024;
 
+const CONTENT_CHANGE_CIPHER_SPEC: u8 = 20;
+const CONTENT_ALERT: u8 = 21;
 const CONTENT_HANDSHAKE: u8 = 22;
+const CONTENT_APPLICATION_DATA: u8 = 23;
+const ALERT_FATAL: u8 = 2;
+/// A TLS 1.3 alert as an encrypted record: 2 bytes, the inner content type, a 16-byte tag.
+/// A Finished is at least 32 + 1 + 16.
+const ENCRYPTED_ALERT_LEN: u16 = 19;
 const CLIENT_HELLO: u8 = 1;
 const SERVER_HELLO: u8 = 2;
 const EXT_SERVER_NAME: u16 = 0;
@@ -31,6 +41,74 @@ pub struct TlsInfo {
     pub version: Option<String>,
     /// Negotiated cipher suite: its IANA name for common suites, else "0xC0FF".
     pub cipher: Option<String>,
+    /// Why the handshake failed (then `version` and `cipher` are null: nothing was in use).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+/// One direction's records after its hello: headers only, but a clear alert's body.
+#[derive(Debug, Default)]
+struct After {
+    header: [u8; 5],
+    have: usize,
+    body_left: usize,
+    /// The body bytes of a clear alert record being read.
+    alert: [u8; 2],
+    /// A ChangeCipherSpec went by: later alerts are encrypted.
+    ccs: bool,
+    /// The first record after the hello other than a ChangeCipherSpec: (type, length).
+    first: Option<(u8, u16)>,
+    /// The description of a fatal alert sent in clear.
+    fatal: Option<u8>,
+    /// Bytes are missing or not TLS: nothing more to learn.
+    lost: bool,
+}
+
+impl After {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() && !self.lost && self.fatal.is_none() {
+            if self.have < 5 {
+                let n = (5 - self.have).min(data.len());
+                self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
+                self.have += n;
+                data = &data[n..];
+                if self.have < 5 {
+                    return;
+                }
+                let [ctype, major, _, hi, lo] = self.header;
+                let len = u16::from_be_bytes([hi, lo]);
+                if major != 3 || !(CONTENT_CHANGE_CIPHER_SPEC..=24).contains(&ctype) {
+                    self.lost = true;
+                    return;
+                }
+                if ctype == CONTENT_CHANGE_CIPHER_SPEC {
+                    self.ccs = true;
+                } else if self.first.is_none() {
+                    self.first = Some((ctype, len));
+                }
+                self.body_left = usize::from(len);
+                self.alert = [0xff; 2];
+            } else {
+                let n = self.body_left.min(data.len());
+                let len = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                let at = len - self.body_left;
+                for (i, &b) in data[..n].iter().enumerate() {
+                    if let Some(slot) = self.alert.get_mut(at + i) {
+                        *slot = b;
+                    }
+                }
+                self.body_left -= n;
+                data = &data[n..];
+            }
+            if self.have == 5 && self.body_left == 0 {
+                let clear_alert = self.header[0] == CONTENT_ALERT && !self.ccs;
+                if clear_alert && self.header[3..] == [0, 2] && self.alert[0] == ALERT_FATAL {
+                    self.fatal = Some(self.alert[1]);
+                }
+                self.have = 0;
+            }
+        }
+    }
 }
 
 /// Where one direction's hello parsing stands.
@@ -52,6 +130,7 @@ struct Direction {
     record: Vec<u8>,
     /// Handshake bytes joined across records.
     handshake: Vec<u8>,
+    after: After,
 }
 
 impl Direction {
@@ -60,11 +139,16 @@ impl Direction {
             state: HelloState::Pending,
             record: Vec::new(),
             handshake: Vec::new(),
+            after: After::default(),
         }
     }
 
     /// Feeds bytes; returns the complete first handshake message once available.
     fn feed(&mut self, mut data: &[u8]) -> Option<Vec<u8>> {
+        if self.state != HelloState::Pending {
+            self.after.feed(data);
+            return None;
+        }
         while self.state == HelloState::Pending && !data.is_empty() {
             // Read the 5-byte header, then the body it announces.
             let want = if self.record.len() < 5 {
@@ -79,6 +163,15 @@ impl Direction {
             if self.record.len() == 5 {
                 let (ctype, major) = (self.record[0], self.record[1]);
                 let len = usize::from(u16::from_be_bytes([self.record[3], self.record[4]]));
+                if ctype == CONTENT_ALERT && major == 3 && self.handshake.is_empty() {
+                    // An alert instead of a hello (a ClientHello the server refused).
+                    let header = std::mem::take(&mut self.record);
+                    self.fail();
+                    self.after.lost = false;
+                    self.after.feed(&header);
+                    self.after.feed(data);
+                    return None;
+                }
                 if ctype != CONTENT_HANDSHAKE || major != 3 || len == 0 || len > 16384 + 2048 {
                     self.fail();
                     return None;
@@ -116,7 +209,10 @@ impl Direction {
                 if self.handshake.len() >= 4 + len {
                     self.state = HelloState::Done;
                     let mut msg = std::mem::take(&mut self.handshake);
+                    // The hello's last record was read whole: what follows in this
+                    // segment begins the next record.
                     msg.truncate(4 + len);
+                    self.after.feed(data);
                     return Some(msg);
                 }
             }
@@ -149,6 +245,7 @@ impl Direction {
 
     fn fail(&mut self) {
         self.state = HelloState::Failed;
+        self.after.lost = true;
         self.record = Vec::new();
         self.handshake = Vec::new();
     }
@@ -192,6 +289,12 @@ impl TlsHellos {
                     // arrives as skipped bytes): the name is all there is to learn.
                     self.info.sni = Some(sni);
                     self.client.state = HelloState::Done;
+                    // In order, the rest of the hello's record is still to come: skip it.
+                    let d = &mut self.client;
+                    let len = usize::from(u16::from_be_bytes([d.record[3], d.record[4]]));
+                    d.after.header.copy_from_slice(&d.record[..5]);
+                    d.after.have = 5;
+                    d.after.body_left = (5 + len).saturating_sub(d.record.len());
                     self.client.record = Vec::new();
                     self.client.handshake = Vec::new();
                 }
@@ -211,12 +314,39 @@ impl TlsHellos {
                 }
             }
         }
+        if self.info.failed.is_none() {
+            if let Some(why) = self.failure() {
+                self.info.version = None;
+                self.info.cipher = None;
+                self.info.failed = Some(why);
+            }
+        }
+    }
+
+    /// Why the handshake failed, once the records say so.
+    fn failure(&self) -> Option<String> {
+        if let Some(d) = self.server.after.fatal {
+            return Some(format!("the server sent a fatal alert ({})", alert_name(d)));
+        }
+        if let Some(d) = self.client.after.fatal {
+            return Some(format!("the client sent a fatal alert ({})", alert_name(d)));
+        }
+        let tls13 = self.info.version.as_deref() == Some("TLS 1.3");
+        let first = self.client.after.first;
+        if tls13 && first == Some((CONTENT_APPLICATION_DATA, ENCRYPTED_ALERT_LEN)) {
+            return Some("the client sent an encrypted alert instead of its Finished".into());
+        }
+        None
     }
 
     /// The kernel sent the rest of this direction header-only (an encrypted flow): of a
     /// ClientHello it copies the part up to the server name, or only the handshake header
     /// when the hello names none, so a hello begun here was seen and is all there is.
     pub fn skipped(&mut self, dir: Dir) {
+        match dir {
+            Dir::ToServer => self.client.after.lost = true,
+            Dir::ToClient => self.server.after.lost = true,
+        }
         let d = &mut self.client;
         let began = d.handshake.first().or(d.record.get(5)) == Some(&CLIENT_HELLO);
         if dir == Dir::ToServer && d.state == HelloState::Pending && began {
@@ -235,6 +365,7 @@ impl TlsHellos {
         if d.state == HelloState::Pending {
             d.fail();
         }
+        d.after.lost = true;
     }
 
     /// What was learned so far.
@@ -341,6 +472,38 @@ fn version_name(v: u16) -> String {
 }
 
 /// IANA name of the suites seen in practice on mail servers; others in hex.
+/// An alert's name (RFC 8446 §6, RFC 5246 §7.2).
+fn alert_name(d: u8) -> String {
+    let name = match d {
+        0 => "close_notify",
+        10 => "unexpected_message",
+        20 => "bad_record_mac",
+        40 => "handshake_failure",
+        42 => "bad_certificate",
+        43 => "unsupported_certificate",
+        44 => "certificate_revoked",
+        45 => "certificate_expired",
+        46 => "certificate_unknown",
+        47 => "illegal_parameter",
+        48 => "unknown_ca",
+        49 => "access_denied",
+        50 => "decode_error",
+        51 => "decrypt_error",
+        70 => "protocol_version",
+        71 => "insufficient_security",
+        80 => "internal_error",
+        86 => "inappropriate_fallback",
+        90 => "user_canceled",
+        109 => "missing_extension",
+        110 => "unsupported_extension",
+        112 => "unrecognized_name",
+        116 => "certificate_required",
+        120 => "no_application_protocol",
+        _ => return format!("alert {d}"),
+    };
+    name.to_string()
+}
+
 pub fn cipher_name(c: u16) -> String {
     let name = match c {
         0x1301 => "TLS_AES_128_GCM_SHA256",
@@ -457,6 +620,7 @@ pub(crate) mod tests {
                 sni: Some("mx.example.jp".into()),
                 version: Some("TLS 1.3".into()),
                 cipher: Some("TLS_AES_256_GCM_SHA384".into()),
+                failed: None,
             }
         );
         assert_eq!(t.state(), (HelloState::Done, HelloState::Done));
@@ -587,5 +751,103 @@ pub(crate) mod tests {
                 t.data(Dir::ToClient, &b);
             }
         }
+    }
+
+    /// Both hellos, then `client_after` from the client, fed in pieces of `chunk` bytes.
+    fn after_hellos(server: &[u8], client_after: &[u8], chunk: usize) -> TlsInfo {
+        let mut t = TlsHellos::new();
+        for c in client_hello("mx.example").chunks(chunk) {
+            t.data(Dir::ToServer, c);
+        }
+        for c in server.chunks(chunk) {
+            t.data(Dir::ToClient, c);
+        }
+        for c in client_after.chunks(chunk) {
+            t.data(Dir::ToServer, c);
+        }
+        t.info().clone()
+    }
+
+    fn record(ctype: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![ctype, 3, 3];
+        v.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn fatal_alerts_in_clear_fail_the_handshake() {
+        let tls12 = server_hello(0xC02F, None);
+        for chunk in [1, 3, 7, 4096] {
+            // The client refuses the certificate.
+            let i = after_hellos(&tls12, &record(CONTENT_ALERT, &[2, 42]), chunk);
+            assert_eq!(
+                i.failed.as_deref(),
+                Some("the client sent a fatal alert (bad_certificate)")
+            );
+            assert_eq!((i.version, i.cipher), (None, None));
+            assert_eq!(i.sni.as_deref(), Some("mx.example"));
+            // The server refuses the ClientHello: an alert instead of its hello.
+            let i = after_hellos(&record(CONTENT_ALERT, &[2, 40]), b"", chunk);
+            assert_eq!(
+                i.failed.as_deref(),
+                Some("the server sent a fatal alert (handshake_failure)")
+            );
+            // A ServerHello and its certificate in one record, then the server's alert.
+            let mut s = tls12.clone();
+            s.extend(record(CONTENT_HANDSHAKE, &[11, 0, 0, 3, 0, 0, 0]));
+            s.extend(record(CONTENT_ALERT, &[2, 70]));
+            let i = after_hellos(&s, b"", chunk);
+            assert_eq!(
+                i.failed.as_deref(),
+                Some("the server sent a fatal alert (protocol_version)")
+            );
+        }
+    }
+
+    #[test]
+    fn a_finished_handshake_or_a_warning_is_not_a_failure() {
+        let tls12 = server_hello(0xC02F, None);
+        // Key exchange, CCS, then an encrypted alert (close_notify at the end): fine.
+        let mut c = record(CONTENT_HANDSHAKE, &[16, 0, 0, 2, 0, 0]);
+        c.extend(record(CONTENT_CHANGE_CIPHER_SPEC, &[1]));
+        c.extend(record(CONTENT_HANDSHAKE, &[0x55; 40]));
+        c.extend(record(CONTENT_ALERT, &[0x66; 26]));
+        let i = after_hellos(&tls12, &c, 5);
+        assert_eq!(i.failed, None);
+        assert_eq!(i.version.as_deref(), Some("TLS 1.2"));
+        // A warning alert in clear is no failure either.
+        let i = after_hellos(&tls12, &record(CONTENT_ALERT, &[1, 112]), 5);
+        assert_eq!(i.failed, None);
+        // TLS 1.3: CCS then a 53-byte Finished.
+        let tls13 = server_hello(0x1301, Some(0x0304));
+        let mut c = record(CONTENT_CHANGE_CIPHER_SPEC, &[1]);
+        c.extend(record(CONTENT_APPLICATION_DATA, &[0x77; 53]));
+        let i = after_hellos(&tls13, &c, 5);
+        assert_eq!(i.failed, None);
+        assert_eq!(i.cipher.as_deref(), Some("TLS_AES_128_GCM_SHA256"));
+    }
+
+    #[test]
+    fn tls13_client_giving_up_is_a_failure() {
+        let tls13 = server_hello(0x1301, Some(0x0304));
+        let mut c = record(CONTENT_CHANGE_CIPHER_SPEC, &[1]);
+        c.extend(record(CONTENT_APPLICATION_DATA, &[0x77; 19]));
+        for chunk in [1, 2, 4096] {
+            let i = after_hellos(&tls13, &c, chunk);
+            assert_eq!(
+                i.failed.as_deref(),
+                Some("the client sent an encrypted alert instead of its Finished")
+            );
+            assert_eq!((i.version, i.cipher), (None, None));
+        }
+        // A gap before it: nothing is concluded.
+        let mut t = TlsHellos::new();
+        t.data(Dir::ToServer, &client_hello("mx.example"));
+        t.data(Dir::ToClient, &tls13);
+        t.gap(Dir::ToServer);
+        t.data(Dir::ToServer, &c);
+        assert_eq!(t.info().failed, None);
+        assert_eq!(t.info().version.as_deref(), Some("TLS 1.3"));
     }
 }

@@ -37,6 +37,9 @@ pub trait Sink {
     /// A mail-log line about session `session` (see [`crate::maillog::join`]); `late`
     /// when the session's record was already written.
     fn log(&mut self, _session: ConnId, _line: &crate::maillog::LogLine, _late: bool) {}
+    /// A mail-log line the join gave up on: its smtpd connection agreed with no session
+    /// (`why` says how the nearest one differed), or none was there.
+    fn unmatched(&mut self, _line: &crate::maillog::LogLine, _why: &str) {}
 }
 
 /// Finds the process that owns the connection (client, server). It does I/O
@@ -469,6 +472,12 @@ fn handle(
                             unreachable!("matched Sniffing above")
                         };
                         activate(cfg, s, id, proto, false, stats, lookup, sink);
+                        if let Some(kind) = sniffer.tunnel() {
+                            note_anomaly(s, kind);
+                            if let Some(info) = &s.info {
+                                sink.event(info, &Event::Anomaly { ts, id: kind });
+                            }
+                        }
                         // Replay what the sniffer held, in arrival order.
                         for (d, bytes, t) in sniffer.into_chunks() {
                             feed(s, stats, |x| x.data(d, &bytes, t), sink);

@@ -26,6 +26,16 @@
 //! | `bad-mailbox-name` | a mailbox name that is not valid modified UTF-7 |
 //! | `data-after-starttls` | client bytes between STARTTLS and its reply |
 //! | `gap-resync` | bytes were lost; lines skipped until one parsed |
+//! | `unpaired-reply` | after a loss, a tagged completion whose command was not seen |
+//! | `unpaired-command` | a command whose completion was lost (its tag was used again) |
+//!
+//! After a loss the pairing is rebuilt from evidence: tags. A gap inside a literal only shortens
+//! what is left of it (its bytes are never read as lines). Otherwise, after a client gap or a
+//! mid-stream pickup, client lines are held, not shown, until the server's tagged completion
+//! names one of them (a body line of an APPEND cannot get one); after a server gap every server
+//! line is skipped until a tagged completion of a command waiting for one (an untagged line may
+//! be a line of a FETCH literal whose announcement was lost). Continuations the client cannot be
+//! known to wait for are not shown.
 
 mod token;
 pub mod utf7;
@@ -137,13 +147,16 @@ struct Building {
     capture: bool,
     /// When its last line so far ended.
     last_ts: Ts,
+    /// Not an IMAP command: shown as its size only (the bytes of its first line).
+    hidden: Option<u64>,
 }
 
 #[derive(Debug)]
 struct Pending {
     tag: String,
     verb: String,
-    end_ts: Ts,
+    /// None when bytes of it may have been lost (no latency is computed from it).
+    end_ts: Option<Ts>,
     user: Option<String>,
     mailbox: Option<String>,
     /// APPEND: messages and bytes, counted when the server says OK.
@@ -238,7 +251,15 @@ pub struct Imap {
     ev: Events,
     c_resync: bool,
     s_resync: bool,
+    /// Client lines after a loss (with their times), until a tagged reply confirms one.
+    candidates: Vec<(Framed, Ts)>,
+    /// Untagged status replies that came while client lines were held.
+    deferred: Vec<Event>,
+    /// Held lines are being replayed: their literals' bytes are gone.
+    replaying: bool,
     greeting_due: bool,
+    /// Client bytes were lost in this session (a reply without its command is unpaired).
+    c_lost: bool,
     client: Client,
     /// The LOGIN password until its tagged reply (a server may echo it).
     echo: EchoGuard,
@@ -253,6 +274,8 @@ pub struct Imap {
     auth: Option<Auth>,
     mailboxes: Vec<String>,
     capabilities: Vec<String>,
+    /// A capability list before TLS had STARTTLS.
+    starttls_listed: bool,
     tls: TlsTrack,
     tls_announce: bool,
     stats: CommandStats,
@@ -276,7 +299,11 @@ impl Imap {
             ev: Events::default(),
             c_resync: start.partial,
             s_resync: start.partial,
+            candidates: Vec::new(),
+            deferred: Vec::new(),
+            replaying: false,
             greeting_due: !start.partial,
+            c_lost: start.partial,
             client: Client::Command,
             echo: EchoGuard::default(),
             building: None,
@@ -288,6 +315,7 @@ impl Imap {
             auth: None,
             mailboxes: Vec::new(),
             capabilities: Vec::new(),
+            starttls_listed: false,
             tls_announce: start.implicit_tls,
             tls,
             stats: CommandStats::default(),
@@ -300,12 +328,16 @@ impl Imap {
         }
     }
 
-    /// Whether the server offered STARTTLS; None when no capability list was seen.
+    /// Whether the server offered STARTTLS; None when no capability list was seen. An offer
+    /// in any list before TLS counts: the list after LOGIN omits it (RFC 3501 §6.2.1, the
+    /// command is not valid there), which is not the server taking it back.
     fn offered_starttls(&self) -> Option<bool> {
-        (!self.capabilities.is_empty()).then(|| {
-            self.capabilities
-                .iter()
-                .any(|c| c.eq_ignore_ascii_case("STARTTLS"))
+        (!self.capabilities.is_empty() || self.starttls_listed).then(|| {
+            self.starttls_listed
+                || self
+                    .capabilities
+                    .iter()
+                    .any(|c| c.eq_ignore_ascii_case("STARTTLS"))
         })
     }
 
@@ -417,6 +449,11 @@ impl Imap {
                 self.ev.anomaly(ts, "data-after-starttls");
                 return;
             }
+            // Base64 has no space: a tagged known command ends an exchange whose outcome was
+            // lost (the client went on).
+            Client::Sasl(_) if is_command_line(&l.text) => {
+                self.client = Client::Command;
+            }
             Client::Sasl(ex) => {
                 let line = lossy(&l.text);
                 ex.client_response(&line);
@@ -427,7 +464,7 @@ impl Imap {
                     arg,
                 });
                 if let Some(p) = self.pending.back_mut() {
-                    p.end_ts = ts;
+                    p.end_ts = p.end_ts.map(|_| ts);
                 }
                 return;
             }
@@ -435,7 +472,7 @@ impl Imap {
                 if l.text.eq_ignore_ascii_case(b"DONE") {
                     let tag = tag.clone();
                     if let Some(p) = self.pending.iter_mut().find(|p| p.tag == tag) {
-                        p.end_ts = ts;
+                        p.end_ts = Some(ts);
                     }
                     self.client = Client::Command;
                     self.stats.sent("DONE");
@@ -450,6 +487,15 @@ impl Imap {
                 return;
             }
             Client::Command => {}
+        }
+        if self.c_resync && self.building.is_none() {
+            // Held until a tagged reply names it; a literal it announces is skipped as one.
+            let _ = self.start_literal(Dir::ToServer, &l.text, ts);
+            if self.candidates.len() >= MAX_CANDIDATES {
+                self.candidates.remove(0);
+            }
+            self.candidates.push((l, ts));
+            return;
         }
         if let Some(mut b) = self.building.take() {
             // The line after a literal continues the same command.
@@ -469,17 +515,12 @@ impl Imap {
         let verb_word = words.next().unwrap_or_default();
         let mut verb = verb_of(verb_word);
         let known = !tag.is_empty() && KNOWN.contains(&verb.as_str());
-        if self.c_resync {
-            if !known {
-                return;
-            }
-            self.c_resync = false;
-        }
         self.line_anomalies(&l, ts);
         if tag.is_empty() || verb.is_empty() {
             self.ev.anomaly(ts, "bad-command");
             return;
         }
+        let hidden = !known && !self.privacy.show_secrets;
         if !known {
             self.ev.anomaly(ts, "unknown-command");
         }
@@ -499,6 +540,7 @@ impl Imap {
             literals: Vec::new(),
             capture,
             last_ts: ts,
+            hidden: hidden.then_some(l.raw_len),
         };
         self.continue_command(b, text, ts);
     }
@@ -508,7 +550,7 @@ impl Imap {
         b.last_ts = ts;
         if let Some(n) = self.start_literal(Dir::ToServer, line, ts) {
             if b.literals.len() < MAX_LITERALS {
-                let data = b.capture.then(Vec::new);
+                let data = (b.capture && !self.replaying).then(Vec::new);
                 b.literals.push(Literal { len: n, data });
             }
             self.building = Some(b);
@@ -517,7 +559,19 @@ impl Imap {
         self.finish_command(b, ts);
     }
 
-    fn finish_command(&mut self, b: Building, ts: Ts) {
+    fn finish_command(&mut self, mut b: Building, ts: Ts) {
+        if let Some(n) = b.hidden {
+            // It may be anything the client typed (a password at the wrong prompt).
+            self.stats.sent("OTHER");
+            b.verb = "OTHER".into();
+            self.push_pending(&b, ts);
+            self.ev.push(Event::Command {
+                ts,
+                verb: format!("<unrecognised line, {n} bytes>"),
+                arg: String::new(),
+            });
+            return;
+        }
         let toks = tokens(&b.text, 16);
         let arg_bytes = |t: Option<&Tok<'_>>| -> Option<Vec<u8>> {
             match t? {
@@ -530,7 +584,7 @@ impl Imap {
         let mut p = Pending {
             tag: b.tag.clone(),
             verb: b.verb.clone(),
-            end_ts: ts,
+            end_ts: Some(ts),
             user: None,
             mailbox: None,
             appended: (0, 0),
@@ -601,6 +655,7 @@ impl Imap {
         };
         let arg: String = arg.chars().take(MAX_ARG).collect();
         self.stats.sent(&b.verb);
+        self.retire_tag(&p.tag, ts);
         if self.pending.len() >= MAX_PENDING {
             self.pending.pop_front();
             self.ev.anomaly(ts, "too-many-pending");
@@ -613,6 +668,75 @@ impl Imap {
         });
         if let Some(f) = self.tls_facts.due.take() {
             self.ev.push(Event::Finding { ts, finding: f });
+        }
+    }
+
+    /// A client reuses a tag only once the command that had it is complete (clients that
+    /// tag every command `.` do so in turn): one still waiting with it lost its completion,
+    /// and the next completion with that tag is the new command's.
+    fn retire_tag(&mut self, tag: &str, ts: Ts) {
+        while let Some(i) = self.pending.iter().position(|p| p.tag == tag) {
+            self.pending.remove(i);
+            self.ev.anomaly(ts, "unpaired-command");
+        }
+    }
+
+    fn push_pending(&mut self, b: &Building, ts: Ts) {
+        self.retire_tag(&b.tag, ts);
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+            self.ev.anomaly(ts, "too-many-pending");
+        }
+        self.pending.push_back(Pending {
+            tag: b.tag.clone(),
+            verb: b.verb.clone(),
+            end_ts: Some(ts),
+            user: None,
+            mailbox: None,
+            appended: (0, 0),
+        });
+    }
+
+    /// A tagged reply names `tag`: when a held client line has it, the client side is in step
+    /// again from that line on (the lines before it were not commands, or their replies are
+    /// lost). Lines of a command with a literal are dropped: its literal's bytes are gone.
+    fn confirm(&mut self, tag: &str) {
+        let at = self.candidates.iter().position(|(l, _)| {
+            let mut w = l.text.splitn(3, |&b| b == b' ');
+            w.next() == Some(tag.as_bytes())
+                && w.next()
+                    .is_some_and(|v| KNOWN.contains(&verb_of(v).as_str()))
+        });
+        let Some(at) = at else {
+            self.flush_deferred(Ts::MAX);
+            return;
+        };
+        let held = std::mem::take(&mut self.candidates);
+        self.c_resync = false;
+        // Where the stream really is (a later line's literal may still be coming).
+        let mode = self.cmode;
+        self.cmode = Mode::Line;
+        self.replaying = true;
+        for (l, ts) in held.into_iter().skip(at) {
+            self.flush_deferred(ts);
+            self.client_line(l, ts);
+            // The literal it announced has passed already.
+            self.cmode = Mode::Line;
+        }
+        self.cmode = mode;
+        self.replaying = false;
+        self.flush_deferred(Ts::MAX);
+    }
+
+    /// Deferred replies that came before `ts`, in order.
+    fn flush_deferred(&mut self, ts: Ts) {
+        let reply_ts = |e: &Event| match e {
+            Event::Reply { ts, .. } => *ts,
+            _ => 0,
+        };
+        while self.deferred.first().is_some_and(|e| reply_ts(e) < ts) {
+            let e = self.deferred.remove(0);
+            self.ev.push(e);
         }
     }
 
@@ -638,8 +762,12 @@ impl Imap {
     }
 
     fn continuation(&mut self, l: &Framed, ts: Ts) {
+        if self.c_resync {
+            // What it answers was lost or is held: nothing to show (it may be a challenge).
+            return;
+        }
         let rest = l.text.get(2..).unwrap_or_default();
-        let lat = latency(self.pending.back().map(|p| p.end_ts), l.start_ts);
+        let lat = latency(self.pending.back().and_then(|p| p.end_ts), l.start_ts);
         let text = match &self.client {
             Client::Sasl(_) => self.secret(&lossy(rest)),
             Client::Idle { .. } => lossy(rest),
@@ -665,8 +793,15 @@ impl Imap {
         let first = words.next().unwrap_or_default();
         let second = words.next().unwrap_or_default();
         let status = verb_of(first);
+        if self.s_resync {
+            // It may be a line of a literal whose announcement was lost; a literal it
+            // announces is skipped as one.
+            if self.start_literal(Dir::ToClient, text, ts).is_some() {
+                self.s_cont = Some(false);
+            }
+            return;
+        }
         if matches!(status.as_str(), "OK" | "NO" | "BAD" | "BYE" | "PREAUTH") {
-            self.s_resync = false;
             self.line_anomalies(l, ts);
             let rest = text.get(first.len() + 1..).unwrap_or_default();
             let (code, resp) = split_code(rest);
@@ -682,16 +817,21 @@ impl Imap {
                     .count(&format!("OK [{}]", code_word.unwrap_or_default()));
                 return;
             }
-            self.ev.push(Event::Reply {
+            let ev = Event::Reply {
                 ts: l.start_ts,
                 code: status,
                 enhanced: code,
                 text: resp,
                 latency_ns: None,
-            });
-            return;
-        }
-        if self.s_resync {
+            };
+            if self.c_resync {
+                // It may answer a held command: it goes out after it (see `confirm`).
+                if self.deferred.len() < MAX_CANDIDATES {
+                    self.deferred.push(ev);
+                }
+            } else {
+                self.ev.push(ev);
+            }
             return;
         }
         self.line_anomalies(l, ts);
@@ -727,6 +867,13 @@ impl Imap {
     }
 
     fn set_capabilities(&mut self, caps: &str) {
+        if !self.tls.on()
+            && caps
+                .split_ascii_whitespace()
+                .any(|c| c.eq_ignore_ascii_case("STARTTLS"))
+        {
+            self.starttls_listed = true;
+        }
         self.capabilities = caps
             .split_ascii_whitespace()
             .filter(|c| !c.eq_ignore_ascii_case("CAPABILITY"))
@@ -744,6 +891,21 @@ impl Imap {
             if !self.s_resync {
                 self.line_anomalies(l, ts);
                 self.ev.anomaly(ts, "bad-reply");
+            } else if self.start_literal(Dir::ToClient, text, ts).is_some() {
+                self.s_cont = Some(false);
+            }
+            return;
+        }
+        if self.c_resync {
+            self.confirm(&tag);
+        } else {
+            self.flush_deferred(Ts::MAX);
+        }
+        let waiting = self.pending.iter().any(|p| p.tag == tag);
+        if self.s_resync && !waiting {
+            // After a server gap only a completion of a command we know proves the framing.
+            if self.start_literal(Dir::ToClient, text, ts).is_some() {
+                self.s_cont = Some(false);
             }
             return;
         }
@@ -758,8 +920,17 @@ impl Imap {
         }
         let at = self.pending.iter().position(|p| p.tag == tag);
         let cmd = at.and_then(|i| self.pending.remove(i));
-        if cmd.is_none() && !self.s_resync {
-            self.ev.anomaly(ts, "reply-without-command");
+        if cmd.is_none() {
+            // Across a loss the command may be in it; on a clean stream it is the server's.
+            let lost = self.c_resync || self.c_lost;
+            self.ev.anomaly(
+                ts,
+                if lost {
+                    "unpaired-reply"
+                } else {
+                    "reply-without-command"
+                },
+            );
         }
         self.s_resync = false;
         self.line_anomalies(l, ts);
@@ -796,7 +967,7 @@ impl Imap {
             code: status.clone(),
             enhanced: code,
             text: resp,
-            latency_ns: latency(cmd.as_ref().map(|c| c.end_ts), l.start_ts),
+            latency_ns: latency(cmd.as_ref().and_then(|c| c.end_ts), l.start_ts),
         });
         if let Some(c) = cmd {
             self.completed(c, &status, ts);
@@ -860,6 +1031,18 @@ impl Imap {
     }
 }
 
+/// Client lines held after a loss (a pipelined burst is a few).
+const MAX_CANDIDATES: usize = 32;
+
+/// `tag SP verb…` with a known verb: a command, never a SASL response (base64 has no space).
+fn is_command_line(text: &[u8]) -> bool {
+    let mut w = text.splitn(3, |&b| b == b' ');
+    let tag = w.next().unwrap_or_default();
+    !tag.is_empty()
+        && w.next()
+            .is_some_and(|v| KNOWN.contains(&verb_of(v).as_str()))
+}
+
 /// A response code in brackets at the start of resp-text (RFC 3501 §7.1).
 fn split_code(rest: &[u8]) -> (Option<String>, String) {
     let text = lossy(rest);
@@ -885,14 +1068,39 @@ impl Dissector for Imap {
         self.tls.skipped(dir);
     }
 
-    fn gap(&mut self, dir: Dir, _len: u64, ts: Ts) {
+    fn gap(&mut self, dir: Dir, len: u64, ts: Ts) {
         if self.tls.hides_data() {
             self.tls.gap(dir);
             return;
         }
         self.ev.anomaly(ts, "gap-resync");
+        let mode = match dir {
+            Dir::ToServer => &mut self.cmode,
+            Dir::ToClient => &mut self.smode,
+        };
+        if let Mode::Literal(left) = *mode {
+            if len < left {
+                // Inside a literal: the rest of it is still counted, never read as lines.
+                *mode = Mode::Literal(left - len);
+                if dir == Dir::ToServer {
+                    if let Some(p) = self.pending.back_mut() {
+                        p.end_ts = None;
+                    }
+                }
+                return;
+            }
+        }
         match dir {
             Dir::ToServer => {
+                self.c_lost = true;
+                self.candidates.clear();
+                // The lost bytes may be the rest of an AUTHENTICATE or IDLE (its end): its
+                // completion cannot be timed from what was seen.
+                if matches!(self.client, Client::Sasl(_) | Client::Idle { .. }) {
+                    if let Some(p) = self.pending.back_mut() {
+                        p.end_ts = None;
+                    }
+                }
                 self.cframe.reset();
                 self.cmode = Mode::Line;
                 self.building = None;
@@ -1385,8 +1593,154 @@ mod tests {
                 "reply-without-command",
                 "unexpected-continuation",
                 "bad-mailbox-name",
+                // The second `q` command: the first `q` never got its completion.
+                "unpaired-command",
             ]
         );
+    }
+
+    fn drain(d: &mut Imap) -> Vec<Event> {
+        std::iter::from_fn(|| d.poll_event()).collect()
+    }
+
+    fn ids(ev: &[Event]) -> Vec<&'static str> {
+        ev.iter()
+            .filter_map(|e| match e {
+                Event::Anomaly { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gap_inside_a_literal_keeps_its_count() {
+        let mut d = Imap::new(Privacy::default(), SessionStart::default());
+        d.data(S, b"* OK hi\r\n", 1);
+        d.data(C, b"a1 FETCH 1 BODY[]\r\n", 2);
+        // 30 bytes of literal: 5 seen, 10 lost, 15 seen (which look like lines).
+        d.data(S, b"* 1 FETCH (BODY[] {30}\r\nabcde", 3);
+        d.gap(S, 10, 4);
+        d.data(S, b"\r\n* OK fake\r\nxx)\r\na1 OK done\r\n", 5);
+        let ev = drain(&mut d);
+        assert!(!format!("{ev:?}").contains("fake"), "{ev:?}");
+        assert_eq!(
+            ev.last(),
+            Some(&Event::Reply {
+                ts: 5,
+                code: "OK".into(),
+                enhanced: None,
+                text: "done".into(),
+                latency_ns: Some(3),
+            })
+        );
+        assert_eq!(ids(&ev), vec!["gap-resync"]);
+    }
+
+    #[test]
+    fn after_a_client_gap_lines_wait_for_their_completion() {
+        let mut d = Imap::new(Privacy::default(), SessionStart::default());
+        d.data(S, b"* OK hi\r\n", 1);
+        d.data(C, b"a1 APPEND INBOX {100}\r\nFrom: x\r\n", 2);
+        // The rest of the literal's length is unknown to the gap (it took more than was left).
+        d.gap(C, 200, 3);
+        d.data(C, b"z9 LOGOUT is a body line\r\na2 NOOP\r\n", 4);
+        d.data(S, b"* BYE not really\r\na2 OK noop done\r\n", 5);
+        let ev = drain(&mut d);
+        let all = format!("{ev:?}");
+        assert!(
+            !all.contains("body line") && !all.contains("LOGOUT"),
+            "{all}"
+        );
+        // The held NOOP goes out when its completion names it, then the untagged reply that
+        // came after it, then the completion, timed from the NOOP.
+        let tail: Vec<_> = ev
+            .iter()
+            .filter(|e| !matches!(e, Event::Anomaly { .. }))
+            .skip(1)
+            .collect();
+        assert_eq!(
+            tail,
+            vec![
+                &Event::Command {
+                    ts: 4,
+                    verb: "NOOP".into(),
+                    arg: String::new()
+                },
+                &Event::Reply {
+                    ts: 5,
+                    code: "BYE".into(),
+                    enhanced: None,
+                    text: "not really".into(),
+                    latency_ns: None
+                },
+                &Event::Reply {
+                    ts: 5,
+                    code: "OK".into(),
+                    enhanced: None,
+                    text: "noop done".into(),
+                    latency_ns: Some(1)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reused_tag_retires_the_command_that_lost_its_completion() {
+        // Clients that tag every command `.`: the CAPABILITY completion is lost, STARTTLS's
+        // completion must not pair with CAPABILITY.
+        let mut d = Imap::new(Privacy::default(), SessionStart::default());
+        d.data(S, b"* OK hi\r\n", 1);
+        d.data(C, b". CAPABILITY\r\n", 2);
+        d.gap(S, 50, 3);
+        d.data(C, b". STARTTLS\r\n", 4);
+        d.data(S, b". OK Begin TLS negotiation now\r\n", 5);
+        let ev = drain(&mut d);
+        assert!(ev.contains(&Event::TlsStarted { ts: 5 }), "{ev:?}");
+        assert!(ev.contains(&Event::Reply {
+            ts: 5,
+            code: "OK".into(),
+            enhanced: None,
+            text: "Begin TLS negotiation now".into(),
+            latency_ns: Some(1),
+        }));
+        assert_eq!(ids(&ev), vec!["gap-resync", "unpaired-command"]);
+    }
+
+    #[test]
+    fn an_unrecognised_line_shows_its_size_only() {
+        let (ev, r) = run(&[
+            (S, b"* OK hi\r\n"),
+            (C, b"t1 hunter2pass x\r\n"),
+            (S, b"t1 BAD what\r\n"),
+        ]);
+        assert_eq!(ev[2], cmd(2, "<unrecognised line, 18 bytes>", ""));
+        assert!(!format!("{ev:?}{r:?}").contains("HUNTER2PASS"));
+        assert_eq!(
+            r["commands"],
+            json!([{"verb": "OTHER", "count": 1, "errors": 1}])
+        );
+    }
+
+    #[test]
+    fn starttls_in_the_greeting_only_is_auth_before_tls_alone() {
+        let (ev, r) = run(&[
+            (
+                S,
+                b"* OK [CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN] ready\r\n",
+            ),
+            (C, b"a1 LOGIN alice secret1\r\n"),
+            (S, b"a1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n"),
+        ]);
+        let reason = "LOGIN sent in clear although the server offered STARTTLS";
+        assert!(ev.contains(&Event::Finding {
+            ts: 2 * MS,
+            finding: Finding::new("auth-before-tls", Severity::Warn, reason),
+        }));
+        assert_eq!(
+            r["findings"],
+            json!([{"id": "auth-before-tls", "severity": "warn", "reason": reason}])
+        );
+        assert_eq!(r["capabilities"], json!(["IMAP4rev1", "IDLE"]));
     }
 
     use proptest::strategy::Strategy as _;

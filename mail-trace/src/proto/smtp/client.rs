@@ -12,6 +12,9 @@ use crate::proto::line::Line;
 use crate::proto::Event;
 use crate::time::Ts;
 
+/// The first byte of a TLS handshake record (the ClientHello's).
+const TLS_HANDSHAKE: u8 = 22;
+
 impl Smtp {
     pub(super) fn client_data(&mut self, mut data: &[u8], ts: Ts) {
         while !data.is_empty() {
@@ -20,7 +23,16 @@ impl Smtp {
                 return;
             }
             match &mut self.client_mode {
+                ClientMode::Tls
+                    if std::mem::take(&mut self.starttls_probe) && data[0] != TLS_HANDSHAKE =>
+                {
+                    self.clear_after_starttls(ts);
+                }
                 ClientMode::Tls => {
+                    self.starttls_probe = false;
+                    if let Some(at) = self.starttls_event.take() {
+                        self.tls_started(at);
+                    }
                     if let Some(t) = self.tls.as_mut() {
                         t.data(Dir::ToServer, data);
                     }
@@ -50,7 +62,10 @@ impl Smtp {
                     data = &data[n..];
                     self.end_of_chunk_if_done(ts);
                 }
-                ClientMode::Command | ClientMode::Resync | ClientMode::AuthResponse => {
+                ClientMode::Command
+                | ClientMode::Resync
+                | ClientMode::AuthResponse
+                | ClientMode::MaybeSasl => {
                     let mut lines = std::mem::take(&mut self.client_lines);
                     let used = lines.feed(data, |line| self.client_line(&line, ts));
                     self.client_lines = lines;
@@ -58,6 +73,21 @@ impl Smtp {
                 }
             }
         }
+    }
+
+    /// A server reply came while resynchronising: the held command-shaped lines were
+    /// commands; they are read now, each at its own time.
+    pub(super) fn replay_resync_held(&mut self) {
+        let held = std::mem::take(&mut self.resync_held);
+        if held.is_empty() {
+            return;
+        }
+        let partial = std::mem::take(&mut self.client_lines);
+        self.client_mode = ClientMode::Command;
+        for (raw, ts) in held {
+            self.client_data(&raw, ts);
+        }
+        self.client_lines = partial;
     }
 
     pub(super) fn client_gap(&mut self, len: u64, ts: Ts) {
@@ -91,12 +121,19 @@ impl Smtp {
                     return;
                 }
             }
-            ClientMode::Command | ClientMode::Resync | ClientMode::AuthResponse => {}
+            ClientMode::Command
+            | ClientMode::Resync
+            | ClientMode::AuthResponse
+            | ClientMode::MaybeSasl => {}
         }
-        // Commands were lost: their replies can't be matched any more.
+        // Commands were lost, and perhaps a DATA: until a reply says otherwise the client may
+        // be inside a message. The commands still waiting keep their place (their replies come
+        // first); those sent from now on are paired on evidence only.
         self.client_lines.reset();
         self.client_mode = ClientMode::Resync;
-        self.pending.clear();
+        self.cmds_lost = true;
+        self.resync_reply = false;
+        self.resync_held.clear();
         self.lenient = true;
     }
 
@@ -106,13 +143,48 @@ impl Smtp {
         match self.client_mode {
             ClientMode::Resync => {
                 if line.text == b"." {
-                    // The end of a DATA we joined in the middle.
+                    // The end of a DATA we joined in the middle: what it held were body lines.
+                    self.resync_held.clear();
                     self.client_mode = ClientMode::Command;
                     self.push_pending(Awaiting::EndOfData(None), ts);
                     return true;
                 }
+                // A line shaped like a command is one only once a server reply showed that the
+                // client is not inside a message (a body line can look like anything).
                 let text = String::from_utf8_lossy(line.text);
                 if !command::looks_like_command(&text) {
+                    return true;
+                }
+                if !self.resync_reply {
+                    if self.resync_held.len() >= super::MAX_RESYNC_HELD {
+                        self.resync_held.remove(0);
+                    }
+                    let mut raw = line.text.to_vec();
+                    raw.extend_from_slice(b"\r\n");
+                    self.resync_held.push((raw, ts));
+                    return true;
+                }
+                self.client_mode = ClientMode::Command;
+            }
+            ClientMode::MaybeSasl => {
+                let text = String::from_utf8_lossy(line.text);
+                if !command::looks_like_command(&text) {
+                    // Not fed to the SASL exchange: which step it is is unknown (a password
+                    // must not become the user name).
+                    let text = self.line_anomalies(line, ts);
+                    let arg = crate::proto::auth::SaslExchange::response_arg(
+                        &text,
+                        self.privacy.show_secrets,
+                    );
+                    self.emit(Event::Command {
+                        ts,
+                        verb: RESPONSE_VERB.to_string(),
+                        arg,
+                    });
+                    self.push_pending(Awaiting::Auth, ts);
+                    if let Some(p) = self.pending.back_mut() {
+                        p.sure = false;
+                    }
                     return true;
                 }
                 self.client_mode = ClientMode::Command;
@@ -133,14 +205,17 @@ impl Smtp {
             _ => {}
         }
         let text = self.line_anomalies(line, ts);
-        self.command(&text, ts)
+        let wire = line.text.len() + if line.bare_lf { 1 } else { 2 };
+        self.command(&text, wire, ts)
     }
 
-    fn command(&mut self, text: &str, ts: Ts) -> bool {
+    /// `wire`: the line's bytes with its terminator.
+    fn command(&mut self, text: &str, wire: usize, ts: Ts) -> bool {
         let c = command::split(text);
         if !self.greeting_seen {
             self.anomaly_once("early-talker", ts);
-        } else if !self.pending.is_empty() {
+        } else if !self.pending.is_empty() && self.pending.iter().all(|p| p.sure) {
+            // Waiting commands whose replies may be lost say nothing about pipelining.
             self.facts.pipelined_commands += 1;
             if !self.offered("PIPELINING") {
                 self.facts.pipelined_without_offer += 1;
@@ -151,9 +226,16 @@ impl Smtp {
             "AUTH" => self.auth_command(c.arg),
             _ => c.arg.to_string(),
         };
+        // A line that is no command may be a password or a body line read out of place:
+        // only its size is shown by default.
+        let (verb, shown) = if c.known || self.privacy.show_secrets {
+            (c.verb.clone(), shown)
+        } else {
+            (format!("<unrecognised line, {wire} bytes>"), String::new())
+        };
         self.emit(Event::Command {
             ts,
-            verb: c.verb.clone(),
+            verb,
             arg: shown,
         });
         if !clear_before {
@@ -171,8 +253,13 @@ impl Smtp {
             "HELO" | "EHLO" | "LHLO" => {
                 let mut h = c.arg.trim().to_string();
                 truncate(&mut h, MAX_HELO);
-                self.helo = Some(h);
-                self.open_tx = None;
+                // Only a successful greeting resets the envelope (RFC 5321 §4.1.4) and
+                // names the client: the reply decides, and only for the transaction open
+                // now. Until one succeeds, the first name sent is all there is.
+                if self.helo.is_none() {
+                    self.helo = Some(h.clone());
+                }
+                self.helo_sent = Some((ts, self.open_tx, h));
                 if c.verb == "HELO" {
                     Awaiting::Other
                 } else {
@@ -181,12 +268,16 @@ impl Smtp {
             }
             "MAIL" => match command::path_arg(c.arg, "FROM:") {
                 Some(p) => {
+                    let before = self.open_tx;
                     let tx = Transaction {
                         mail_from: Some(self.capped(p.addr, ts)),
                         mail_params: self.capped_params(p.params, ts),
                         ..Transaction::default()
                     };
                     self.open_tx = self.new_tx(tx, ts);
+                    // A MAIL inside a transaction is refused (503) by a conforming server:
+                    // the reply decides whether the earlier one is still open.
+                    self.mail_displaced = before.zip(self.open_tx);
                     Awaiting::Mail(self.open_tx)
                 }
                 None => Awaiting::Other,
@@ -226,7 +317,9 @@ impl Smtp {
                     self.anomaly("bad-bdat", ts);
                     self.client_mode = ClientMode::Resync;
                     go_on = false;
-                    Awaiting::Other
+                    // Its refusal (501, 521, …) is the transaction's outcome: as a failing
+                    // BDAT chunk's is.
+                    Awaiting::Bdat(self.current_tx(ts), false)
                 }
             },
             "RSET" => {
@@ -250,7 +343,26 @@ impl Smtp {
             _ => Awaiting::Other,
         };
         self.push_pending(what, ts);
+        if c.verb == "QUIT" {
+            if let Some(p) = self.pending.back_mut() {
+                p.quit = true;
+            }
+        }
         go_on
+    }
+
+    /// The 220 to STARTTLS was followed by something other than a TLS record (a client
+    /// that ignores the reply, or a capture decrypted after the fact): it is SMTP again,
+    /// and no TLS is claimed.
+    fn clear_after_starttls(&mut self, ts: Ts) {
+        self.tls = None;
+        self.tls_mode = None;
+        self.starttls_clear = true;
+        self.starttls_event = None;
+        self.client_mode = ClientMode::Command;
+        self.client_lines.reset();
+        self.server_lines.reset();
+        self.anomaly("clear-after-starttls", ts);
     }
 
     fn add_rcpt(

@@ -28,7 +28,8 @@ impl Smtp {
                 .starttls_code
                 .filter(|c| *c != 220)
                 .map(|c| c.to_string()),
-            started: self.tls_mode == Some("starttls"),
+            // Carrying on in clear after the 220 is a STARTTLS without a ClientHello.
+            started: self.tls_mode == Some("starttls") || self.starttls_clear,
             client_hello: self
                 .tls
                 .as_ref()
@@ -42,6 +43,9 @@ impl Smtp {
         let mut out = Vec::new();
         for x in f::tls_findings(&self.tls_picture(), "STARTTLS") {
             f::push(&mut out, x);
+        }
+        if let Some(why) = self.tls_info().and_then(|i| i.failed.as_deref()) {
+            f::push(&mut out, f::tls_handshake_failed(why));
         }
         if let Some(h) = &self.helo {
             let client = self.start.client.map(|c| c.ip());

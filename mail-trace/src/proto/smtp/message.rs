@@ -327,11 +327,33 @@ fn bounded(s: &str) -> String {
     s
 }
 
+/// A display name as a reader can take it back: quoted (RFC 5322 §3.2.4) when it holds a
+/// character that would otherwise split or end it, so `"jam,abrakadabra.ch" <x@y>` stays one
+/// address.
+fn display_name(n: &str) -> std::borrow::Cow<'_, str> {
+    const SPECIALS: &[char] = &[
+        '(', ')', '<', '>', '[', ']', ':', ';', '@', '\\', ',', '.', '"',
+    ];
+    if !n.contains(SPECIALS) {
+        return n.into();
+    }
+    let mut q = String::with_capacity(n.len() + 2);
+    q.push('"');
+    for c in n.chars() {
+        if matches!(c, '"' | '\\') {
+            q.push('\\');
+        }
+        q.push(c);
+    }
+    q.push('"');
+    q.into()
+}
+
 fn addresses(a: &Address<'_>) -> String {
     let list: Vec<String> = a
         .iter()
         .map(|addr| match (addr.name(), addr.address()) {
-            (Some(n), Some(a)) => format!("{n} <{a}>"),
+            (Some(n), Some(a)) => format!("{} <{a}>", display_name(n)),
             (None, Some(a)) => a.to_string(),
             (Some(n), None) => n.to_string(),
             (None, None) => String::new(),
@@ -351,7 +373,72 @@ pub fn summarise(block: &[u8]) -> Option<HeaderSummary> {
     crate::guard::quietly(|| summarise_unguarded(block))
 }
 
+/// windows-1252's characters for 0x80..=0x9F (the five it leaves undefined map to the C1
+/// control of the same value, as WHATWG's decoder does); 0xA0..=0xFF are Latin-1's.
+const CP1252_HIGH: [char; 32] = [
+    '\u{20AC}', '\u{81}', '\u{201A}', '\u{192}', '\u{201E}', '\u{2026}', '\u{2020}', '\u{2021}',
+    '\u{2C6}', '\u{2030}', '\u{160}', '\u{2039}', '\u{152}', '\u{8D}', '\u{17D}', '\u{8F}',
+    '\u{90}', '\u{2018}', '\u{2019}', '\u{201C}', '\u{201D}', '\u{2022}', '\u{2013}', '\u{2014}',
+    '\u{2DC}', '\u{2122}', '\u{161}', '\u{203A}', '\u{153}', '\u{9D}', '\u{17E}', '\u{178}',
+];
+
+fn cp1252(b: u8) -> char {
+    match b {
+        0x80..=0x9F => CP1252_HIGH[usize::from(b - 0x80)],
+        _ => char::from(b),
+    }
+}
+
+/// The header block as mail-parser should see it. Unfolded here, where a fold's CRLF is
+/// all that goes (RFC 5322 §2.2.3): mail-parser collapses the whitespace around a fold,
+/// and with it a run of spaces the sender put in a Subject. And as UTF-8: bytes that are
+/// not (8-bit header text with no charset to declare one) are read as windows-1252, the
+/// fallback mail clients use, instead of becoming U+FFFD.
+fn normalise(block: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let folded = block
+        .windows(2)
+        .any(|w| w[0] == b'\n' && matches!(w[1], b' ' | b'\t'));
+    if !folded && std::str::from_utf8(block).is_ok() {
+        return block.into();
+    }
+    let mut out = Vec::with_capacity(block.len() + block.len() / 8);
+    let mut rest = block;
+    while !rest.is_empty() {
+        match std::str::from_utf8(rest) {
+            Ok(s) => {
+                out.extend_from_slice(s.as_bytes());
+                rest = &[];
+            }
+            Err(e) => {
+                let (good, bad) = rest.split_at(e.valid_up_to());
+                out.extend_from_slice(good);
+                let n = e.error_len().unwrap_or(bad.len());
+                for &b in &bad[..n] {
+                    let mut buf = [0; 4];
+                    out.extend_from_slice(cp1252(b).encode_utf8(&mut buf).as_bytes());
+                }
+                rest = &bad[n..];
+            }
+        }
+    }
+    let mut unfolded = Vec::with_capacity(out.len());
+    let mut i = 0;
+    while i < out.len() {
+        let fold = |j: usize| out.get(j).is_some_and(|b| matches!(b, b' ' | b'\t'));
+        match out[i] {
+            b'\r' if out.get(i + 1) == Some(&b'\n') && fold(i + 2) => i += 2,
+            b'\n' if fold(i + 1) => i += 1,
+            b => {
+                unfolded.push(b);
+                i += 1;
+            }
+        }
+    }
+    unfolded.into()
+}
+
 fn summarise_unguarded(block: &[u8]) -> HeaderSummary {
+    let block = &*normalise(block);
     let parser = MessageParser::new()
         .header_address(HeaderName::From)
         .header_address(HeaderName::To)
@@ -659,6 +746,42 @@ Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; bounda
         with_subject.extend(&block);
         let sum = summarise(&with_subject).unwrap();
         assert_eq!(sum.headers.subject.as_deref(), Some("hi"));
+    }
+
+    #[test]
+    fn unfolding_keeps_the_senders_spaces() {
+        let sum = summarise(b"Subject: a   b\r\n   c\td\r\n\te\r\nTo: x@y\r\n\r\n").unwrap();
+        // Only each fold's CRLF goes: "a   b" + "   c\td" + "\te".
+        assert_eq!(sum.headers.subject.as_deref(), Some("a   b   c\td\te"));
+        assert_eq!(sum.headers.to.as_deref(), Some("x@y"));
+    }
+
+    #[test]
+    fn display_names_keep_their_quotes() {
+        let sum = summarise(
+            b"From: \"jam,abrakadabra.ch\" <x@y>\r\nTo: \"a \\\"q\\\" b\" <a@b>, Plain Name <p@q>\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            sum.headers.from.as_deref(),
+            Some("\"jam,abrakadabra.ch\" <x@y>")
+        );
+        assert_eq!(
+            sum.headers.to.as_deref(),
+            Some("\"a \\\"q\\\" b\" <a@b>, Plain Name <p@q>")
+        );
+        assert_eq!(sum.from_domain.as_deref(), Some("y"));
+    }
+
+    #[test]
+    fn undeclared_8bit_reads_as_windows_1252() {
+        let sum =
+            summarise(b"Subject: caf\xe9 \x93q\x94 \x80\r\nCc: Ren\xe9 <r@x>\r\n\r\n").unwrap();
+        assert_eq!(sum.headers.subject.as_deref(), Some("café “q” €"));
+        assert_eq!(sum.headers.cc.as_deref(), Some("René <r@x>"));
+        // Valid UTF-8 (RFC 6532) is left as it is.
+        let sum = summarise("Subject: café\r\n\r\n".as_bytes()).unwrap();
+        assert_eq!(sum.headers.subject.as_deref(), Some("café"));
     }
 
     fn subject(charset: &str, raw: &[u8]) -> Option<String> {

@@ -15,19 +15,26 @@
 //! - `ehlo` lists each capability line of the last successful EHLO reply, the
 //!   keyword upper-cased and its parameters as sent ("SIZE 10240000",
 //!   "AUTH PLAIN LOGIN"); it is empty when no EHLO succeeded.
-//! - Every transaction is kept, whatever became of it: RSET, QUIT or a new
-//!   MAIL end it; `reply` null means no message was accepted. `data_code` is the
-//!   reply to DATA (354, or the refusal such as 554).
-//! - A gap in the command stream drops the partial line and the queue of
-//!   unanswered commands (their replies may be lost too, so matching restarts
-//!   at the next command); replies without a command are then not anomalies
-//!   until one matches. A gap inside DATA/BDAT adds its length to `size` and
-//!   marks the message incomplete; the end-of-data search continues.
-//! - Mid-stream pickup (`partial`): client lines are skipped until one is
-//!   strictly shaped like a command (`MAIL FROM:`, `RCPT TO:`, `DATA`, …) or
-//!   is a lone "." — the end of a DATA we joined in the middle, whose reply
-//!   (usually 250 with a queue id) is then matched to it. Server lines are
-//!   skipped until one is a reply line.
+//! - Every transaction is kept, whatever became of it: RSET, QUIT, an EHLO/HELO
+//!   answered 2xx or a new MAIL end it; `reply` null means no message was accepted.
+//!   `data_code` is the reply to DATA (354, or the refusal such as 554). A refused
+//!   EHLO/HELO ends nothing (RFC 5321 §4.1.4), and a MAIL refused while a transaction
+//!   was open is kept as its own, the earlier one going on with what followed it.
+//! - After STARTTLS's 220, a client whose first byte is not a TLS record went on in
+//!   clear: it is read as SMTP again (`clear-after-starttls`), and `tls` stays false.
+//! - After a loss (a gap either way, a pickup) replies are paired on evidence
+//!   only (resync.rs): the commands whose replies may be lost, and those sent
+//!   after lost commands, are not sure; such a command takes a reply only it
+//!   can answer (334, 354, …) or, when it is the one waiting, any reply that
+//!   fits; untimed. Otherwise `unpaired-reply` / `unpaired-command`. A gap
+//!   inside DATA/BDAT adds its length to `size` and marks the message
+//!   incomplete; the end-of-data search continues.
+//! - After a client gap or a pickup (`partial`): lines strictly shaped like a
+//!   command (`MAIL FROM:`, `RCPT TO:`, `DATA`, …) are held until a server
+//!   reply shows they were commands (a body gets no reply before its "."); a
+//!   lone "." ends a DATA we joined in the middle, whose reply (usually 250
+//!   with a queue id) is then matched to it. Server lines are skipped until
+//!   one is a reply line.
 //! - The DATA end is CRLF "." CRLF only; a "." next to a bare LF is counted
 //!   (fact `fake_end_markers`, anomaly `fake-end-of-data`), not obeyed.
 //!
@@ -42,6 +49,8 @@
 //! | `non-utf8` | a command or reply that is not UTF-8 (shown lossily) |
 //! | `unknown-command` | a verb this dissector does not know (shown as sent) |
 //! | `unexpected-reply` | a reply with no command waiting for it |
+//! | `unpaired-reply` | after a loss, a reply that cannot be attributed to a command |
+//! | `unpaired-command` | after a loss, a command whose reply was lost (a later reply only a later command could answer came) |
 //! | `bad-reply` | a server line that is not `NNN[ -]text` |
 //! | `reply-code-mismatch` | lines of one multi-line reply carry different codes |
 //! | `early-talker` | the client spoke before the greeting |
@@ -51,6 +60,7 @@
 //! | `too-many-transactions` | more than [`MAX_TRANSACTIONS`] in one session (not recorded) |
 //! | `too-many-recipients` | more than [`MAX_RCPT`] in one transaction or [`MAX_SESSION_RCPT`] in the session (not recorded) |
 //! | `address-too-long` | a MAIL/RCPT address or parameter value over [`MAX_ADDR`] octets (cut) |
+//! | `clear-after-starttls` | STARTTLS was accepted but the client went on in clear (read as SMTP) |
 //! | `hold-overflow` | more than [`MAX_HOLD`] bytes sent before the reply deciding how to read them (dropped as a gap) |
 mod client;
 mod command;
@@ -58,6 +68,7 @@ mod findings;
 mod message;
 mod record;
 mod reply;
+mod resync;
 mod server;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -99,6 +110,8 @@ pub const MAX_HOLD: usize = 256 * 1024;
 pub const MAX_EVENTS: usize = 65536;
 /// Events per anomaly id; further ones are only counted.
 pub const MAX_SAME_ANOMALY: u64 = 8;
+/// Command-shaped lines held while resynchronising (the oldest are dropped).
+const MAX_RESYNC_HELD: usize = 64;
 /// Longest HELO argument kept.
 const MAX_HELO: usize = 255;
 
@@ -177,6 +190,12 @@ struct Pending {
     what: Awaiting,
     /// Last byte of the command (for BDAT: of its chunk).
     ts: Ts,
+    /// Its reply is the next one once those before it are answered: nothing was lost since it
+    /// was sent, or a reply only it could answer realigned the queue. Otherwise (after a loss)
+    /// a reply is paired with it only on evidence, and without a latency.
+    sure: bool,
+    /// QUIT (a 221 answers only it).
+    quit: bool,
 }
 
 /// How the client's next bytes are read.
@@ -185,8 +204,14 @@ enum ClientMode {
     Resync,
     Command,
     AuthResponse,
+    /// After a loss, an AUTH whose outcome is unknown: a line not shaped like a command is a
+    /// SASL response (redacted).
+    MaybeSasl,
     Data,
-    Bdat { remaining: u64, last: bool },
+    Bdat {
+        remaining: u64,
+        last: bool,
+    },
     Tls,
 }
 
@@ -222,6 +247,16 @@ pub struct Smtp {
     hold: Option<Hold>,
     /// Replies without a command are expected (after a gap or pickup).
     lenient: bool,
+    /// Client bytes were lost (or the session picked up): replies to commands never seen may
+    /// come before those of the commands sent since, which are not [`Pending::sure`].
+    cmds_lost: bool,
+    /// While resynchronising the client side: a server reply other than 354 came since the
+    /// loss, so the client is not inside a message (a line shaped like a command is one).
+    resync_reply: bool,
+    /// While resynchronising, before any such reply: the lines shaped like commands (with
+    /// their terminators, and when each came). A server reply shows they were commands (a
+    /// client inside a message gets none before its "."); a "." that they were body lines.
+    resync_held: Vec<(Vec<u8>, Ts)>,
     greeting_seen: bool,
     greeting: Option<Greeting>,
     helo: Option<String>,
@@ -230,9 +265,16 @@ pub struct Smtp {
     tls_mode: Option<&'static str>,
     tls_event_due: bool,
     sasl: Option<SaslExchange>,
+    /// A step of the SASL exchange was lost: which response is which is unknown, so none more
+    /// is fed to `sasl` (a password must not be read as the user name).
+    sasl_lost: bool,
     auth_code: Option<u16>,
     transactions: Vec<Transaction>,
     open_tx: Option<usize>,
+    /// The last EHLO/HELO waiting for its reply: its time, the transaction then open, its name.
+    helo_sent: Option<(Ts, Option<usize>, String)>,
+    /// A MAIL sent with a transaction open: (that transaction, the MAIL's own).
+    mail_displaced: Option<(usize, usize)>,
     /// The message being read and its transaction.
     body: Option<(Option<usize>, message::BodyScanner)>,
     facts: SessionFacts,
@@ -240,6 +282,12 @@ pub struct Smtp {
     plaintext: bool,
     /// The reply to STARTTLS.
     starttls_code: Option<u16>,
+    /// STARTTLS was accepted and the client's first byte after it is still to come.
+    starttls_probe: bool,
+    /// The `TlsStarted` event for that 220, due once the client's first byte is TLS.
+    starttls_event: Option<Ts>,
+    /// … and that byte began no TLS record: the client carried on in clear.
+    starttls_clear: bool,
     /// The first AUTH sent in clear, as shown ("AUTH PLAIN").
     auth_clear: Option<String>,
     /// Per-message findings, decided at the end of each message.
@@ -266,6 +314,9 @@ impl Smtp {
             pending: VecDeque::new(),
             hold: None,
             lenient: false,
+            cmds_lost: false,
+            resync_reply: false,
+            resync_held: Vec::new(),
             greeting_seen: false,
             greeting: None,
             helo: None,
@@ -274,13 +325,19 @@ impl Smtp {
             tls_mode: None,
             tls_event_due: false,
             sasl: None,
+            sasl_lost: false,
             auth_code: None,
             transactions: Vec::new(),
             open_tx: None,
+            helo_sent: None,
+            mail_displaced: None,
             body: None,
             facts: SessionFacts::default(),
             plaintext: false,
             starttls_code: None,
+            starttls_probe: false,
+            starttls_event: None,
+            starttls_clear: false,
             auth_clear: None,
             message_findings: Vec::new(),
             rcpts: 0,
@@ -296,6 +353,7 @@ impl Smtp {
             s.server_resync = true;
             s.greeting_seen = true;
             s.lenient = true;
+            s.cmds_lost = true;
         }
         s
     }
@@ -355,7 +413,12 @@ impl Smtp {
             self.pending.pop_front();
             self.anomaly("too-many-pending", ts);
         }
-        self.pending.push_back(Pending { what, ts });
+        self.pending.push_back(Pending {
+            what,
+            ts,
+            sure: !self.cmds_lost,
+            quit: false,
+        });
     }
 
     /// Holds the client's following bytes until the reply to `until`.
@@ -545,6 +608,11 @@ impl Dissector for Smtp {
             return self.plaintext;
         }
         self.plaintext = true;
+        // The plaintext of a TLS session: it did begin.
+        self.starttls_probe = false;
+        if let Some(at) = self.starttls_event.take() {
+            self.tls_started(at);
+        }
         self.client_mode = ClientMode::Command;
         self.client_lines = LineBuffer::new();
         self.server_lines = LineBuffer::new();
@@ -601,6 +669,7 @@ impl Smtp {
         }
         let shown = SaslExchange::command_arg(&sasl.mechanism, ir, self.privacy.show_secrets);
         self.sasl = Some(sasl);
+        self.sasl_lost = false;
         self.auth_code = None;
         if self.tls.is_none() {
             self.facts.auth_in_clear = true;
@@ -612,7 +681,7 @@ impl Smtp {
     }
 
     fn auth_response(&mut self, line: &str) -> String {
-        if let Some(s) = self.sasl.as_mut() {
+        if let Some(s) = self.sasl.as_mut().filter(|_| !self.sasl_lost) {
             s.client_response(line);
         }
         SaslExchange::response_arg(line, self.privacy.show_secrets)
@@ -625,3 +694,5 @@ impl Smtp {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_classes;

@@ -3,7 +3,8 @@
 
 use super::message::BodyScanner;
 use super::reply::{self, Reply, ReplyBuilder};
-use super::{Awaiting, ClientMode, Greeting, Smtp};
+use super::resync::{self, Answers};
+use super::{Awaiting, ClientMode, Greeting, Pending, Smtp};
 use crate::flow::Dir;
 use crate::proto::line::Line;
 use crate::proto::tls::TlsHellos;
@@ -46,14 +47,83 @@ impl Smtp {
         self.building = None;
         self.server_resync = true;
         self.lenient = true;
-        self.pending.clear();
-        // The deciding reply may be lost: read the held bytes the likely way.
+        // Before its first reply: the greeting is what was lost.
+        self.greeting_seen = true;
+        self.resync_reply = false;
+        // The replies of the commands waiting may be lost: they are paired on evidence only.
+        for p in &mut self.pending {
+            p.sure = false;
+        }
+        // The deciding reply may be lost. TLS is read the likely way at once (its bytes are no
+        // lines); an AUTH's client lines are SASL responses unless shaped like commands; DATA's
+        // held bytes wait for a reply that tells whether the message was sent.
         if let Some(h) = &self.hold {
             let until = h.until;
-            self.decide(until, None);
-            if self.tls.is_some() {
-                self.tls_started(ts);
+            match until {
+                Awaiting::StartTls | Awaiting::Auth => {
+                    self.decide(until, None);
+                    if self.tls.is_some() {
+                        self.tls_started(ts);
+                    }
+                    self.release_hold();
+                }
+                _ => {}
             }
+        }
+    }
+
+    /// The waiting command `r` answers, and whether it is timed (paired without doubt).
+    /// After a loss it takes evidence: see [`resync`].
+    fn pair(&mut self, r: &Reply, ts: Ts) -> Option<(Pending, bool)> {
+        loop {
+            // A reply can't answer a command sent after it began.
+            let front = *self.pending.front().filter(|p| p.ts <= ts)?;
+            if front.sure {
+                return self.pending.pop_front().map(|p| (p, true));
+            }
+            let kind = resync::answers(r);
+            let n = self.pending.iter().take_while(|p| p.ts <= ts).count();
+            let fits = |p: &Pending| resync::can_answer(p.what, p.quit, kind, r.code);
+            let pick = match kind {
+                // Only the one command waiting can be sure to get a reply that fits anything.
+                Answers::Any => (n == 1 && fits(&front)).then_some(0),
+                // SASL goes step by step: the latest step sent before the reply.
+                Answers::AuthStep | Answers::AuthOutcome => {
+                    (0..n).rev().find(|&k| fits(&self.pending[k]))
+                }
+                _ => (0..n).find(|&k| fits(&self.pending[k])),
+            };
+            if let Some(k) = pick {
+                for _ in 0..k {
+                    self.pending.pop_front();
+                    self.anomaly("unpaired-command", ts);
+                }
+                let p = self.pending.pop_front()?;
+                if kind != Answers::Any {
+                    // Realigned: the commands after it get the replies after this one.
+                    for q in &mut self.pending {
+                        q.sure = true;
+                    }
+                    self.cmds_lost = false;
+                }
+                return Some((p, false));
+            }
+            // No command up to the one the held client bytes wait for can take this reply:
+            // that command's deciding reply was lost. Read the held bytes the likely way. (Not
+            // when commands were lost: the reply may be theirs.)
+            if self.cmds_lost {
+                return None;
+            }
+            let until = self.hold.as_ref().map(|h| h.until)?;
+            let u = (0..n).find(|&k| self.pending[k].what == until)?;
+            if (0..=u).any(|k| fits(&self.pending[k])) {
+                return None;
+            }
+            for _ in 0..=u {
+                self.pending.pop_front();
+                self.anomaly("unpaired-command", ts);
+            }
+            self.decide(until, None);
             self.release_hold();
         }
     }
@@ -98,25 +168,52 @@ impl Smtp {
             self.emit_reply(&r, ts, None);
             return true;
         }
-        // A reply can't answer a command sent after it began.
-        let answerable = self.pending.front().is_some_and(|p| p.ts <= ts);
-        let Some(p) = answerable.then(|| self.pending.pop_front()).flatten() else {
+        if matches!(self.client_mode, ClientMode::Resync) && r.code != 421 {
+            self.replay_resync_held();
+        }
+        if matches!(self.client_mode, ClientMode::Resync) {
+            if r.code == 354 {
+                // A DATA we did not see was accepted: the client sends a message now.
+                self.body = Some((None, BodyScanner::new(true)));
+                if let Some((_, s)) = self.body.as_mut() {
+                    s.gap(0);
+                }
+                self.client_mode = ClientMode::Data;
+            } else if r.code != 421 {
+                self.resync_reply = true;
+            }
+        }
+        let Some((p, timed)) = self.pair(&r, ts) else {
             self.emit_reply(&r, ts, None);
             // 421 may come unasked (the server is closing the session).
-            if !self.lenient && r.code != 421 {
-                self.anomaly("unexpected-reply", ts);
+            if r.code != 421 {
+                let id = if self.lenient {
+                    "unpaired-reply"
+                } else {
+                    "unexpected-reply"
+                };
+                self.anomaly(id, ts);
             }
             return true;
         };
-        self.lenient = false;
+        // Replies of lost commands may still come until the queue is realigned.
+        if timed && !self.cmds_lost {
+            self.lenient = false;
+        }
         let mut r = r;
         if matches!(p.what, Awaiting::Auth) {
             self.redact_auth_echo(&mut r);
         }
-        self.emit_reply(&r, ts, Some(ts.saturating_sub(p.ts)));
+        let latency = timed.then(|| ts.saturating_sub(p.ts));
+        self.emit_reply(&r, ts, latency);
         let code = r.code;
         match p.what {
+            // HELO waits as `Other`: it is known by its command's time.
+            Awaiting::Other if self.helo_sent.as_ref().is_some_and(|h| h.0 == p.ts) => {
+                self.helo_reply(code);
+            }
             Awaiting::Ehlo if code / 100 == 2 => {
+                self.helo_reply(code);
                 self.ehlo = r
                     .lines
                     .iter()
@@ -128,6 +225,20 @@ impl Smtp {
                     .collect();
             }
             Awaiting::Mail(tx) => {
+                if let Some((before, new)) = self.mail_displaced.take().filter(|d| Some(d.1) == tx)
+                {
+                    let before_ok = self
+                        .transactions
+                        .get(before)
+                        .and_then(|t| t.mail_reply.as_ref())
+                        .is_some_and(|m| m.code / 100 == 2);
+                    if code / 100 != 2 && before_ok && self.open_tx == Some(new) {
+                        // Refused inside a transaction: the earlier one goes on, with
+                        // what was pipelined after the refused MAIL.
+                        self.open_tx = Some(before);
+                        self.retarget(new, before);
+                    }
+                }
                 let bytes = r.lines.iter().map(String::len).sum::<usize>();
                 if let Some(t) = self.tx_mut(tx) {
                     t.mail_reply = Some(r);
@@ -159,7 +270,9 @@ impl Smtp {
                 self.decide(p.what, Some(code));
                 let tls = self.tls.is_some();
                 if tls {
-                    self.tls_started(ts);
+                    // Said once the client's first byte is a TLS record: it may go on in
+                    // clear instead. Dated from this reply.
+                    self.starttls_event = Some(ts);
                 }
                 self.release_hold();
                 return !tls;
@@ -177,6 +290,60 @@ impl Smtp {
             Awaiting::Ehlo | Awaiting::Rcpt(_, None) | Awaiting::Other => {}
         }
         true
+    }
+
+    /// The reply to EHLO/HELO: only a successful one resets the envelope (RFC 5321
+    /// §4.1.4), and only the transaction that was open when it was sent (a MAIL sent
+    /// after it began a new one).
+    fn helo_reply(&mut self, code: u16) {
+        let Some((_, open, name)) = self.helo_sent.take() else {
+            return;
+        };
+        if code / 100 != 2 {
+            return;
+        }
+        self.helo = Some(name);
+        if self.open_tx == open {
+            self.open_tx = None;
+        }
+    }
+
+    /// Moves what was recorded for transaction `from` since its MAIL (recipients, BDAT
+    /// chunks, the waiting commands, the message being read) to `to`.
+    fn retarget(&mut self, from: usize, to: usize) {
+        let (Some(f), Some(t)) = (self.transactions.get(from), self.transactions.get(to)) else {
+            return;
+        };
+        let base = t.rcpt.len();
+        if base + f.rcpt.len() > super::MAX_RCPT {
+            return;
+        }
+        let moved = std::mem::take(&mut self.transactions[from].rcpt);
+        let chunks = std::mem::take(&mut self.transactions[from].bdat_chunks);
+        let data_code = self.transactions[from].data_code.take();
+        let t = &mut self.transactions[to];
+        t.rcpt.extend(moved);
+        t.bdat_chunks += chunks;
+        t.data_code = data_code.or(t.data_code);
+        let re = |t: Option<usize>| if t == Some(from) { Some(to) } else { t };
+        let map = |w: Awaiting| match w {
+            Awaiting::Rcpt(t, i) if t == Some(from) => {
+                Awaiting::Rcpt(Some(to), i.map(|i| i + base))
+            }
+            Awaiting::Data(t) => Awaiting::Data(re(t)),
+            Awaiting::EndOfData(t) => Awaiting::EndOfData(re(t)),
+            Awaiting::Bdat(t, last) => Awaiting::Bdat(re(t), last),
+            w => w,
+        };
+        for p in &mut self.pending {
+            p.what = map(p.what);
+        }
+        if let Some(h) = &mut self.hold {
+            h.until = map(h.until);
+        }
+        if let Some((t, _)) = &mut self.body {
+            *t = re(*t);
+        }
     }
 
     /// A reply within an AUTH exchange that echoes what the client sent (the base64
@@ -215,11 +382,19 @@ impl Smtp {
             Awaiting::StartTls if code.is_none_or(|c| c == 220) => {
                 self.tls = Some(TlsHellos::new());
                 self.tls_mode = Some("starttls");
+                self.starttls_probe = true;
                 self.client_lines.reset();
                 self.client_mode = ClientMode::Tls;
             }
             Awaiting::Auth if code == Some(334) => {
                 self.client_mode = ClientMode::AuthResponse;
+            }
+            Awaiting::Auth if code.is_none() => {
+                self.client_mode = ClientMode::MaybeSasl;
+                self.sasl_lost = true;
+            }
+            Awaiting::Auth if matches!(self.client_mode, ClientMode::MaybeSasl) => {
+                self.client_mode = ClientMode::Command;
             }
             _ => {}
         }
