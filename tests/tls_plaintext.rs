@@ -499,3 +499,129 @@ fn capture_prints_a_line_per_plaintext_chunk_and_no_content() {
         "{err_text}"
     );
 }
+
+/// An unprivileged local user cannot choose where the TLS probes go (issue 17): a process of
+/// `nobody` whose executable is named `smtpd` and that maps a libssl from a directory of its
+/// own is passed over with a one-line reason, and the same library named with `--libssl` is
+/// refused (it is not root's: whoever owns it can put any code at the probed offsets).
+#[test]
+fn uprobe_targets_of_unprivileged_users_are_refused() {
+    require_root("tls_plaintext");
+    let _one = serial();
+    let dir = common::TempDir::new("uprobe");
+    let d = dir.path();
+    let chown = |p: &Path| {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid C string; 65534 is nobody.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+    };
+    let exe = d.join("smtpd");
+    let lib = d.join("libssl.so.3");
+    std::fs::copy("/bin/sleep", &exe).expect("copy sleep");
+    let real = [
+        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+        "/lib/x86_64-linux-gnu/libssl.so.3",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("the system's libssl.so.3");
+    std::fs::copy(real, &lib).expect("copy libssl");
+    chown(&exe);
+    chown(&lib);
+    let mut sleeper = Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg("/usr/bin/env")
+        .arg(format!("LD_PRELOAD={}", lib.display()))
+        .arg(&exe)
+        .arg("120")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the fake smtpd");
+    let pid = sleeper.id();
+    wait_for(
+        Duration::from_secs(20),
+        "the fake smtpd maps its libssl",
+        || {
+            let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+            maps.contains(&lib.display().to_string()).then_some(())
+        },
+    );
+    let reason = format!(
+        "the libraries of pid {pid} ({}): owned by uid 65534, not root",
+        exe.display()
+    );
+
+    // Chosen from the running processes: the fake one is named with its reason. Other mail
+    // daemons may run here (then the capture starts and is stopped), or none (then it exits).
+    let err = d.join("auto.stderr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mail-trace"))
+        .args(["capture", "--tls-plaintext", "-i", "lo"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).expect("create stderr file"))
+        .spawn()
+        .expect("spawn mail-trace capture");
+    let stderr = || std::fs::read_to_string(&err).unwrap_or_default();
+    let started = wait_for(
+        Duration::from_secs(60),
+        "capture started or refused",
+        || {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Some(false);
+            }
+            stderr().contains("mail-trace: running as").then_some(true)
+        },
+    );
+    if started {
+        signal(child.id(), libc::SIGINT);
+    }
+    let status = wait_child(&mut child, Duration::from_secs(30));
+    let _ = child.kill();
+    let text = stderr();
+    if started {
+        assert!(
+            text.contains(&format!(
+                "mail-trace: --tls-plaintext: not probing {reason}\n"
+            )),
+            "{text}"
+        );
+        let from = text
+            .lines()
+            .find(|l| l.starts_with("mail-trace: TLS plaintext from"))
+            .expect("the libraries probed");
+        assert!(!from.contains(&d.display().to_string()), "{from}");
+    } else {
+        assert!(!status.expect("exited").success(), "{text}");
+        assert!(
+            text.contains(&format!(
+                "--tls-plaintext: no running mail daemon maps a libssl.so that may be probed; \
+                 name it with --libssl PATH (refused: {reason})"
+            )),
+            "{text}"
+        );
+    }
+
+    // Named by the operator: refused all the same, in one line, and nothing is attached.
+    let out = run(
+        Command::new(env!("CARGO_BIN_EXE_mail-trace"))
+            .args(["capture", "--tls-plaintext", "-i", "lo", "--libssl"])
+            .arg(&lib),
+        Duration::from_secs(60),
+        "capture --libssl",
+    );
+    let text = &out.stderr;
+    assert!(!out.status.success(), "{text}");
+    let line = format!(
+        "--tls-plaintext: no --libssl file may be probed (refused: {}: owned by uid 65534, not root)",
+        lib.display()
+    );
+    assert!(text.contains(&line), "{text}");
+    assert_eq!(
+        text.lines().count(),
+        text.lines().filter(|l| l.starts_with("mail-trace")).count(),
+        "{text}"
+    );
+
+    signal(pid, libc::SIGKILL);
+    let _ = sleeper.wait();
+}

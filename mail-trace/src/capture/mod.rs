@@ -68,3 +68,4 @@ pub mod kernel;
 pub mod procfs;
 mod tcfilter;
 pub mod uprobe;
+pub mod uprobe_target;

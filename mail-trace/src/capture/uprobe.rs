@@ -1,17 +1,16 @@
 //! `--tls-plaintext`: uprobes on the TLS library the mail daemons use, and the
 //! plaintext records they put into the packet ring.
 //!
-//! Which library: the `libssl.so*` mapped by running smtpd, smtp, tlsproxy,
-//! dovecot, imap-login, pop3-login, imap or pop3 processes (from
-//! /proc/PID/maps), or `--libssl PATH`. The probes fire only in processes that
-//! map that file; `--pid` narrows them to one process in the kernel, `--comm`
-//! filters in userspace.
+//! Which library: the `libssl.so*` mapped by running mail daemons (smtpd, smtp,
+//! tlsproxy, dovecot, imap-login, pop3-login, imap or pop3 executables owned by
+//! root, from /proc/PID/maps), or `--libssl PATH`; each checked and pinned as
+//! [`super::uprobe_target`] says. The probes fire only in processes that map that
+//! file; `--pid` narrows them to one process in the kernel, `--comm` filters in
+//! userspace.
 use std::{
-    collections::BTreeSet,
-    fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     num::NonZeroU32,
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use aya::programs::{uprobe::UProbeScope, RawTracePoint, UProbe};
@@ -20,20 +19,18 @@ use mail_trace_common::tls::{
     FLAG_TLS_READ, FLAG_TLS_WRITE,
 };
 
-use super::ebpf::{chain, os_error, CaptureError, EbpfCapture};
+use super::{
+    ebpf::{chain, os_error, CaptureError, EbpfCapture},
+    uprobe_target::{self, Targets},
+};
 use crate::time::Ts;
 
-/// Process names whose libssl is probed when no `--libssl` is given.
-pub const MAIL_DAEMONS: [&str; 8] = [
-    "smtpd",
-    "smtp",
-    "tlsproxy",
-    "dovecot",
-    "imap-login",
-    "pop3-login",
-    "imap",
-    "pop3",
-];
+/// What [`EbpfCapture::attach_tls`] probed, and what it refused (one line each).
+#[derive(Debug, Default)]
+pub struct Probed {
+    pub libs: Vec<String>,
+    pub refused: Vec<String>,
+}
 
 /// The TLS library calls probed: (symbol, return program).
 const CALLS: [(&str, &str); 4] = [
@@ -157,40 +154,6 @@ pub fn decode(rec: &[u8], epoch_offset: i128) -> Option<Plaintext> {
     })
 }
 
-/// The libssl files mapped by running mail daemons.
-pub fn daemon_libssl() -> Vec<PathBuf> {
-    let mut found = BTreeSet::new();
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if !MAIL_DAEMONS.contains(&comm.trim_end()) {
-            continue;
-        }
-        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-        found.extend(libssl_in_maps(&maps));
-    }
-    found.into_iter().collect()
-}
-
-/// Paths of libssl.so* in a /proc/PID/maps text.
-fn libssl_in_maps(maps: &str) -> BTreeSet<PathBuf> {
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .filter(|p| {
-            Path::new(p)
-                .file_name()
-                .and_then(|f| f.to_str())
-                .is_some_and(|f| f.starts_with("libssl.so"))
-        })
-        .map(PathBuf::from)
-        .collect()
-}
-
 impl EbpfCapture {
     /// Loads and attaches the socket probes (raw tracepoints after every socket
     /// send and receive): they note the process using each mail-port socket,
@@ -226,19 +189,29 @@ impl EbpfCapture {
         Ok(SockOwners { map })
     }
 
-    /// Loads and attaches the TLS uprobes; returns the libraries probed. The
-    /// socket probes ([`Self::attach_sock_probes`]) must be attached first:
-    /// they find each chunk's connection.
-    pub fn attach_tls(&mut self, cfg: &TlsConfig) -> Result<Vec<PathBuf>, CaptureError> {
-        let libs = if cfg.libssl.is_empty() {
-            daemon_libssl()
+    /// Loads and attaches the TLS uprobes; returns the libraries probed and the
+    /// targets refused (one line each). The socket probes
+    /// ([`Self::attach_sock_probes`]) must be attached first: they find each
+    /// chunk's connection.
+    pub fn attach_tls(&mut self, cfg: &TlsConfig) -> Result<Probed, CaptureError> {
+        let Targets {
+            pinned, refused, ..
+        } = if cfg.libssl.is_empty() {
+            uprobe_target::daemon_libssl()
         } else {
-            cfg.libssl.clone()
+            uprobe_target::named(&cfg.libssl)
         };
-        if libs.is_empty() {
-            return Err(CaptureError::Load(
-                "--tls-plaintext: no running mail daemon maps a libssl.so; name it with --libssl PATH".into(),
-            ));
+        if pinned.is_empty() {
+            let why = if refused.is_empty() {
+                String::new()
+            } else {
+                format!(" (refused: {})", refused.join("; "))
+            };
+            return Err(CaptureError::Load(if cfg.libssl.is_empty() {
+                format!("--tls-plaintext: no running mail daemon maps a libssl.so that may be probed; name it with --libssl PATH{why}")
+            } else {
+                format!("--tls-plaintext: no --libssl file may be probed{why}")
+            }));
         }
         let scope = match cfg.pid.and_then(NonZeroU32::new) {
             Some(p) => UProbeScope::OneProcess(p),
@@ -255,9 +228,10 @@ impl EbpfCapture {
                 .map_err(load_err)?;
             p.load().map_err(load_err)?;
         }
-        for lib in &libs {
+        for lib in &pinned {
+            let path = lib.attach_path();
             let fail = |e: aya::programs::ProgramError| CaptureError::Attach {
-                iface: lib.display().to_string(),
+                iface: lib.shown.clone(),
                 reason: chain(&e),
             };
             let mut attach = |prog: &str, sym: &str| -> Result<(), CaptureError> {
@@ -266,7 +240,7 @@ impl EbpfCapture {
                     .ok_or_else(|| CaptureError::Load(format!("no program {prog}")))?
                     .try_into()
                     .map_err(load_err)?;
-                p.attach(sym, lib, scope).map(drop).map_err(fail)
+                p.attach(sym, &path, scope).map(drop).map_err(fail)
             };
             attach(names::SET_FD, "SSL_set_fd")?;
             attach(names::FREE, "SSL_free")?;
@@ -275,7 +249,11 @@ impl EbpfCapture {
                 attach(ret, sym)?;
             }
         }
-        Ok(libs)
+        // The probes hold the inodes now; the descriptors can go.
+        Ok(Probed {
+            libs: pinned.into_iter().map(|p| p.shown).collect(),
+            refused,
+        })
     }
 
     /// TLS probe counters summed over CPUs.
@@ -590,18 +568,5 @@ mod tests {
             "10.0.0.1:2".parse().unwrap()
         )
         .is_empty());
-    }
-
-    #[test]
-    fn finds_libssl_in_maps() {
-        let maps = "7f00-7f01 r--p 00000000 08:01 123 /usr/lib/x86_64-linux-gnu/libssl.so.3\n\
-                    7f01-7f02 r-xp 00001000 08:01 123 /usr/lib/x86_64-linux-gnu/libssl.so.3\n\
-                    7f02-7f03 r--p 00000000 08:01 124 /usr/lib/x86_64-linux-gnu/libcrypto.so.3\n\
-                    7f03-7f04 rw-p 00000000 00:00 0 \n";
-        let v: Vec<PathBuf> = libssl_in_maps(maps).into_iter().collect();
-        assert_eq!(
-            v,
-            vec![PathBuf::from("/usr/lib/x86_64-linux-gnu/libssl.so.3")]
-        );
     }
 }

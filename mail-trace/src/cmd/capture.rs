@@ -74,9 +74,11 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
     let mut resolver = None;
     if args.tls.tls_plaintext {
         _owners = Some(cap.attach_sock_probes()?);
-        let libs = cap.attach_tls(&args.tls.to_config())?;
-        let libs: Vec<String> = libs.iter().map(|l| l.display().to_string()).collect();
-        crate::note!("mail-trace: TLS plaintext from {}", libs.join(", "));
+        let probed = cap.attach_tls(&args.tls.to_config())?;
+        for why in &probed.refused {
+            crate::note!("mail-trace: --tls-plaintext: not probing {why}");
+        }
+        crate::note!("mail-trace: TLS plaintext from {}", probed.libs.join(", "));
         resolver = Some(ConnResolver::new(args.tls.comm.clone(), cfg.ports.clone()));
     }
     // After the TLS probes too: attaching them needs the privileges.

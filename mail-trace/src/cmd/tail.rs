@@ -300,9 +300,11 @@ pub(crate) async fn trace<W: Write>(
     let mut resolver = None;
     let mut pt_tally = PlaintextTally::default();
     if args.tls.tls_plaintext {
-        let libs = cap.attach_tls(&args.tls.to_config())?;
-        let libs: Vec<String> = libs.iter().map(|l| l.display().to_string()).collect();
-        crate::note!("mail-trace: TLS plaintext from {}", libs.join(", "));
+        let probed = cap.attach_tls(&args.tls.to_config())?;
+        for why in &probed.refused {
+            crate::note!("mail-trace: --tls-plaintext: not probing {why}");
+        }
+        crate::note!("mail-trace: TLS plaintext from {}", probed.libs.join(", "));
         resolver = Some(ConnResolver::new(
             args.tls.comm.clone(),
             PortMap::default().ports(),
