@@ -253,8 +253,13 @@ pub fn drop_privileges(
             if !log_groups.is_empty() {
                 // The groups that read the logs asked for (--maillog, --journal), added to
                 // the user's own: what mail-trace reads it was told to read, nothing more.
-                let mut groups = vec![0 as libc::gid_t; 65536];
-                let n = libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr());
+                // getgroups(0, NULL) tells how many there are (at most NGROUPS_MAX).
+                let n = libc::getgroups(0, std::ptr::null_mut());
+                if n < 0 {
+                    return Err(os("getgroups"));
+                }
+                let mut groups = vec![0 as libc::gid_t; n as usize];
+                let n = libc::getgroups(n, groups.as_mut_ptr());
                 if n < 0 {
                     return Err(os("getgroups"));
                 }
