@@ -523,7 +523,7 @@ fn check(
         }
         // 4: the prefix before the loss, and everything from the resynchronisation point.
         if !v.cut {
-            let before: Vec<_> = l.iter().filter(|e| e.0 < v.lost_at).collect();
+            let before: Vec<_> = l.iter().take_while(|e| e.0 < v.lost_at).collect();
             for (k, e) in before.iter().enumerate() {
                 if got.get(k).map(|g| (&g.1, g.2)) != Some((&e.1, e.2)) {
                     failures.push(format!(
@@ -782,16 +782,12 @@ fn every_dropped_packet_and_cut_prefix() {
     println!("{per:?}");
     // Rules 1, 2 and 5 always hold; rules 3 and 4 (pairing and completeness across a loss) are
     // not met yet by every variant: counted and printed, asserted with LOSS_SMTP_STRICT=1.
-    let strict = std::env::var_os("LOSS_SMTP_STRICT").is_some_and(|v| v == "1");
-    let hard: Vec<&String> = failures
-        .iter()
-        .filter(|f| {
-            strict
-                || f.contains(": secret ")
-                || f.contains(": body line ")
-                || f.contains("differs from the golden file")
-        })
-        .collect();
+    let hard: Vec<&String> = failures.iter().collect();
+    if std::env::var_os("LOSS_SMTP_ALL").is_some() {
+        for f in &hard {
+            println!("FAIL {f}");
+        }
+    }
     assert!(
         hard.is_empty(),
         "{} failures:\n{:#?}",

@@ -401,6 +401,21 @@ impl Smtp {
         self.push_pending(Awaiting::EndOfData(tx), ts);
     }
 
+    /// A message whose "." fell in a client gap (a reply came): the message ends there, its
+    /// end-of-data reply is waited for on evidence only, and the client is read as after a
+    /// loss (the gap may have held commands after the ".").
+    pub(super) fn data_lost_end(&mut self, ts: Ts) {
+        let tx = self.finish_body(ts);
+        self.open_tx = None;
+        self.client_mode = ClientMode::Resync;
+        self.client_lines.reset();
+        self.cmds_lost = true;
+        self.resync_reply = false;
+        self.resync_held.clear();
+        self.lenient = true;
+        self.push_pending(Awaiting::EndOfData(tx), ts);
+    }
+
     fn end_of_chunk_if_done(&mut self, ts: Ts) {
         let ClientMode::Bdat {
             remaining: 0, last, ..
