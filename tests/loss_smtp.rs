@@ -27,7 +27,10 @@
 //!    commit this work started from; four captures deliberately differ since: an unknown client
 //!    line is `<unrecognised line, N bytes>` — smtp-bug-6053 printed a password, detect-email-received
 //!    a whole message, smtp-html a `DATA\r` — and smtp-attachment-msg, whose greeting the capture
-//!    lost, is no longer an `early-talker`).
+//!    lost, is no longer an `early-talker`; since, a 354/334 that the first waiting command
+//!    cannot take realigns the queue, so detect-email-received's message and smtp-bug-6053's
+//!    password line are read as a message and a SASL response; smtp-html's pickup lands in a
+//!    message whose "." beside a bare LF ends nothing, so its `DATA\r` is body).
 //!
 //! Rules 1, 2 and 5 are asserted. Rules 3 and 4 are checked and the variants breaking them
 //! counted in the printed line; with `LOSS_SMTP_STRICT=1` they are asserted too (not yet met by
@@ -782,12 +785,16 @@ fn every_dropped_packet_and_cut_prefix() {
     println!("{per:?}");
     // Rules 1, 2 and 5 always hold; rules 3 and 4 (pairing and completeness across a loss) are
     // not met yet by every variant: counted and printed, asserted with LOSS_SMTP_STRICT=1.
-    let hard: Vec<&String> = failures.iter().collect();
-    if std::env::var_os("LOSS_SMTP_ALL").is_some() {
-        for f in &hard {
-            println!("FAIL {f}");
-        }
-    }
+    let strict = std::env::var_os("LOSS_SMTP_STRICT").is_some_and(|v| v == "1");
+    let hard: Vec<&String> = failures
+        .iter()
+        .filter(|f| {
+            strict
+                || f.contains(": secret ")
+                || f.contains(": body line ")
+                || f.contains("differs from the golden file")
+        })
+        .collect();
     assert!(
         hard.is_empty(),
         "{} failures:\n{:#?}",
