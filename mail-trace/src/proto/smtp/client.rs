@@ -12,8 +12,9 @@ use crate::proto::line::Line;
 use crate::proto::Event;
 use crate::time::Ts;
 
-/// The first byte of a TLS handshake record (the ClientHello's).
-const TLS_HANDSHAKE: u8 = 22;
+/// The first byte of a TLS record: change_cipher_spec, alert, handshake, application_data.
+/// (The ClientHello's is 22; after a lost ClientHello the next record is another type.)
+const TLS_CONTENT_TYPES: std::ops::RangeInclusive<u8> = 20..=23;
 
 impl Smtp {
     pub(super) fn client_data(&mut self, mut data: &[u8], ts: Ts) {
@@ -24,7 +25,8 @@ impl Smtp {
             }
             match &mut self.client_mode {
                 ClientMode::Tls
-                    if std::mem::take(&mut self.starttls_probe) && data[0] != TLS_HANDSHAKE =>
+                    if std::mem::take(&mut self.starttls_probe)
+                        && !TLS_CONTENT_TYPES.contains(&data[0]) =>
                 {
                     self.clear_after_starttls(ts);
                 }
@@ -91,6 +93,7 @@ impl Smtp {
     }
 
     pub(super) fn client_gap(&mut self, len: u64, ts: Ts) {
+        self.client_lost = true;
         if self.hold.is_some() {
             self.hold_push(Held::Gap(len, ts));
             return;
@@ -98,6 +101,13 @@ impl Smtp {
         let mut rest = len;
         match &mut self.client_mode {
             ClientMode::Tls => {
+                // The client's first bytes after the 220 are lost: whether they were TLS is
+                // unknown, TLS is the usual (and what the next bytes are read as anyway).
+                if std::mem::take(&mut self.starttls_probe) {
+                    if let Some(at) = self.starttls_event.take() {
+                        self.tls_started(at);
+                    }
+                }
                 if let Some(t) = self.tls.as_mut() {
                     t.gap(Dir::ToServer);
                 }
@@ -142,7 +152,8 @@ impl Smtp {
     fn client_line(&mut self, line: &Line<'_>, ts: Ts) -> bool {
         match self.client_mode {
             ClientMode::Resync => {
-                if line.text == b"." {
+                // CRLF "." CRLF only, as inside DATA (a "." beside a bare LF ends nothing).
+                if line.text == b"." && !line.bare_lf {
                     // The end of a DATA we joined in the middle: what it held were body lines.
                     self.resync_held.clear();
                     self.client_mode = ClientMode::Command;
@@ -255,8 +266,9 @@ impl Smtp {
                 truncate(&mut h, MAX_HELO);
                 // Only a successful greeting resets the envelope (RFC 5321 §4.1.4) and
                 // names the client: the reply decides, and only for the transaction open
-                // now. Until one succeeds, the first name sent is all there is.
-                if self.helo.is_none() {
+                // now. Until one succeeds, the first name sent is all there is (not after a
+                // client loss: the lost bytes may have held the accepted one).
+                if self.helo.is_none() && !self.client_lost {
                     self.helo = Some(h.clone());
                 }
                 self.helo_sent = Some((ts, self.open_tx, h));
@@ -398,6 +410,21 @@ impl Smtp {
         self.client_mode = ClientMode::Command;
         let tx = self.finish_body(ts);
         self.open_tx = None;
+        self.push_pending(Awaiting::EndOfData(tx), ts);
+    }
+
+    /// A message whose "." fell in a client gap (a reply came): the message ends there, its
+    /// end-of-data reply is waited for on evidence only, and the client is read as after a
+    /// loss (the gap may have held commands after the ".").
+    pub(super) fn data_lost_end(&mut self, ts: Ts) {
+        let tx = self.finish_body(ts);
+        self.open_tx = None;
+        self.client_mode = ClientMode::Resync;
+        self.client_lines.reset();
+        self.cmds_lost = true;
+        self.resync_reply = false;
+        self.resync_held.clear();
+        self.lenient = true;
         self.push_pending(Awaiting::EndOfData(tx), ts);
     }
 

@@ -59,6 +59,8 @@ pub fn looks_like_command(line: &str) -> bool {
         "MAIL" => arg.starts_with("FROM:"),
         "RCPT" => arg.starts_with("TO:"),
         "BDAT" => bdat(c.arg).is_some(),
+        // A bare HELO/EHLO is a command too (refused with 501, as it should be).
+        "HELO" | "EHLO" | "LHLO" => !arg.contains(char::is_whitespace),
         _ => !arg.is_empty() && !arg.contains(char::is_whitespace) || c.verb == "AUTH",
     }
 }
@@ -227,6 +229,8 @@ mod tests {
         assert!(looks_like_command("RCPT TO:<a@b>"));
         assert!(looks_like_command("DATA"));
         assert!(looks_like_command("EHLO client.example"));
+        assert!(looks_like_command("ehlo"));
+        assert!(!looks_like_command("Helo there, friend"));
         assert!(!looks_like_command("Mail from Bob arrived"));
         assert!(!looks_like_command("Data is here"));
         assert!(!looks_like_command("Subject: hi"));

@@ -260,6 +260,9 @@ pub struct Smtp {
     greeting_seen: bool,
     greeting: Option<Greeting>,
     helo: Option<String>,
+    /// Client bytes were lost at some point (or the session picked up): a name sent later
+    /// and refused is no stand-in for the one the lost bytes may have held.
+    client_lost: bool,
     ehlo: Vec<String>,
     tls: Option<TlsHellos>,
     tls_mode: Option<&'static str>,
@@ -320,6 +323,7 @@ impl Smtp {
             greeting_seen: false,
             greeting: None,
             helo: None,
+            client_lost: start.partial,
             ehlo: Vec::new(),
             tls: None,
             tls_mode: None,

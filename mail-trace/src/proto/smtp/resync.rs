@@ -54,6 +54,17 @@ fn ehlo_keyword(l: &str) -> bool {
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// Whether a reply of kind `a` certainly does not answer `what`, even when the queue is in
+/// step: a 354 answers only DATA, a 334/235/535 only AUTH. (Weaker kinds are not trusted
+/// that far: a 220 also answers XCLIENT, a 221 a command the server closes on.)
+pub(super) fn contradicts(what: Awaiting, a: Answers) -> bool {
+    match a {
+        Answers::AuthStep | Answers::AuthOutcome => !matches!(what, Awaiting::Auth),
+        Answers::Data => !matches!(what, Awaiting::Data(_)),
+        _ => false,
+    }
+}
+
 /// Whether a reply of kind `a` with code `code` can answer a command waiting as `what`.
 pub(super) fn can_answer(what: Awaiting, quit: bool, a: Answers, code: u16) -> bool {
     match a {

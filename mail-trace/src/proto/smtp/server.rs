@@ -78,10 +78,20 @@ impl Smtp {
         loop {
             // A reply can't answer a command sent after it began.
             let front = *self.pending.front().filter(|p| p.ts <= ts)?;
-            if front.sure {
-                return self.pending.pop_front().map(|p| (p, true));
-            }
             let kind = resync::answers(r);
+            if front.sure {
+                if !resync::contradicts(front.what, kind) {
+                    return self.pending.pop_front().map(|p| (p, true));
+                }
+                // A reply only another command can answer (a 354 to a RCPT): the queue is out
+                // of step although nothing was seen lost (a reply the capture merged or the
+                // server never sent). From here on as after a loss: on evidence only.
+                for p in &mut self.pending {
+                    p.sure = false;
+                }
+                self.lenient = true;
+                continue;
+            }
             let n = self.pending.iter().take_while(|p| p.ts <= ts).count();
             let fits = |p: &Pending| resync::can_answer(p.what, p.quit, kind, r.code);
             let pick = match kind {
@@ -167,6 +177,14 @@ impl Smtp {
             });
             self.emit_reply(&r, ts, None);
             return true;
+        }
+        if matches!(self.client_mode, ClientMode::Data)
+            && r.code != 421
+            && self.body.as_ref().is_some_and(|(_, b)| b.incomplete)
+        {
+            // A server does not speak inside a message: the client gap swallowed its end
+            // (and maybe commands after it).
+            self.data_lost_end(ts);
         }
         if matches!(self.client_mode, ClientMode::Resync) && r.code != 421 {
             self.replay_resync_held();

@@ -991,3 +991,81 @@ fn lost_354_keeps_the_body_out_of_the_commands() {
     assert_eq!(tx.queue_id.as_deref(), Some("QX1"));
     assert!(tx.rcpt.is_empty());
 }
+
+/// Issue 16: a client gap swallowed the message's "." (and a QUIT): the end-of-data reply
+/// shows the message is over (a server says nothing inside one), so the QUIT after it is a
+/// command, not body, and the reply is the message's, untimed.
+#[test]
+fn lost_end_of_data_ends_the_message_at_the_reply() {
+    let mut smtp = Smtp::new(Privacy::default(), SessionStart::default());
+    feed(
+        &mut smtp,
+        &[
+            (S, b"220 mx\r\n", MS),
+            (C, b"MAIL FROM:<a@x>\r\nDATA\r\n", 2 * MS),
+            (S, b"250 ok\r\n354 go\r\n", 3 * MS),
+            (C, b"Subject: s\r\n\r\nbody\r\n", 4 * MS),
+        ],
+        usize::MAX,
+    );
+    smtp.gap(C, 3, 5 * MS);
+    let events = feed(
+        &mut smtp,
+        &[
+            (S, b"250 2.0.0 Ok: queued as QX2\r\n", 6 * MS),
+            (C, b"QUIT\r\n", 7 * MS),
+            (S, b"221 bye\r\n", 8 * MS),
+        ],
+        usize::MAX,
+    );
+    let said: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::Command { .. } | Event::Reply { .. }))
+        .collect();
+    assert_eq!(
+        said,
+        [
+            &rep("250", Some("2.0.0"), "Ok: queued as QX2", 6 * MS, None),
+            &cmd("QUIT", "", 7 * MS),
+            // Realigned by the queue id: the QUIT after it is sure.
+            &rep("221", None, "bye", 8 * MS, Some(MS)),
+        ]
+    );
+    let tx = &smtp.transactions()[0];
+    assert_eq!(tx.queue_id.as_deref(), Some("QX2"));
+    assert!(tx.incomplete);
+    assert_eq!(tx.size, Some(12 + 2 + 6 + 3));
+}
+
+/// A 354 while a RCPT is first in line: the queue is out of step although nothing was seen
+/// lost (a reply merged into the greeting: suricata-verify detect-email-received). The RCPT is
+/// unpaired, the 354 answers DATA, and the message is read as one (never as commands).
+#[test]
+fn reply_only_data_can_take_realigns_a_clean_queue() {
+    let (events, record) = run(&[
+        (S, b"220 mx\r\n", MS),
+        (C, b"MAIL FROM:<a@x>\r\n", 2 * MS),
+        (C, b"RCPT TO:<b@y>\r\n", 3 * MS),
+        (C, b"DATA\r\n", 4 * MS),
+        (S, b"250 ok\r\n", 5 * MS),
+        (S, b"354 go\r\n", 6 * MS),
+        (
+            C,
+            b"Subject: s\r\n\r\nRCPT TO:<not@a.command>\r\n.\r\n",
+            7 * MS,
+        ),
+        (S, b"250 ok: queued as QX3\r\n", 8 * MS),
+    ]);
+    let commands: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::Command { .. }))
+        .collect();
+    assert_eq!(commands.len(), 3);
+    assert_eq!(anomalies(&events), ["unpaired-command"]);
+    assert!(events.contains(&rep("354", None, "go", 6 * MS, None)));
+    // Realigned on the 354: the end-of-data reply is sure again.
+    assert!(events.contains(&rep("250", None, "ok: queued as QX3", 8 * MS, Some(MS))));
+    assert_eq!(record["transactions"][0]["queue_id"], json!("QX3"));
+    assert_eq!(record["transactions"][0]["data_code"], json!(354));
+    assert_eq!(record["transactions"][0]["rcpt"][0]["code"], json!(null));
+}
