@@ -17,6 +17,8 @@ use crate::time::Ts;
 /// One smtpd connection as its log lines tell it.
 #[derive(Debug)]
 pub struct Bracket {
+    /// The connect line's arrival order: which bracket this is.
+    pub id: u64,
     pub ip: IpAddr,
     /// Only with `smtpd_client_port_logging`.
     pub port: Option<u16>,
@@ -44,6 +46,7 @@ impl Bracket {
             .and_then(serde_json::Value::as_u64)
             .and_then(|p| u16::try_from(p).ok());
         Some(Bracket {
+            id: seq,
             ip,
             port,
             opened: connect.ts,
@@ -269,6 +272,8 @@ fn fits(incomplete: bool, wire: (u32, u32), log: (u32, u32)) -> bool {
 #[derive(Debug)]
 pub struct DovecotSession {
     pub id: String,
+    /// The first line's arrival order.
+    pub first: u64,
     /// `imap-login` → IMAP, `pop3-login` → POP3; None until the login line is read.
     pub login: Option<DovecotLogin>,
     /// The first line's stamp.
@@ -331,9 +336,10 @@ impl DovecotLogin {
 }
 
 impl DovecotSession {
-    pub fn new(id: &str, ts: Ts) -> DovecotSession {
+    pub fn new(id: &str, seq: u64, ts: Ts) -> DovecotSession {
         DovecotSession {
             id: id.to_string(),
+            first: seq,
             login: None,
             opened: ts,
             closed: None,

@@ -28,7 +28,7 @@
 //! session's record is held for [`JoinConfig::linger`] so that the lines Postfix wrote during
 //! the session make it into the record's `log` list; lines after that (deliveries, usually)
 //! go out as follow-ups through [`Sink::log`] with `late = true`.
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 
 use serde_json::Value;
@@ -127,10 +127,9 @@ impl<V: Copy> Bounded<V> {
 
 enum State {
     Open,
-    /// Ended; the record waits until `until` for the last lines.
+    /// Ended; the record waits (until the time in [`Joiner::lingering`]) for the last lines.
     Lingering {
         record: Box<SessionRecord>,
-        until: Ts,
     },
     /// Record written; kept until `until` for late address matches.
     Closed {
@@ -176,7 +175,11 @@ pub struct Joiner {
     cfg: JoinConfig,
     privacy: Privacy,
     sessions: HashMap<ConnId, Tracked>,
-    by_ip: HashMap<IpAddr, Vec<ConnId>>,
+    /// Sessions by client address, in start order: a bracket's candidates are a range of it.
+    by_ip: HashMap<IpAddr, BTreeSet<(Ts, ConnId)>>,
+    /// Ended sessions whose record waits, by when it is due: a tick pops what is due instead
+    /// of looking at every session (replay ticks at every frame).
+    lingering: BTreeSet<(Ts, ConnId)>,
     closed: VecDeque<ConnId>,
     queue: Bounded<ConnId>,
     dovecot: Bounded<ConnId>,
@@ -186,17 +189,32 @@ pub struct Joiner {
     stats: JoinStats,
     /// Open smtpd brackets by (program, pid): `postfix/smtpd`, `postfix/submission/smtpd`, ….
     open: HashMap<(String, u32), Bracket>,
-    /// Closed brackets waiting for their session (in connect order).
-    pending: VecDeque<Bracket>,
+    /// Closed brackets waiting for their session, by client address (in close order): a
+    /// session's start or end, or a bracket's close, looks only at its address's.
+    pending: HashMap<IpAddr, VecDeque<Bracket>>,
+    /// (closed, address, bracket id) in close order: when each waiting bracket is given up.
+    pending_order: VecDeque<(Ts, IpAddr, u64)>,
+    /// Open brackets by their connect stamp, to give up those whose client is never seen.
+    open_order: VecDeque<(Ts, (String, u32), u64)>,
+    /// (when, address): a bracket or Dovecot connection of that address waits for time
+    /// only (an earlier candidate still open when the log has said it is over).
+    timers: BTreeSet<(Ts, IpAddr)>,
     /// Lines read so far: the order of the next one.
     seq: u64,
     /// The latest time the joiner was told (capture or wall clock).
     now: Ts,
     /// The last brackets no session agreed with, and why (for `why`).
     mismatches: VecDeque<(Vec<Held>, String)>,
-    /// Dovecot connections by session id, not yet given to a wire session (first line order).
+    /// Dovecot connections by session id, not yet given to a wire session.
     dsessions: HashMap<String, DovecotSession>,
-    dorder: VecDeque<String>,
+    /// Those with a login line (the client is known), by client address, in first-line order.
+    dwaiting: HashMap<IpAddr, Vec<String>>,
+    /// (when, session id): when a Dovecot connection is looked at again to be given up.
+    dexpiry: BTreeSet<(Ts, String)>,
+    /// How many sessions, brackets and Dovecot connections were looked at (the tests hold
+    /// the work per line and per tick to what the line or tick is about).
+    #[cfg(test)]
+    work: std::cell::Cell<u64>,
 }
 
 /// Mismatched brackets kept for `why`.
@@ -209,6 +227,7 @@ impl Joiner {
             privacy,
             sessions: HashMap::new(),
             by_ip: HashMap::new(),
+            lingering: BTreeSet::new(),
             closed: VecDeque::new(),
             queue: Bounded::new(cfg.max_ids),
             dovecot: Bounded::new(cfg.max_ids),
@@ -217,12 +236,18 @@ impl Joiner {
             waiting_count: 0,
             stats: JoinStats::default(),
             open: HashMap::new(),
-            pending: VecDeque::new(),
+            pending: HashMap::new(),
+            pending_order: VecDeque::new(),
+            open_order: VecDeque::new(),
+            timers: BTreeSet::new(),
             seq: 0,
             now: 0,
             mismatches: VecDeque::new(),
             dsessions: HashMap::new(),
-            dorder: VecDeque::new(),
+            dwaiting: HashMap::new(),
+            dexpiry: BTreeSet::new(),
+            #[cfg(test)]
+            work: std::cell::Cell::new(0),
         }
     }
 
@@ -265,15 +290,17 @@ impl Joiner {
         if l.kind == Kind::Connect {
             // A connect while one is open: the disconnect line was lost; that one is over.
             if let Some(prev) = self.open.remove(&key) {
-                self.pending.push_back(prev);
+                let ip = prev.ip;
+                self.close_bracket(prev);
+                self.match_brackets_of(ip, sink);
             }
             match Bracket::open(seq, l.clone()) {
                 Some(b) if self.open.len() < self.cfg.max_waiting => {
+                    self.open_order.push_back((b.opened, key.clone(), seq));
                     self.open.insert(key, b);
                 }
                 _ => return Some(l),
             }
-            self.match_brackets(sink);
             return None;
         }
         let Some(b) = self.open.get_mut(&key) else {
@@ -285,26 +312,64 @@ impl Joiner {
         }
         if closes {
             if let Some(b) = self.open.remove(&key) {
-                self.pending.push_back(b);
+                let ip = b.ip;
+                self.close_bracket(b);
+                self.match_brackets_of(ip, sink);
             }
-            self.match_brackets(sink);
         }
         None
     }
 
-    /// Gives every closed bracket that can be decided its session.
-    fn match_brackets(&mut self, sink: &mut dyn Sink) {
+    /// A closed bracket waits among its address's for its session.
+    fn close_bracket(&mut self, b: Bracket) {
+        let closed = b.closed.unwrap_or(b.opened);
+        self.pending_order.push_back((closed, b.ip, b.id));
+        self.pending.entry(b.ip).or_default().push_back(b);
+    }
+
+    /// Gives every closed bracket of client `ip` that can be decided its session (a bracket's
+    /// candidates are all of its address: no other address's can change its answer).
+    fn match_brackets_of(&mut self, ip: IpAddr, sink: &mut dyn Sink) {
+        let Some(mut q) = self.pending.remove(&ip) else {
+            return;
+        };
         let mut i = 0;
-        while i < self.pending.len() {
-            match self.pick(&self.pending[i]) {
+        while i < q.len() {
+            #[cfg(test)]
+            self.work.set(self.work.get() + 1);
+            match self.pick(&q[i]) {
                 Ok(id) => {
-                    if let Some(b) = self.pending.remove(i) {
+                    if let Some(b) = q.remove(i) {
                         self.attach(b, id, sink);
                     }
                 }
-                Err(_) => i += 1,
+                Err(why) => {
+                    // Waiting for an open candidate until the log has long said it is over:
+                    // looked at again then, whatever else happens.
+                    let when = q[i]
+                        .closed
+                        .unwrap_or(q[i].opened)
+                        .saturating_add(CLOSE_SLACK);
+                    if why.is_none() && when > self.now {
+                        self.timers.insert((when, ip));
+                    }
+                    i += 1;
+                }
             }
         }
+        if !q.is_empty() {
+            self.pending.insert(ip, q);
+        }
+    }
+
+    /// A waiting bracket taken out (to be given up): None when it found its session.
+    fn take_pending(&mut self, ip: IpAddr, id: u64) -> Option<Bracket> {
+        let q = self.pending.get_mut(&ip)?;
+        let b = q.iter().position(|b| b.id == id).and_then(|i| q.remove(i));
+        if q.is_empty() {
+            self.pending.remove(&ip);
+        }
+        b
     }
 
     /// The session of a closed bracket: the first of its client's sessions (in start order)
@@ -337,17 +402,21 @@ impl Joiner {
         &'a self,
         b: &'a Bracket,
     ) -> impl Iterator<Item = (Ts, ConnId, &'a Tracked)> + 'a {
+        let from = (b.opened.saturating_sub(BEFORE_CONNECT), 0);
+        let to = (b.opened.saturating_add(AFTER_CONNECT), ConnId::MAX);
         self.by_ip
             .get(&b.ip)
             .into_iter()
-            .flatten()
-            .filter_map(|id| Some((*id, self.sessions.get(id)?)))
+            .flat_map(move |s| s.range(from..=to))
+            .filter_map(|(_, id)| {
+                #[cfg(test)]
+                self.work.set(self.work.get() + 1);
+                Some((*id, self.sessions.get(id)?))
+            })
             .filter(|(_, t)| {
                 t.info.proto == Proto::Smtp
                     && !t.bracket
                     && b.port.is_none_or(|p| t.info.client.port() == p)
-                    && t.info.start.saturating_add(BEFORE_CONNECT) >= b.opened
-                    && t.info.start <= b.opened.saturating_add(AFTER_CONNECT)
             })
             .map(|(id, t)| (t.info.start, id, t))
     }
@@ -414,37 +483,65 @@ impl Joiner {
                 return None;
             }
             self.dsessions
-                .insert(sid.clone(), DovecotSession::new(&sid, l.ts));
-            self.dorder.push_back(sid.clone());
+                .insert(sid.clone(), DovecotSession::new(&sid, seq, l.ts));
+            self.dexpiry
+                .insert((l.ts.saturating_add(self.cfg.wait), sid.clone()));
         }
         let max = self.cfg.max_lines_per_session;
-        if let Some(d) = self.dsessions.get_mut(&sid) {
-            if !d.push(seq, l, max) {
-                self.stats.dropped += 1;
-            }
+        let Some(d) = self.dsessions.get_mut(&sid) else {
+            return None;
+        };
+        let had_login = d.login.is_some();
+        if !d.push(seq, l, max) {
+            self.stats.dropped += 1;
         }
-        self.match_dovecot(sink);
+        let (first, rip) = (d.first, d.login.as_ref().map(|x| x.rip));
+        if let Some(ip) = rip {
+            if !had_login {
+                // Now that the client is known, among its address's in first-line order.
+                let v = self.dwaiting.entry(ip).or_default();
+                let at =
+                    v.partition_point(|s| self.dsessions.get(s).is_some_and(|d| d.first < first));
+                v.insert(at, sid);
+            }
+            self.match_dovecot_of(ip, sink);
+        }
         None
     }
 
-    /// Gives every Dovecot connection that can be decided its session.
-    fn match_dovecot(&mut self, sink: &mut dyn Sink) {
+    /// Gives every Dovecot connection of client `ip` that can be decided its session.
+    fn match_dovecot_of(&mut self, ip: IpAddr, sink: &mut dyn Sink) {
+        let Some(mut v) = self.dwaiting.remove(&ip) else {
+            return;
+        };
         let mut i = 0;
-        while i < self.dorder.len() {
-            let sid = &self.dorder[i];
-            let Some(d) = self.dsessions.get(sid) else {
-                self.dorder.remove(i);
+        while i < v.len() {
+            #[cfg(test)]
+            self.work.set(self.work.get() + 1);
+            let Some(d) = self.dsessions.get(&v[i]) else {
+                v.remove(i);
                 continue;
             };
             match self.pick_dovecot(d) {
                 Ok(id) => {
-                    let sid = self.dorder.remove(i).unwrap_or_default();
+                    let sid = v.remove(i);
                     if let Some(d) = self.dsessions.remove(&sid) {
                         self.attach_dovecot(d, id, sink);
                     }
                 }
-                Err(_) => i += 1,
+                Err(why) => {
+                    if let (None, Some(c)) = (&why, d.closed) {
+                        let when = c.saturating_add(CLOSE_SLACK);
+                        if when > self.now {
+                            self.timers.insert((when, ip));
+                        }
+                    }
+                    i += 1;
+                }
             }
+        }
+        if !v.is_empty() {
+            self.dwaiting.insert(ip, v);
         }
     }
 
@@ -468,8 +565,12 @@ impl Joiner {
             .by_ip
             .get(&login.rip)
             .into_iter()
-            .flatten()
-            .filter_map(|id| Some((*id, self.sessions.get(id)?)))
+            .flat_map(|s| s.range(..=(at.saturating_add(SLACK), ConnId::MAX)))
+            .filter_map(|(_, id)| {
+                #[cfg(test)]
+                self.work.set(self.work.get() + 1);
+                Some((*id, self.sessions.get(id)?))
+            })
             .filter(|(_, t)| {
                 t.info.proto == want
                     && !t.dovecot_login
@@ -517,78 +618,129 @@ impl Joiner {
         }
     }
 
-    /// Dovecot connections given up: closed (or first seen) longer than the wait ago.
-    fn expire_dovecot(&mut self, now: Ts, all: bool, sink: &mut dyn Sink) {
-        let mut i = 0;
-        while i < self.dorder.len() {
-            let Some(d) = self.dsessions.get(&self.dorder[i]) else {
-                self.dorder.remove(i);
+    /// Dovecot connections due to be looked at again: given up when closed (or first seen)
+    /// longer than the wait ago, unless logged in and still open on the wire (IDLE for hours:
+    /// looked at again a wait later).
+    fn expire_dovecot(&mut self, now: Ts, sink: &mut dyn Sink) {
+        let wait = self.cfg.wait;
+        let mut again = Vec::new();
+        while self.dexpiry.first().is_some_and(|(due, _)| *due <= now) {
+            let Some((_, sid)) = self.dexpiry.pop_first() else {
+                break;
+            };
+            let Some(d) = self.dsessions.get(&sid) else {
                 continue;
             };
             let since = d.closed.unwrap_or(d.opened);
             let picked = self.pick_dovecot(d);
-            // A logged-in session still open on the wire (IDLE for hours) keeps waiting.
             let open = d.login.is_some() && picked == Err(None);
-            if !all && (open || since.saturating_add(self.cfg.wait) > now) {
-                i += 1;
+            if open || since.saturating_add(wait) > now {
+                let due = since.saturating_add(wait);
+                again.push((
+                    if open {
+                        due.max(now.saturating_add(wait))
+                    } else {
+                        due
+                    },
+                    sid,
+                ));
                 continue;
             }
-            let why = match picked {
-                Err(Some(why)) => why,
-                _ => format!("no login line of session {}", d.id),
-            };
-            let sid = self.dorder.remove(i).unwrap_or_default();
-            if let Some(d) = self.dsessions.remove(&sid) {
-                let n = d.lines.len() as u64;
-                self.stats.unmatched += n;
-                self.stats.mismatched += n;
-                self.unmatched(d.lines, why, sink);
+            self.give_up_dovecot(&sid, picked, sink);
+        }
+        // After the loop: with no wait at all, what is due again is due now.
+        self.dexpiry.extend(again);
+    }
+
+    /// A Dovecot connection given up: its lines are unmatched, with the reason.
+    fn give_up_dovecot(
+        &mut self,
+        sid: &str,
+        picked: Result<ConnId, Option<String>>,
+        sink: &mut dyn Sink,
+    ) {
+        let Some(d) = self.dsessions.remove(sid) else {
+            return;
+        };
+        if let Some(ip) = d.login.as_ref().map(|l| l.rip) {
+            if let Some(v) = self.dwaiting.get_mut(&ip) {
+                v.retain(|s| s != sid);
+                if v.is_empty() {
+                    self.dwaiting.remove(&ip);
+                }
             }
         }
+        let why = match picked {
+            Err(Some(why)) => why,
+            _ => format!("no login line of session {}", d.id),
+        };
+        let n = d.lines.len() as u64;
+        self.stats.unmatched += n;
+        self.stats.mismatched += n;
+        self.unmatched(d.lines, why, sink);
     }
 
     /// Lets time pass: records whose linger is over are written, old waiting lines and
-    /// ended sessions are forgotten.
+    /// ended sessions are forgotten. Only what is due is looked at: replay ticks at every
+    /// frame, and a relay has thousands of sessions open.
     pub fn tick(&mut self, now: Ts, sink: &mut dyn Sink) {
         self.now = self.now.max(now);
-        if !self.pending.is_empty() {
-            self.match_brackets(sink);
-            while let Some(b) = self.pending.front() {
-                let closed = b.closed.unwrap_or(b.opened);
-                if closed.saturating_add(self.cfg.wait) > now {
-                    break;
-                }
-                if let Some(b) = self.pending.pop_front() {
-                    self.give_up(b, sink);
+        let mut ips = Vec::new();
+        while self.timers.first().is_some_and(|(when, _)| *when <= now) {
+            if let Some((_, ip)) = self.timers.pop_first() {
+                if !ips.contains(&ip) {
+                    ips.push(ip);
                 }
             }
         }
-        if !self.dorder.is_empty() {
-            self.match_dovecot(sink);
-            self.expire_dovecot(now, false, sink);
+        for ip in ips {
+            self.match_brackets_of(ip, sink);
+            self.match_dovecot_of(ip, sink);
         }
-        // A connection still open past the wait, with no session on the wire that could be
-        // it (its packets were never captured): its lines will find nothing.
-        let stale: Vec<(String, u32)> = self
-            .open
-            .iter()
-            .filter(|(_, b)| {
-                b.opened.saturating_add(self.cfg.wait) <= now && self.candidates(b).next().is_none()
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in stale {
-            if let Some(b) = self.open.remove(&k) {
+        while let Some(&(closed, ip, id)) = self.pending_order.front() {
+            if closed.saturating_add(self.cfg.wait) > now {
+                break;
+            }
+            self.pending_order.pop_front();
+            // A last look (the session may just have ended), then given up.
+            self.match_brackets_of(ip, sink);
+            if let Some(b) = self.take_pending(ip, id) {
                 self.give_up(b, sink);
             }
         }
-        let mut due: Vec<ConnId> = self
-            .sessions
-            .iter()
-            .filter(|(_, t)| matches!(t.state, State::Lingering { until, .. } if until <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        // In session order, not the map's.
+        self.expire_dovecot(now, sink);
+        // A connection still open past the wait, with no session on the wire that could be
+        // it (its packets were never captured): its lines will find nothing. One that could
+        // be a long session's is looked at again a wait later.
+        let mut again = Vec::new();
+        while let Some(&(opened, _, _)) = self.open_order.front() {
+            if opened.saturating_add(self.cfg.wait) > now {
+                break;
+            }
+            let Some((_, key, id)) = self.open_order.pop_front() else {
+                break;
+            };
+            let Some(b) = self.open.get(&key).filter(|b| b.id == id) else {
+                continue;
+            };
+            if self.candidates(b).next().is_some() {
+                again.push((now, key, id));
+            } else if let Some(b) = self.open.remove(&key) {
+                self.give_up(b, sink);
+            }
+        }
+        self.open_order.extend(again);
+        let mut due = Vec::new();
+        while self
+            .lingering
+            .first()
+            .is_some_and(|(until, _)| *until <= now)
+        {
+            if let Some((_, id)) = self.lingering.pop_first() {
+                due.push(id);
+            }
+        }
+        // In session order.
         due.sort_unstable();
         for id in due {
             self.write_record(id, now, sink);
@@ -633,21 +785,54 @@ impl Joiner {
         // The capture is over: what is still open is closed, and every candidate has ended.
         self.now = Ts::MAX;
         let mut open: Vec<Bracket> = self.open.drain().map(|(_, b)| b).collect();
-        open.sort_unstable_by_key(|b| b.lines.first().map(|l| l.0));
-        self.pending.extend(open);
-        self.match_brackets(sink);
-        while let Some(b) = self.pending.pop_front() {
-            self.give_up(b, sink);
+        open.sort_unstable_by_key(|b| b.id);
+        self.open_order.clear();
+        for b in open {
+            self.close_bracket(b);
         }
-        self.match_dovecot(sink);
-        self.expire_dovecot(Ts::MAX, true, sink);
-        let ids: Vec<ConnId> = self
-            .sessions
+        // Every address with a waiting bracket, in the order the first of them closed.
+        let mut ips: Vec<IpAddr> = Vec::new();
+        for &(_, ip, _) in &self.pending_order {
+            if !ips.contains(&ip) && self.pending.contains_key(&ip) {
+                ips.push(ip);
+            }
+        }
+        for ip in ips {
+            self.match_brackets_of(ip, sink);
+        }
+        while let Some((_, ip, id)) = self.pending_order.pop_front() {
+            if let Some(b) = self.take_pending(ip, id) {
+                self.give_up(b, sink);
+            }
+        }
+        let mut ips: Vec<(u64, IpAddr)> = self
+            .dwaiting
             .iter()
-            .filter(|(_, t)| matches!(t.state, State::Lingering { .. }))
-            .map(|(id, _)| *id)
+            .filter_map(|(ip, v)| Some((self.dsessions.get(v.first()?)?.first, *ip)))
             .collect();
-        let mut ids = ids;
+        ips.sort_unstable();
+        for (_, ip) in ips {
+            self.match_dovecot_of(ip, sink);
+        }
+        let mut left: Vec<(u64, String)> = self
+            .dsessions
+            .values()
+            .map(|d| (d.first, d.id.clone()))
+            .collect();
+        left.sort_unstable();
+        for (_, sid) in left {
+            let picked = match self.dsessions.get(&sid) {
+                Some(d) => self.pick_dovecot(d),
+                None => continue,
+            };
+            self.give_up_dovecot(&sid, picked, sink);
+        }
+        self.dexpiry.clear();
+        self.timers.clear();
+        let mut ids: Vec<ConnId> = std::mem::take(&mut self.lingering)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
         ids.sort_unstable();
         for id in ids {
             self.write_record(id, Ts::MAX, sink);
@@ -662,7 +847,7 @@ impl Joiner {
         if let Some(t) = self.sessions.remove(&id) {
             let ip = t.info.client.ip();
             if let Some(v) = self.by_ip.get_mut(&ip) {
-                v.retain(|x| *x != id);
+                v.remove(&(t.info.start, id));
                 if v.is_empty() {
                     self.by_ip.remove(&ip);
                 }
@@ -675,8 +860,7 @@ impl Joiner {
             return;
         };
         let until = now.saturating_add(self.cfg.recent);
-        let State::Lingering { record, .. } =
-            std::mem::replace(&mut t.state, State::Closed { until })
+        let State::Lingering { record } = std::mem::replace(&mut t.state, State::Closed { until })
         else {
             return;
         };
@@ -753,13 +937,12 @@ impl Joiner {
         let dovecot_login = matches!(l.kind, Kind::Login | Kind::LoginFailed);
         self.by_ip
             .get(&ip)?
-            .iter()
-            .filter_map(|id| Some((*id, self.sessions.get(id)?)))
+            .range(..=(l.ts.saturating_add(SLACK), ConnId::MAX))
+            .filter_map(|(_, id)| Some((*id, self.sessions.get(id)?)))
             .filter(|(_, t)| {
                 proto(t.info.proto)
                     && port.is_none_or(|p| t.info.client.port() == p)
                     && server.is_none_or(|s| t.info.server.ip() == s)
-                    && t.info.start <= l.ts.saturating_add(SLACK)
                     && t.end.is_none_or(|e| l.ts <= e.saturating_add(SLACK))
                     && !(dovecot_login && t.dovecot_login)
             })
@@ -916,12 +1099,15 @@ impl Sink for Joined<'_> {
                 login: None,
             },
         );
-        j.by_ip.entry(info.client.ip()).or_default().push(info.id);
+        j.by_ip
+            .entry(info.client.ip())
+            .or_default()
+            .insert((info.start, info.id));
         self.inner.session_start(info);
         let ip = info.client.ip();
         j.retry(Key::Addr(ip, Some(info.client.port())), self.inner);
         j.retry(Key::Addr(ip, None), self.inner);
-        j.match_brackets(self.inner);
+        j.match_brackets_of(ip, self.inner);
     }
 
     fn event(&mut self, info: &SessionInfo, ev: &Event) {
@@ -982,13 +1168,13 @@ impl Sink for Joined<'_> {
         }
         t.state = State::Lingering {
             record: Box::new(record.clone()),
-            until,
         };
+        j.lingering.insert((until, info.id));
         let ip = info.client.ip();
         j.retry(Key::Addr(ip, Some(info.client.port())), self.inner);
         j.retry(Key::Addr(ip, None), self.inner);
-        j.match_brackets(self.inner);
-        j.match_dovecot(self.inner);
+        j.match_brackets_of(ip, self.inner);
+        j.match_dovecot_of(ip, self.inner);
     }
 
     fn log(&mut self, session: ConnId, line: &LogLine, late: bool) {
