@@ -1257,6 +1257,14 @@ mod tests {
         parse(s, &Clock::utc(NOW)).unwrap()
     }
 
+    /// The joiner as the engine's sink, in front of `out`.
+    fn joined<'a>(j: &'a mut Joiner, out: &'a mut Rec) -> Joined<'a> {
+        Joined {
+            joiner: Some(j),
+            inner: out,
+        }
+    }
+
     fn reply(text: &str) -> Event {
         Event::Reply {
             ts: T0,
@@ -1274,27 +1282,15 @@ mod tests {
         let i = info(7, Proto::Smtp, "10.99.152.1:46240", "10.99.152.2:25", T0);
         // The client= line is read before the capture shows the session: it waits.
         j.line(line("Nov 27 23:39:56 mx postfix/smtpd[14344]: A74CF98E292: client=unknown[10.99.152.1]:46240"), &mut out);
-        Joined {
-            joiner: Some(&mut j),
-            inner: &mut out,
-        }
-        .session_start(&i);
+        joined(&mut j, &mut out).session_start(&i);
         j.line(line("Nov 27 23:39:56 mx postfix/qmgr[14342]: A74CF98E292: from=<sender@client.test>, size=313, nrcpt=1 (queue active)"), &mut out);
-        Joined {
-            joiner: Some(&mut j),
-            inner: &mut out,
-        }
-        .event(&i, &reply("Ok: queued as A74CF98E292"));
+        joined(&mut j, &mut out).event(&i, &reply("Ok: queued as A74CF98E292"));
         let rec = record(
             &i,
             T0 + S / 10,
             json!({"transactions":[{"queue_id":"A74CF98E292","rcpt":[]}]}),
         );
-        Joined {
-            joiner: Some(&mut j),
-            inner: &mut out,
-        }
-        .session_end(&i, &rec);
+        joined(&mut j, &mut out).session_end(&i, &rec);
         j.line(
             line("Nov 27 23:39:56 mx postfix/cleanup[14352]: A74CF98E292: message-id=<x@y>"),
             &mut out,
@@ -1348,26 +1344,14 @@ mod tests {
         let mut out = Rec::default();
         let i = info(3, Proto::Smtp, "10.99.152.1:46268", "10.99.152.2:25", T0);
         let other = info(4, Proto::Smtp, "10.99.152.1:46270", "10.99.152.2:25", T0);
-        Joined {
-            joiner: Some(&mut j),
-            inner: &mut out,
-        }
-        .session_start(&i);
-        Joined {
-            joiner: Some(&mut j),
-            inner: &mut out,
-        }
-        .session_start(&other);
+        joined(&mut j, &mut out).session_start(&i);
+        joined(&mut j, &mut out).session_start(&other);
         let rec = record(
             &i,
             T0 + S / 2,
             json!({"transactions":[{"queue_id":null,"rcpt":[{"addr":"nobody@mx.test","code":550}]}]}),
         );
-        Joined {
-            joiner: Some(&mut j),
-            inner: &mut out,
-        }
-        .session_end(&i, &rec);
+        joined(&mut j, &mut out).session_end(&i, &rec);
         // Read after the session ended, within the linger.
         j.line(line("Nov 27 23:39:56 mx postfix/smtpd[14344]: NOQUEUE: reject: RCPT from unknown[10.99.152.1]:46268: 550 5.1.1 <nobody@mx.test>: Recipient address rejected: User unknown in virtual mailbox table; from=<sender@client.test> to=<nobody@mx.test> proto=ESMTP helo=<client.test>"), &mut out);
         // A line for a client never seen waits, then expires.
@@ -1395,18 +1379,10 @@ mod tests {
         let imap = info(2, Proto::Imap, "10.99.152.1:40002", "10.99.152.2:143", T0);
         let wrong_server = info(3, Proto::Imap, "10.99.152.1:40004", "10.99.152.9:143", T0);
         for s in [&smtp, &imap, &wrong_server] {
-            Joined {
-                joiner: Some(&mut j),
-                inner: &mut out,
-            }
-            .session_start(s);
+            joined(&mut j, &mut out).session_start(s);
         }
         let rec = record(&imap, T0 + S, json!({}));
-        Joined {
-            joiner: Some(&mut j),
-            inner: &mut out,
-        }
-        .session_end(&imap, &rec);
+        joined(&mut j, &mut out).session_end(&imap, &rec);
         j.line(line("Nov 27 23:39:57 imap-login: Info: Disconnected: Aborted login by logging out (auth failed, 1 attempts in 1 secs): user=<alice@mx.test>, method=PLAIN, rip=10.99.152.1, lip=10.99.152.2, session=<MHM+lEphvsoKY5gB>"), &mut out);
         j.finish(&mut out);
         assert!(
@@ -1433,18 +1409,10 @@ mod tests {
         );
         let now = info(2, Proto::Smtp, "10.99.152.1:40002", "10.99.152.2:25", T0);
         for s in [&old, &now] {
-            Joined {
-                joiner: Some(&mut j),
-                inner: &mut out,
-            }
-            .session_start(s);
+            joined(&mut j, &mut out).session_start(s);
         }
         let rec = record(&old, T0 - 50 * S, json!({}));
-        Joined {
-            joiner: Some(&mut j),
-            inner: &mut out,
-        }
-        .session_end(&old, &rec);
+        joined(&mut j, &mut out).session_end(&old, &rec);
         j.line(line("Nov 27 23:39:56 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[10.99.152.1]: 554 5.7.1 <a@example.org>: Relay access denied; from=<s@c> to=<a@example.org> proto=ESMTP helo=<c>"), &mut out);
         j.line(
             line("Nov 27 23:39:56 mx postfix/smtpd[1]: B2C3D4E5F6: client=unknown[10.99.152.1]"),
@@ -1484,10 +1452,7 @@ mod tests {
 
     /// One wire session through the joiner: start, the dialogue, end.
     fn session(j: &mut Joiner, out: &mut Rec, i: &SessionInfo, evs: &[Event], fields: Value) {
-        let mut s = Joined {
-            joiner: Some(j),
-            inner: out,
-        };
+        let mut s = joined(j, out);
         s.session_start(i);
         for e in evs {
             s.event(i, e);
@@ -1495,11 +1460,9 @@ mod tests {
         s.session_end(i, &record(i, i.start + S / 10, fields));
     }
 
-    #[test]
-    fn one_smtpd_pid_back_to_back_without_ports_follows_its_brackets() {
-        let mut j = Joiner::new(JoinConfig::default(), Privacy::default());
-        let mut out = Rec::default();
-        let delivered = [
+    /// A delivered session's dialogue: one message, queued as `queue_id`.
+    fn delivered(queue_id: &str) -> Vec<Event> {
+        vec![
             coded("220", "mx"),
             cmd("EHLO", "c"),
             coded("250", "mx"),
@@ -1509,21 +1472,231 @@ mod tests {
             coded("250", "Ok"),
             cmd("DATA", ""),
             coded("354", "go"),
-            coded("250", "Ok: queued as A74CF98E292"),
+            coded("250", &format!("Ok: queued as {queue_id}")),
             cmd("QUIT", ""),
             coded("221", "Bye"),
-        ];
-        let rejected = [
+        ]
+    }
+
+    /// A rejected session's dialogue: its one recipient `to` refused with 550.
+    fn rejected(to: &str) -> Vec<Event> {
+        vec![
             coded("220", "mx"),
             cmd("EHLO", "c"),
             coded("250", "mx"),
             cmd("MAIL", "FROM:<s@c>"),
             coded("250", "Ok"),
-            cmd("RCPT", "TO:<nobody@mx.test>"),
+            cmd("RCPT", &format!("TO:<{to}>")),
             coded("550", "5.1.1 rejected"),
             cmd("QUIT", ""),
             coded("221", "Bye"),
+        ]
+    }
+
+    /// Lines that arrive after their session's record was written (a late `disconnect`, a
+    /// delivery, a bounce and the bounce's own lines) go to that session as `log` records of
+    /// their own, also after the same smtpd pid has served further sessions of the client.
+    #[test]
+    fn late_lines_join_their_session_after_the_pid_served_others() {
+        let mut j = Joiner::new(JoinConfig::default(), Privacy::default());
+        let mut out = Rec::default();
+        let first = info(1, Proto::Smtp, "10.99.1.1:4000", "10.99.1.2:25", T0);
+        let second = info(2, Proto::Smtp, "10.99.1.1:4002", "10.99.1.2:25", T0 + 3 * S);
+        let third = info(3, Proto::Smtp, "10.99.1.1:4004", "10.99.1.2:25", T0 + 4 * S);
+        // `at(3956, …)`: stamped 23:39:56.
+        let at = |t: u32, m: &str| line(&format!("Nov 27 23:{}:{:02} {m}", t / 100, t % 100));
+        let smtpd = |t: u32, m: &str| at(t, &format!("mx postfix/smtpd[7]: {m}"));
+        session(
+            &mut j,
+            &mut out,
+            &first,
+            &delivered("A74CF98E292"),
+            json!({}),
+        );
+        j.line(smtpd(3956, "connect from unknown[10.99.1.1]"), &mut out);
+        j.line(
+            smtpd(3956, "A74CF98E292: client=unknown[10.99.1.1]"),
+            &mut out,
+        );
+        j.line(
+            at(3956, "mx postfix/cleanup[8]: A74CF98E292: message-id=<x@y>"),
+            &mut out,
+        );
+        // The record is written; smtpd's disconnect comes later still.
+        j.tick(T0 + 2 * S, &mut out);
+        j.line(
+            smtpd(
+                3956,
+                "disconnect from unknown[10.99.1.1] ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5",
+            ),
+            &mut out,
+        );
+        // The pid serves two more sessions of the client.
+        session(
+            &mut j,
+            &mut out,
+            &second,
+            &rejected("nobody@mx.test"),
+            json!({}),
+        );
+        session(
+            &mut j,
+            &mut out,
+            &third,
+            &delivered("B1C2D3E4F5"),
+            json!({}),
+        );
+        for (sec, m) in [
+            (3959, "connect from unknown[10.99.1.1]"),
+            (3959, "NOQUEUE: reject: RCPT from unknown[10.99.1.1]: 550 5.1.1 <nobody@mx.test>: Recipient address rejected: User unknown; from=<s@c> to=<nobody@mx.test> proto=ESMTP helo=<c>"),
+            (3959, "disconnect from unknown[10.99.1.1] ehlo=1 mail=1 rcpt=0/1 quit=1 commands=3/4"),
+            (4000, "connect from unknown[10.99.1.1]"),
+            (4000, "B1C2D3E4F5: client=unknown[10.99.1.1]"),
+            (4000, "disconnect from unknown[10.99.1.1] ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5"),
+        ] {
+            j.line(smtpd(sec, m), &mut out);
+        }
+        j.tick(T0 + 10 * S, &mut out);
+        // Minutes later: the first message bounces, the bounce's own id follows it.
+        for m in [
+            "mx postfix/smtp[9]: A74CF98E292: to=<alice@mx.test>, relay=none, delay=300, delays=0/0/300/0, dsn=4.4.1, status=deferred (connect to mx.example: Connection timed out)",
+            "mx postfix/bounce[10]: A74CF98E292: sender non-delivery notification: C0FFEE12345",
+            "mx postfix/qmgr[11]: C0FFEE12345: removed",
+            "mx postfix/qmgr[11]: B1C2D3E4F5: removed",
+        ] {
+            j.line(at(4456, m), &mut out);
+        }
+        j.finish(&mut out);
+        assert_eq!(
+            out.out,
+            [
+                "start #1",
+                "log #1 message-id false",
+                "end #1",
+                // The bracket closes after the record: all its lines as records of their own.
+                "log #1 connect true",
+                "log #1 client true",
+                "log #1 disconnect true",
+                "start #2",
+                "start #3",
+                "log #2 connect false",
+                "log #2 reject false",
+                "log #2 disconnect false",
+                "log #3 connect false",
+                "log #3 client false",
+                "log #3 disconnect false",
+                "end #2",
+                "end #3",
+                "log #1 delivery true",
+                "log #1 bounce true",
+                "log #1 removed true",
+                "log #3 removed true",
+            ]
+        );
+        assert_eq!((j.stats().unmatched, j.stats().matched), (0, 14));
+    }
+
+    /// A relay with thousands of sessions open: the work of a line or a tick is that of the
+    /// sessions and connections it is about, not of all those open (replay ticks at every
+    /// frame).
+    #[test]
+    fn thousands_of_open_sessions_cost_each_line_and_tick_little() {
+        const N: u32 = 3000;
+        let mut j = Joiner::new(JoinConfig::default(), Privacy::default());
+        let mut out = Rec::default();
+        let client = |k: u32| format!("10.99.{}.{}", 1 + k / 250, 1 + k % 250);
+        let sessions: Vec<SessionInfo> = (0..N)
+            .map(|k| {
+                let (proto, port) = if k % 2 == 0 {
+                    (Proto::Smtp, 25)
+                } else {
+                    (Proto::Imap, 143)
+                };
+                let c = format!("{}:40000", client(k));
+                info(
+                    u64::from(k) + 1,
+                    proto,
+                    &c,
+                    &format!("10.99.0.1:{port}"),
+                    T0,
+                )
+            })
+            .collect();
+        for s in &sessions {
+            joined(&mut j, &mut out).session_start(s);
+        }
+        // Every one's lines while all are open, a tick after each (the wire is behind).
+        for (k, s) in (0..N).zip(&sessions) {
+            let c = client(k);
+            if s.proto == Proto::Smtp {
+                for m in [
+                    format!("connect from unknown[{c}]:40000"),
+                    format!("disconnect from unknown[{c}]:40000 ehlo=1 quit=1 commands=2"),
+                ] {
+                    j.line(
+                        line(&format!("Nov 27 23:39:56 mx postfix/smtpd[{k}]: {m}")),
+                        &mut out,
+                    );
+                }
+            } else {
+                j.line(dc(&format!("imap-login: Login: user=<alice@mx.test>, method=PLAIN, rip={c}, lip=10.99.0.1, mpid={k}, session=<s{k}>")), &mut out);
+            }
+            j.tick(T0 + S / 10, &mut out);
+        }
+        let work = j.work.get();
+        assert!(
+            work <= 4 * u64::from(N),
+            "work {work} for {N} sessions open"
+        );
+        let smtp = [
+            coded("220", "mx"),
+            cmd("EHLO", "c"),
+            coded("250", "mx"),
+            cmd("QUIT", ""),
+            coded("221", "Bye"),
         ];
+        for s in &sessions {
+            let mut w = joined(&mut j, &mut out);
+            if s.proto == Proto::Smtp {
+                for e in &smtp {
+                    w.event(s, e);
+                }
+                w.session_end(s, &record(s, T0 + S, json!({})));
+            } else {
+                w.session_end(
+                    s,
+                    &record(s, T0 + S, mailbox("alice@mx.test", "LOGIN", "OK")),
+                );
+            }
+        }
+        j.tick(T0 + 5 * S, &mut out);
+        let work = j.work.get();
+        assert!(work <= 12 * u64::from(N), "work {work} for {N} sessions");
+        j.finish(&mut out);
+        let logs = |kind: &str| {
+            out.out
+                .iter()
+                .filter(|o| o.starts_with("log #") && o.contains(kind))
+                .count()
+        };
+        assert_eq!(
+            (logs(" connect "), logs(" disconnect "), logs(" login ")),
+            (N as usize / 2, N as usize / 2, N as usize / 2)
+        );
+        assert_eq!(out.records.len(), N as usize);
+        assert!(out.records.iter().all(|r| r.field("log").is_some()));
+        assert_eq!(
+            (j.stats().unmatched, j.stats().matched),
+            (0, 3 * u64::from(N) / 2)
+        );
+    }
+
+    #[test]
+    fn one_smtpd_pid_back_to_back_without_ports_follows_its_brackets() {
+        let mut j = Joiner::new(JoinConfig::default(), Privacy::default());
+        let mut out = Rec::default();
+        let delivered = delivered("A74CF98E292");
+        let rejected = rejected("nobody@mx.test");
         // Both sessions within one second, both ended before any line is read.
         let a = info(1, Proto::Smtp, "10.99.1.1:4000", "10.99.1.2:25", T0);
         let b = info(2, Proto::Smtp, "10.99.1.1:4002", "10.99.1.2:25", T0 + S / 5);
