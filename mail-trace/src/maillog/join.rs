@@ -387,7 +387,17 @@ impl Joiner {
                 }
                 continue;
             }
-            match disagreement(b, &t.tally) {
+            // A queue id the wire saw queued in another session is not this one's (inside
+            // TLS the bracket's cross-check cannot see it).
+            let other = b
+                .queue_ids
+                .iter()
+                .find_map(|q| Some((q, self.queue.get(q).filter(|o| *o != id)?)));
+            let against = match other {
+                Some((q, o)) => Some(format!("queue id {q} queued in session #{o}")),
+                None => disagreement(b, &t.tally),
+            };
+            match against {
                 None => return Ok(id),
                 Some(r) => {
                     why.get_or_insert_with(|| format!("session #{id}: {r}"));
