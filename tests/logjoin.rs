@@ -214,6 +214,17 @@ fn port_logging_off(tb: &Testbed, log: impl Fn() -> String) {
     );
 }
 
+/// A journald of the tests' own and the second it starts at: the lines of this run are those
+/// since then.
+fn journal_from_now() -> (common::journal::Journald, u64) {
+    let j = common::journal::Journald::start();
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    (j, since)
+}
+
 /// `[10.99.N.`: this test bed's client addresses (other test beds may log to the same journal).
 fn ours(tb: &Testbed) -> String {
     let o = tb.ns.client_v4().octets();
@@ -278,6 +289,7 @@ fn wait_all_logged(
 fn pair_in_order<'a>(
     sessions: &[(SocketAddr, Option<String>)],
     conns: &'a [Conn],
+    reuse: usize,
 ) -> Vec<(SocketAddr, &'a Conn)> {
     assert_eq!(conns.len(), sessions.len(), "{conns:#?}");
     let pairs: Vec<(SocketAddr, &Conn)> = sessions
@@ -293,16 +305,46 @@ fn pair_in_order<'a>(
             (*client, conn)
         })
         .collect();
-    // smtpd serves several of them: process reuse is visible.
+    // Each smtpd instance has a process that serves `reuse` of them: reuse is visible.
     let mut per_pid: HashMap<&str, usize> = HashMap::new();
     for c in conns {
         *per_pid.entry(c.tag.as_str()).or_default() += 1;
     }
-    assert!(
-        per_pid.values().any(|&n| n >= 10),
-        "no smtpd served 10 connections: {per_pid:?}"
-    );
+    for c in conns {
+        let program = c.tag.split('[').next().unwrap_or_default();
+        assert!(
+            per_pid
+                .iter()
+                .any(|(t, &n)| t.starts_with(&format!("{program}[")) && n >= reuse),
+            "no {program} served {reuse} connections: {per_pid:?}"
+        );
+    }
     pairs
+}
+
+/// `mail-trace replay --json --show-headers` of `pcap` with the log `maillog` (`--maillog=…`),
+/// with the default linger and without: the output of each.
+fn replayed(pcap: &std::path::Path, maillog: &str) -> Vec<Vec<Value>> {
+    ["1500", "0"]
+        .iter()
+        .map(|linger| {
+            let out = run_ok(
+                Command::new(env!("CARGO_BIN_EXE_mail-trace"))
+                    .args([
+                        "replay",
+                        "--json",
+                        "--show-headers",
+                        "--maillog-linger-ms",
+                        linger,
+                    ])
+                    .arg(pcap)
+                    .arg(maillog),
+                Duration::from_secs(60),
+                "mail-trace replay --maillog",
+            );
+            json(&out.stdout)
+        })
+        .collect()
 }
 
 fn json(text: &str) -> Vec<Value> {
@@ -336,33 +378,125 @@ fn fifty_back_to_back_sessions_through_one_smtpd_from_the_file() {
     std::thread::sleep(Duration::from_secs(3));
     let live = json(&tail.stop().stdout);
     let conns = split_by_brackets(&log, &ours(&tb));
-    let pairs = pair_in_order(&sessions, &conns[probes..]);
+    let pairs = pair_in_order(&sessions, &conns[probes..], 10);
     // Live, the log is followed from its end: the probes are not read.
     assert_exactly_their_own(&pairs, Unseen::Exactly(&[]), &live);
 
     // The same capture replayed with the log: the same lines, with and without the linger.
-    for linger in ["1500", "0"] {
-        let out = run_ok(
-            Command::new(env!("CARGO_BIN_EXE_mail-trace"))
-                .args([
-                    "replay",
-                    "--json",
-                    "--show-headers",
-                    "--maillog-linger-ms",
-                    linger,
-                ])
-                .arg(&pcap)
-                .arg(&plog),
-            Duration::from_secs(60),
-            "mail-trace replay --maillog",
-        );
+    for out in replayed(&pcap, &plog) {
         // Replay reads the whole file: the probes' connections have no session in the
         // capture and are said unmatched, line for line.
-        assert_exactly_their_own(
-            &pairs,
-            Unseen::Exactly(&conns[..probes]),
-            &json(&out.stdout),
-        );
+        assert_exactly_their_own(&pairs, Unseen::Exactly(&conns[..probes]), &out);
+    }
+}
+
+/// The other smtpd instances `master.cf` names by `syslog_name` are bracketed like smtpd:
+/// submission (587, AUTH in the clear, and a refused relay without it), smtps (465, implicit
+/// TLS) and smtpd on 25 with STARTTLS, back to back from one client, the port not logged.
+/// Inside TLS the wire sees neither the `queued as` nor the refusals: the brackets' order and
+/// the counts the wire did see decide.
+#[test]
+fn submission_smtps_and_starttls_sessions_back_to_back() {
+    common::require_root("submission_smtps_and_starttls_sessions_back_to_back");
+    let tb = Testbed::start();
+    port_logging_off(&tb, || tb.postfix.log());
+    let probes = split_by_brackets(&tb.postfix.log(), &ours(&tb)).len();
+    let dir = TempDir::new("logjoin-instances");
+    common::writable_by_dropped_user(dir.path());
+    let plog = format!("--maillog={}", tb.postfix.log_path().display());
+    let pcap = dir.path().join("instances.pcapng");
+    let pcap_arg = pcap.display().to_string();
+    let tail = Tail::start(
+        &tb.ns.host_if,
+        &["--json", "--show-headers", &plog, "-w", &pcap_arg],
+        dir.path(),
+        "instances",
+    );
+    let server: IpAddr = tb.ns.server_v4().into();
+    let client: IpAddr = tb.ns.client_v4().into();
+    let user = format!("alice@{}", common::DOMAIN);
+    let auth = [
+        "--auth-user",
+        user.as_str(),
+        "--auth-password",
+        common::PASSWORD,
+    ];
+    let tls = ["--tls", "--tls-sni", common::DOMAIN];
+    const N: u16 = 40;
+    let sessions: Vec<(SocketAddr, Option<String>)> = (0..N)
+        .map(|i| {
+            // (port, arguments, queued, refused)
+            let (port, args, queued): (u16, Vec<&str>, bool) = match i % 5 {
+                0 => (
+                    587,
+                    [&["--to", "bob@mx.test", "--auth", "LOGIN"][..], &auth].concat(),
+                    true,
+                ),
+                // Relaying without AUTH: 554 to the RCPT, in the clear.
+                1 => (587, vec!["--to", "bob@mx.test"], false),
+                2 => (
+                    465,
+                    [
+                        &[
+                            "--to",
+                            "bob@mx.test",
+                            "--tls-on-connect",
+                            "--tls-sni",
+                            common::DOMAIN,
+                            "--auth",
+                            "PLAIN",
+                        ][..],
+                        &auth,
+                    ]
+                    .concat(),
+                    true,
+                ),
+                // 550 to the RCPT inside TLS.
+                3 => (25, [&["--to", "nobody@mx.test"][..], &tls].concat(), false),
+                _ => (25, [&["--to", "alice@mx.test"][..], &tls].concat(), true),
+            };
+            let local = 41000 + i;
+            let lp = local.to_string();
+            let ip = client.to_string();
+            let mut args = args;
+            args.extend(["--local-interface", &ip, "--local-port", &lp]);
+            let r = swaks(server, port, &args);
+            let ids = r.queue_ids();
+            assert_eq!(ids.len(), usize::from(queued), "{}", r.transcript);
+            if !queued {
+                assert!(
+                    r.codes().iter().any(|c| [550, 554].contains(c)),
+                    "{}",
+                    r.transcript
+                );
+            }
+            (SocketAddr::new(client, local), ids.into_iter().next())
+        })
+        .collect();
+    let ids: Vec<String> = sessions.iter().filter_map(|s| s.1.clone()).collect();
+    let log = wait_all_logged(
+        || tb.postfix.log(),
+        &ours(&tb),
+        &ids,
+        probes + usize::from(N),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let live = json(&tail.stop().stdout);
+    let conns = split_by_brackets(&log, &ours(&tb));
+    // Each instance's process served all of its sessions (8 or 16).
+    let pairs = pair_in_order(&sessions, &conns[probes..], 8);
+    for (k, program) in [
+        (0, "postfix/submission/smtpd["),
+        (1, "postfix/submission/smtpd["),
+        (2, "postfix/smtps/smtpd["),
+        (3, "postfix/smtpd["),
+        (4, "postfix/smtpd["),
+    ] {
+        assert!(pairs[k].1.tag.starts_with(program), "{:#?}", pairs[k].1);
+    }
+    assert_exactly_their_own(&pairs, Unseen::Exactly(&[]), &live);
+    for out in replayed(&pcap, &plog) {
+        assert_exactly_their_own(&pairs, Unseen::Exactly(&conns[..probes]), &out);
     }
 }
 
@@ -478,11 +612,7 @@ fn concurrent_clients_on_a_busy_machine() {
 #[test]
 fn back_to_back_sessions_from_the_journal() {
     common::require_root("back_to_back_sessions_from_the_journal");
-    let journald = common::journal::Journald::start();
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let (journald, since) = journal_from_now();
     let tb = Testbed::start_logging(common::Logs::Syslog);
     let journal = || journald.mail_lines(since);
     port_logging_off(&tb, journal);
@@ -528,7 +658,7 @@ fn back_to_back_sessions_from_the_journal() {
         .map(|l| format!("{l}\n"))
         .collect();
     let conns = split_by_brackets(&log, &ours(&tb));
-    let pairs = pair_in_order(&sessions, &conns[probes..]);
+    let pairs = pair_in_order(&sessions, &conns[probes..], 10);
     assert_exactly_their_own(
         &pairs,
         Unseen::AtMost(&conns[..probes]),
@@ -901,11 +1031,13 @@ mod dovecot {
     /// with `rport` logged and two CPU burners running; the log from Dovecot's `log_path` (live and replayed) or from the
     /// journal through syslog (live).
     fn run(logs: Logs) {
-        let journald = (logs == Logs::Syslog).then(super::common::journal::Journald::start);
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let (journald, since) = match logs {
+            Logs::Syslog => {
+                let (j, since) = super::journal_from_now();
+                (Some(j), since)
+            }
+            Logs::Files => (None, 0),
+        };
         let tb = Testbed::start_logging(logs);
         // Only this test bed's Dovecot (`instance_name = dovecot-NS`): other test beds may log
         // to the same journal.
@@ -1072,22 +1204,8 @@ mod dovecot {
             return;
         }
         // The same capture replayed with the log, with and without the linger.
-        for linger in ["1500", "0"] {
-            let out = run_ok(
-                Command::new(env!("CARGO_BIN_EXE_mail-trace"))
-                    .args([
-                        "replay",
-                        "--json",
-                        "--show-headers",
-                        "--maillog-linger-ms",
-                        linger,
-                    ])
-                    .arg(&pcap)
-                    .arg(&dlog),
-                Duration::from_secs(60),
-                "mail-trace replay --maillog",
-            );
-            assert_exactly_their_own(&pairs, &json(&out.stdout));
+        for out in super::replayed(&pcap, &dlog) {
+            assert_exactly_their_own(&pairs, &out);
         }
     }
 }

@@ -108,8 +108,10 @@ pub fn choose_user(explicit: Option<&str>) -> anyhow::Result<String> {
 /// The groups that may read the logs asked for, by name: the systemd journal's readers
 /// (`systemd-journal`, and `adm`, which Debian's journald grants read too) for `--journal`, and
 /// for each `--maillog` file that others may not read, the group owning it (`adm` for Debian's
-/// /var/log/mail.log) when that group may read it. Looked up as root, before the drop.
-pub fn log_groups(files: &[std::path::PathBuf], journal: bool) -> Vec<(String, libc::gid_t)> {
+/// /var/log/mail.log) when that group may read it. Looked up as root, before the drop, from
+/// the files as they were opened (their `fstat`): the same files the followers read, not
+/// the paths resolved a second time.
+pub fn log_groups(files: &[std::fs::Metadata], journal: bool) -> Vec<(String, libc::gid_t)> {
     use std::os::unix::fs::MetadataExt as _;
     let mut out: Vec<(String, libc::gid_t)> = Vec::new();
     let mut add = |g: Option<(String, libc::gid_t)>| {
@@ -123,10 +125,7 @@ pub fn log_groups(files: &[std::path::PathBuf], journal: bool) -> Vec<(String, l
         add(lookup_group("systemd-journal"));
         add(lookup_group("adm"));
     }
-    for f in files {
-        let Ok(m) = std::fs::metadata(f) else {
-            continue;
-        };
+    for m in files {
         if m.mode() & 0o004 == 0 && m.mode() & 0o040 != 0 && m.gid() != 0 {
             add(group_name(m.gid()).map(|n| (n, m.gid())));
         }
@@ -493,14 +492,14 @@ mod tests {
         let names =
             |v: Vec<(String, libc::gid_t)>| -> Vec<String> { v.into_iter().map(|g| g.0).collect() };
         assert_eq!(
-            names(log_groups(std::slice::from_ref(&f), false)),
+            names(log_groups(&[std::fs::metadata(&f).unwrap()], false)),
             adm.iter().map(|g| g.0.clone()).collect::<Vec<_>>()
         );
         // Readable by anyone: no group needed. Not readable by its group: that group is no help.
         for mode in [0o644, 0o600] {
             std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
             assert!(
-                log_groups(std::slice::from_ref(&f), false).is_empty(),
+                log_groups(&[std::fs::metadata(&f).unwrap()], false).is_empty(),
                 "{mode:o}"
             );
         }

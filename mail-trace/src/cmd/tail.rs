@@ -315,7 +315,9 @@ pub(crate) async fn trace<W: Write>(
     // for a rotated file and journalctl.
     let log_files = crate::cmd::maillog::open_live(&args.logs)?;
     let log_groups = if args.logs.enabled() {
-        crate::cmd::privilege::log_groups(&args.logs.paths()?, args.logs.journal)
+        let opened: Vec<std::fs::Metadata> =
+            log_files.iter().filter_map(|f| f.metadata().ok()).collect();
+        crate::cmd::privilege::log_groups(&opened, args.logs.journal)
     } else {
         Vec::new()
     };

@@ -120,6 +120,8 @@ pub fn story(queue_id: &str, records: &[Value], log: &[Value]) -> Story {
             m.remove("transaction");
             m.remove("rcpt");
             m.remove("line");
+            // An unmatched record and the same line read from the file are one line.
+            m.remove("unmatched");
         }
         if seen.insert(clean.to_string()) {
             lines.push((*e).clone());
@@ -679,6 +681,32 @@ mod tests {
         assert!(!outcome(&s, "Q2"));
         s["log"][0]["event"] = "queued".into();
         assert!(!outcome(&s, "Q1"));
+    }
+
+    /// A line the join said unmatched (its smtpd connection agreed with no session) is in
+    /// the story with the reason, once, also when the log file has it too.
+    #[test]
+    fn unmatched_lines_are_told_with_their_reason() {
+        let why = "session #3: queue id DDDDDD4 not queued in the session";
+        let client = || {
+            entry(
+                "2026-11-27T23:39:56.000000Z",
+                "postfix/smtpd",
+                "DDDDDD4",
+                "client",
+                json!({"client":"unknown[10.99.1.1]"}),
+            )
+        };
+        let mut unmatched = client();
+        unmatched["type"] = "log".into();
+        unmatched["session"] = Value::Null;
+        unmatched["unmatched"] = why.into();
+        let st = story("DDDDDD4", &[unmatched], &[client()]);
+        assert_eq!(st.lines.len(), 1);
+        assert_eq!(
+            render(&st),
+            format!("Message DDDDDD4\n  the session that brought it in was not traced\nLog:\n  2026-11-27T23:39:56.000000Z postfix/smtpd[1] DDDDDD4 client: client=unknown[10.99.1.1]  [unmatched: {why}]\n")
+        );
     }
 
     #[test]

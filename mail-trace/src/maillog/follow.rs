@@ -100,6 +100,11 @@ impl OpenLog {
         })
     }
 
+    /// The opened file's metadata (`fstat`): who may read it, for the privilege drop.
+    pub fn metadata(&self) -> std::io::Result<std::fs::Metadata> {
+        self.file.metadata()
+    }
+
     /// Reads on from the end in a thread of its own; a rotated file is reopened by name (as
     /// the user the daemon runs as: when it may not, that is said once and the old file is
     /// still read).

@@ -28,7 +28,7 @@
 //! session's record is held for [`JoinConfig::linger`] so that the lines Postfix wrote during
 //! the session make it into the record's `log` list; lines after that (deliveries, usually)
 //! go out as follow-ups through [`Sink::log`] with `late = true`.
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 
 use serde_json::Value;
@@ -127,10 +127,9 @@ impl<V: Copy> Bounded<V> {
 
 enum State {
     Open,
-    /// Ended; the record waits until `until` for the last lines.
+    /// Ended; the record waits (until the time in [`Joiner::lingering`]) for the last lines.
     Lingering {
         record: Box<SessionRecord>,
-        until: Ts,
     },
     /// Record written; kept until `until` for late address matches.
     Closed {
@@ -176,7 +175,11 @@ pub struct Joiner {
     cfg: JoinConfig,
     privacy: Privacy,
     sessions: HashMap<ConnId, Tracked>,
-    by_ip: HashMap<IpAddr, Vec<ConnId>>,
+    /// Sessions by client address, in start order: a bracket's candidates are a range of it.
+    by_ip: HashMap<IpAddr, BTreeSet<(Ts, ConnId)>>,
+    /// Ended sessions whose record waits, by when it is due: a tick pops what is due instead
+    /// of looking at every session (replay ticks at every frame).
+    lingering: BTreeSet<(Ts, ConnId)>,
     closed: VecDeque<ConnId>,
     queue: Bounded<ConnId>,
     dovecot: Bounded<ConnId>,
@@ -186,17 +189,32 @@ pub struct Joiner {
     stats: JoinStats,
     /// Open smtpd brackets by (program, pid): `postfix/smtpd`, `postfix/submission/smtpd`, ….
     open: HashMap<(String, u32), Bracket>,
-    /// Closed brackets waiting for their session (in connect order).
-    pending: VecDeque<Bracket>,
+    /// Closed brackets waiting for their session, by client address (in close order): a
+    /// session's start or end, or a bracket's close, looks only at its address's.
+    pending: HashMap<IpAddr, VecDeque<Bracket>>,
+    /// (closed, address, bracket id) in close order: when each waiting bracket is given up.
+    pending_order: VecDeque<(Ts, IpAddr, u64)>,
+    /// Open brackets by their connect stamp, to give up those whose client is never seen.
+    open_order: VecDeque<(Ts, (String, u32), u64)>,
+    /// (when, address): a bracket or Dovecot connection of that address waits for time
+    /// only (an earlier candidate still open when the log has said it is over).
+    timers: BTreeSet<(Ts, IpAddr)>,
     /// Lines read so far: the order of the next one.
     seq: u64,
     /// The latest time the joiner was told (capture or wall clock).
     now: Ts,
     /// The last brackets no session agreed with, and why (for `why`).
     mismatches: VecDeque<(Vec<Held>, String)>,
-    /// Dovecot connections by session id, not yet given to a wire session (first line order).
+    /// Dovecot connections by session id, not yet given to a wire session.
     dsessions: HashMap<String, DovecotSession>,
-    dorder: VecDeque<String>,
+    /// Those with a login line (the client is known), by client address, in first-line order.
+    dwaiting: HashMap<IpAddr, Vec<String>>,
+    /// (when, session id): when a Dovecot connection is looked at again to be given up.
+    dexpiry: BTreeSet<(Ts, String)>,
+    /// How many sessions, brackets and Dovecot connections were looked at (the tests hold
+    /// the work per line and per tick to what the line or tick is about).
+    #[cfg(test)]
+    work: std::cell::Cell<u64>,
 }
 
 /// Mismatched brackets kept for `why`.
@@ -209,6 +227,7 @@ impl Joiner {
             privacy,
             sessions: HashMap::new(),
             by_ip: HashMap::new(),
+            lingering: BTreeSet::new(),
             closed: VecDeque::new(),
             queue: Bounded::new(cfg.max_ids),
             dovecot: Bounded::new(cfg.max_ids),
@@ -217,12 +236,18 @@ impl Joiner {
             waiting_count: 0,
             stats: JoinStats::default(),
             open: HashMap::new(),
-            pending: VecDeque::new(),
+            pending: HashMap::new(),
+            pending_order: VecDeque::new(),
+            open_order: VecDeque::new(),
+            timers: BTreeSet::new(),
             seq: 0,
             now: 0,
             mismatches: VecDeque::new(),
             dsessions: HashMap::new(),
-            dorder: VecDeque::new(),
+            dwaiting: HashMap::new(),
+            dexpiry: BTreeSet::new(),
+            #[cfg(test)]
+            work: std::cell::Cell::new(0),
         }
     }
 
@@ -265,15 +290,17 @@ impl Joiner {
         if l.kind == Kind::Connect {
             // A connect while one is open: the disconnect line was lost; that one is over.
             if let Some(prev) = self.open.remove(&key) {
-                self.pending.push_back(prev);
+                let ip = prev.ip;
+                self.close_bracket(prev);
+                self.match_brackets_of(ip, sink);
             }
             match Bracket::open(seq, l.clone()) {
                 Some(b) if self.open.len() < self.cfg.max_waiting => {
+                    self.open_order.push_back((b.opened, key.clone(), seq));
                     self.open.insert(key, b);
                 }
                 _ => return Some(l),
             }
-            self.match_brackets(sink);
             return None;
         }
         let Some(b) = self.open.get_mut(&key) else {
@@ -285,26 +312,64 @@ impl Joiner {
         }
         if closes {
             if let Some(b) = self.open.remove(&key) {
-                self.pending.push_back(b);
+                let ip = b.ip;
+                self.close_bracket(b);
+                self.match_brackets_of(ip, sink);
             }
-            self.match_brackets(sink);
         }
         None
     }
 
-    /// Gives every closed bracket that can be decided its session.
-    fn match_brackets(&mut self, sink: &mut dyn Sink) {
+    /// A closed bracket waits among its address's for its session.
+    fn close_bracket(&mut self, b: Bracket) {
+        let closed = b.closed.unwrap_or(b.opened);
+        self.pending_order.push_back((closed, b.ip, b.id));
+        self.pending.entry(b.ip).or_default().push_back(b);
+    }
+
+    /// Gives every closed bracket of client `ip` that can be decided its session (a bracket's
+    /// candidates are all of its address: no other address's can change its answer).
+    fn match_brackets_of(&mut self, ip: IpAddr, sink: &mut dyn Sink) {
+        let Some(mut q) = self.pending.remove(&ip) else {
+            return;
+        };
         let mut i = 0;
-        while i < self.pending.len() {
-            match self.pick(&self.pending[i]) {
+        while i < q.len() {
+            #[cfg(test)]
+            self.work.set(self.work.get() + 1);
+            match self.pick(&q[i]) {
                 Ok(id) => {
-                    if let Some(b) = self.pending.remove(i) {
+                    if let Some(b) = q.remove(i) {
                         self.attach(b, id, sink);
                     }
                 }
-                Err(_) => i += 1,
+                Err(why) => {
+                    // Waiting for an open candidate until the log has long said it is over:
+                    // looked at again then, whatever else happens.
+                    let when = q[i]
+                        .closed
+                        .unwrap_or(q[i].opened)
+                        .saturating_add(CLOSE_SLACK);
+                    if why.is_none() && when > self.now {
+                        self.timers.insert((when, ip));
+                    }
+                    i += 1;
+                }
             }
         }
+        if !q.is_empty() {
+            self.pending.insert(ip, q);
+        }
+    }
+
+    /// A waiting bracket taken out (to be given up): None when it found its session.
+    fn take_pending(&mut self, ip: IpAddr, id: u64) -> Option<Bracket> {
+        let q = self.pending.get_mut(&ip)?;
+        let b = q.iter().position(|b| b.id == id).and_then(|i| q.remove(i));
+        if q.is_empty() {
+            self.pending.remove(&ip);
+        }
+        b
     }
 
     /// The session of a closed bracket: the first of its client's sessions (in start order)
@@ -322,7 +387,17 @@ impl Joiner {
                 }
                 continue;
             }
-            match disagreement(b, &t.tally) {
+            // A queue id the wire saw queued in another session is not this one's (inside
+            // TLS the bracket's cross-check cannot see it).
+            let other = b
+                .queue_ids
+                .iter()
+                .find_map(|q| Some((q, self.queue.get(q).filter(|o| *o != id)?)));
+            let against = match other {
+                Some((q, o)) => Some(format!("queue id {q} queued in session #{o}")),
+                None => disagreement(b, &t.tally),
+            };
+            match against {
                 None => return Ok(id),
                 Some(r) => {
                     why.get_or_insert_with(|| format!("session #{id}: {r}"));
@@ -337,17 +412,21 @@ impl Joiner {
         &'a self,
         b: &'a Bracket,
     ) -> impl Iterator<Item = (Ts, ConnId, &'a Tracked)> + 'a {
+        let from = (b.opened.saturating_sub(BEFORE_CONNECT), 0);
+        let to = (b.opened.saturating_add(AFTER_CONNECT), ConnId::MAX);
         self.by_ip
             .get(&b.ip)
             .into_iter()
-            .flatten()
-            .filter_map(|id| Some((*id, self.sessions.get(id)?)))
+            .flat_map(move |s| s.range(from..=to))
+            .filter_map(|(_, id)| {
+                #[cfg(test)]
+                self.work.set(self.work.get() + 1);
+                Some((*id, self.sessions.get(id)?))
+            })
             .filter(|(_, t)| {
                 t.info.proto == Proto::Smtp
                     && !t.bracket
                     && b.port.is_none_or(|p| t.info.client.port() == p)
-                    && t.info.start.saturating_add(BEFORE_CONNECT) >= b.opened
-                    && t.info.start <= b.opened.saturating_add(AFTER_CONNECT)
             })
             .map(|(id, t)| (t.info.start, id, t))
     }
@@ -414,37 +493,65 @@ impl Joiner {
                 return None;
             }
             self.dsessions
-                .insert(sid.clone(), DovecotSession::new(&sid, l.ts));
-            self.dorder.push_back(sid.clone());
+                .insert(sid.clone(), DovecotSession::new(&sid, seq, l.ts));
+            self.dexpiry
+                .insert((l.ts.saturating_add(self.cfg.wait), sid.clone()));
         }
         let max = self.cfg.max_lines_per_session;
-        if let Some(d) = self.dsessions.get_mut(&sid) {
-            if !d.push(seq, l, max) {
-                self.stats.dropped += 1;
-            }
+        let Some(d) = self.dsessions.get_mut(&sid) else {
+            return None;
+        };
+        let had_login = d.login.is_some();
+        if !d.push(seq, l, max) {
+            self.stats.dropped += 1;
         }
-        self.match_dovecot(sink);
+        let (first, rip) = (d.first, d.login.as_ref().map(|x| x.rip));
+        if let Some(ip) = rip {
+            if !had_login {
+                // Now that the client is known, among its address's in first-line order.
+                let v = self.dwaiting.entry(ip).or_default();
+                let at =
+                    v.partition_point(|s| self.dsessions.get(s).is_some_and(|d| d.first < first));
+                v.insert(at, sid);
+            }
+            self.match_dovecot_of(ip, sink);
+        }
         None
     }
 
-    /// Gives every Dovecot connection that can be decided its session.
-    fn match_dovecot(&mut self, sink: &mut dyn Sink) {
+    /// Gives every Dovecot connection of client `ip` that can be decided its session.
+    fn match_dovecot_of(&mut self, ip: IpAddr, sink: &mut dyn Sink) {
+        let Some(mut v) = self.dwaiting.remove(&ip) else {
+            return;
+        };
         let mut i = 0;
-        while i < self.dorder.len() {
-            let sid = &self.dorder[i];
-            let Some(d) = self.dsessions.get(sid) else {
-                self.dorder.remove(i);
+        while i < v.len() {
+            #[cfg(test)]
+            self.work.set(self.work.get() + 1);
+            let Some(d) = self.dsessions.get(&v[i]) else {
+                v.remove(i);
                 continue;
             };
             match self.pick_dovecot(d) {
                 Ok(id) => {
-                    let sid = self.dorder.remove(i).unwrap_or_default();
+                    let sid = v.remove(i);
                     if let Some(d) = self.dsessions.remove(&sid) {
                         self.attach_dovecot(d, id, sink);
                     }
                 }
-                Err(_) => i += 1,
+                Err(why) => {
+                    if let (None, Some(c)) = (&why, d.closed) {
+                        let when = c.saturating_add(CLOSE_SLACK);
+                        if when > self.now {
+                            self.timers.insert((when, ip));
+                        }
+                    }
+                    i += 1;
+                }
             }
+        }
+        if !v.is_empty() {
+            self.dwaiting.insert(ip, v);
         }
     }
 
@@ -468,8 +575,12 @@ impl Joiner {
             .by_ip
             .get(&login.rip)
             .into_iter()
-            .flatten()
-            .filter_map(|id| Some((*id, self.sessions.get(id)?)))
+            .flat_map(|s| s.range(..=(at.saturating_add(SLACK), ConnId::MAX)))
+            .filter_map(|(_, id)| {
+                #[cfg(test)]
+                self.work.set(self.work.get() + 1);
+                Some((*id, self.sessions.get(id)?))
+            })
             .filter(|(_, t)| {
                 t.info.proto == want
                     && !t.dovecot_login
@@ -517,78 +628,129 @@ impl Joiner {
         }
     }
 
-    /// Dovecot connections given up: closed (or first seen) longer than the wait ago.
-    fn expire_dovecot(&mut self, now: Ts, all: bool, sink: &mut dyn Sink) {
-        let mut i = 0;
-        while i < self.dorder.len() {
-            let Some(d) = self.dsessions.get(&self.dorder[i]) else {
-                self.dorder.remove(i);
+    /// Dovecot connections due to be looked at again: given up when closed (or first seen)
+    /// longer than the wait ago, unless logged in and still open on the wire (IDLE for hours:
+    /// looked at again a wait later).
+    fn expire_dovecot(&mut self, now: Ts, sink: &mut dyn Sink) {
+        let wait = self.cfg.wait;
+        let mut again = Vec::new();
+        while self.dexpiry.first().is_some_and(|(due, _)| *due <= now) {
+            let Some((_, sid)) = self.dexpiry.pop_first() else {
+                break;
+            };
+            let Some(d) = self.dsessions.get(&sid) else {
                 continue;
             };
             let since = d.closed.unwrap_or(d.opened);
             let picked = self.pick_dovecot(d);
-            // A logged-in session still open on the wire (IDLE for hours) keeps waiting.
             let open = d.login.is_some() && picked == Err(None);
-            if !all && (open || since.saturating_add(self.cfg.wait) > now) {
-                i += 1;
+            if open || since.saturating_add(wait) > now {
+                let due = since.saturating_add(wait);
+                again.push((
+                    if open {
+                        due.max(now.saturating_add(wait))
+                    } else {
+                        due
+                    },
+                    sid,
+                ));
                 continue;
             }
-            let why = match picked {
-                Err(Some(why)) => why,
-                _ => format!("no login line of session {}", d.id),
-            };
-            let sid = self.dorder.remove(i).unwrap_or_default();
-            if let Some(d) = self.dsessions.remove(&sid) {
-                let n = d.lines.len() as u64;
-                self.stats.unmatched += n;
-                self.stats.mismatched += n;
-                self.unmatched(d.lines, why, sink);
+            self.give_up_dovecot(&sid, picked, sink);
+        }
+        // After the loop: with no wait at all, what is due again is due now.
+        self.dexpiry.extend(again);
+    }
+
+    /// A Dovecot connection given up: its lines are unmatched, with the reason.
+    fn give_up_dovecot(
+        &mut self,
+        sid: &str,
+        picked: Result<ConnId, Option<String>>,
+        sink: &mut dyn Sink,
+    ) {
+        let Some(d) = self.dsessions.remove(sid) else {
+            return;
+        };
+        if let Some(ip) = d.login.as_ref().map(|l| l.rip) {
+            if let Some(v) = self.dwaiting.get_mut(&ip) {
+                v.retain(|s| s != sid);
+                if v.is_empty() {
+                    self.dwaiting.remove(&ip);
+                }
             }
         }
+        let why = match picked {
+            Err(Some(why)) => why,
+            _ => format!("no login line of session {}", d.id),
+        };
+        let n = d.lines.len() as u64;
+        self.stats.unmatched += n;
+        self.stats.mismatched += n;
+        self.unmatched(d.lines, why, sink);
     }
 
     /// Lets time pass: records whose linger is over are written, old waiting lines and
-    /// ended sessions are forgotten.
+    /// ended sessions are forgotten. Only what is due is looked at: replay ticks at every
+    /// frame, and a relay has thousands of sessions open.
     pub fn tick(&mut self, now: Ts, sink: &mut dyn Sink) {
         self.now = self.now.max(now);
-        if !self.pending.is_empty() {
-            self.match_brackets(sink);
-            while let Some(b) = self.pending.front() {
-                let closed = b.closed.unwrap_or(b.opened);
-                if closed.saturating_add(self.cfg.wait) > now {
-                    break;
-                }
-                if let Some(b) = self.pending.pop_front() {
-                    self.give_up(b, sink);
+        let mut ips = Vec::new();
+        while self.timers.first().is_some_and(|(when, _)| *when <= now) {
+            if let Some((_, ip)) = self.timers.pop_first() {
+                if !ips.contains(&ip) {
+                    ips.push(ip);
                 }
             }
         }
-        if !self.dorder.is_empty() {
-            self.match_dovecot(sink);
-            self.expire_dovecot(now, false, sink);
+        for ip in ips {
+            self.match_brackets_of(ip, sink);
+            self.match_dovecot_of(ip, sink);
         }
-        // A connection still open past the wait, with no session on the wire that could be
-        // it (its packets were never captured): its lines will find nothing.
-        let stale: Vec<(String, u32)> = self
-            .open
-            .iter()
-            .filter(|(_, b)| {
-                b.opened.saturating_add(self.cfg.wait) <= now && self.candidates(b).next().is_none()
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in stale {
-            if let Some(b) = self.open.remove(&k) {
+        while let Some(&(closed, ip, id)) = self.pending_order.front() {
+            if closed.saturating_add(self.cfg.wait) > now {
+                break;
+            }
+            self.pending_order.pop_front();
+            // A last look (the session may just have ended), then given up.
+            self.match_brackets_of(ip, sink);
+            if let Some(b) = self.take_pending(ip, id) {
                 self.give_up(b, sink);
             }
         }
-        let mut due: Vec<ConnId> = self
-            .sessions
-            .iter()
-            .filter(|(_, t)| matches!(t.state, State::Lingering { until, .. } if until <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        // In session order, not the map's.
+        self.expire_dovecot(now, sink);
+        // A connection still open past the wait, with no session on the wire that could be
+        // it (its packets were never captured): its lines will find nothing. One that could
+        // be a long session's is looked at again a wait later.
+        let mut again = Vec::new();
+        while let Some(&(opened, _, _)) = self.open_order.front() {
+            if opened.saturating_add(self.cfg.wait) > now {
+                break;
+            }
+            let Some((_, key, id)) = self.open_order.pop_front() else {
+                break;
+            };
+            let Some(b) = self.open.get(&key).filter(|b| b.id == id) else {
+                continue;
+            };
+            if self.candidates(b).next().is_some() {
+                again.push((now, key, id));
+            } else if let Some(b) = self.open.remove(&key) {
+                self.give_up(b, sink);
+            }
+        }
+        self.open_order.extend(again);
+        let mut due = Vec::new();
+        while self
+            .lingering
+            .first()
+            .is_some_and(|(until, _)| *until <= now)
+        {
+            if let Some((_, id)) = self.lingering.pop_first() {
+                due.push(id);
+            }
+        }
+        // In session order.
         due.sort_unstable();
         for id in due {
             self.write_record(id, now, sink);
@@ -633,21 +795,54 @@ impl Joiner {
         // The capture is over: what is still open is closed, and every candidate has ended.
         self.now = Ts::MAX;
         let mut open: Vec<Bracket> = self.open.drain().map(|(_, b)| b).collect();
-        open.sort_unstable_by_key(|b| b.lines.first().map(|l| l.0));
-        self.pending.extend(open);
-        self.match_brackets(sink);
-        while let Some(b) = self.pending.pop_front() {
-            self.give_up(b, sink);
+        open.sort_unstable_by_key(|b| b.id);
+        self.open_order.clear();
+        for b in open {
+            self.close_bracket(b);
         }
-        self.match_dovecot(sink);
-        self.expire_dovecot(Ts::MAX, true, sink);
-        let ids: Vec<ConnId> = self
-            .sessions
+        // Every address with a waiting bracket, in the order the first of them closed.
+        let mut ips: Vec<IpAddr> = Vec::new();
+        for &(_, ip, _) in &self.pending_order {
+            if !ips.contains(&ip) && self.pending.contains_key(&ip) {
+                ips.push(ip);
+            }
+        }
+        for ip in ips {
+            self.match_brackets_of(ip, sink);
+        }
+        while let Some((_, ip, id)) = self.pending_order.pop_front() {
+            if let Some(b) = self.take_pending(ip, id) {
+                self.give_up(b, sink);
+            }
+        }
+        let mut ips: Vec<(u64, IpAddr)> = self
+            .dwaiting
             .iter()
-            .filter(|(_, t)| matches!(t.state, State::Lingering { .. }))
-            .map(|(id, _)| *id)
+            .filter_map(|(ip, v)| Some((self.dsessions.get(v.first()?)?.first, *ip)))
             .collect();
-        let mut ids = ids;
+        ips.sort_unstable();
+        for (_, ip) in ips {
+            self.match_dovecot_of(ip, sink);
+        }
+        let mut left: Vec<(u64, String)> = self
+            .dsessions
+            .values()
+            .map(|d| (d.first, d.id.clone()))
+            .collect();
+        left.sort_unstable();
+        for (_, sid) in left {
+            let picked = match self.dsessions.get(&sid) {
+                Some(d) => self.pick_dovecot(d),
+                None => continue,
+            };
+            self.give_up_dovecot(&sid, picked, sink);
+        }
+        self.dexpiry.clear();
+        self.timers.clear();
+        let mut ids: Vec<ConnId> = std::mem::take(&mut self.lingering)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
         ids.sort_unstable();
         for id in ids {
             self.write_record(id, Ts::MAX, sink);
@@ -662,7 +857,7 @@ impl Joiner {
         if let Some(t) = self.sessions.remove(&id) {
             let ip = t.info.client.ip();
             if let Some(v) = self.by_ip.get_mut(&ip) {
-                v.retain(|x| *x != id);
+                v.remove(&(t.info.start, id));
                 if v.is_empty() {
                     self.by_ip.remove(&ip);
                 }
@@ -675,8 +870,7 @@ impl Joiner {
             return;
         };
         let until = now.saturating_add(self.cfg.recent);
-        let State::Lingering { record, .. } =
-            std::mem::replace(&mut t.state, State::Closed { until })
+        let State::Lingering { record } = std::mem::replace(&mut t.state, State::Closed { until })
         else {
             return;
         };
@@ -753,13 +947,12 @@ impl Joiner {
         let dovecot_login = matches!(l.kind, Kind::Login | Kind::LoginFailed);
         self.by_ip
             .get(&ip)?
-            .iter()
-            .filter_map(|id| Some((*id, self.sessions.get(id)?)))
+            .range(..=(l.ts.saturating_add(SLACK), ConnId::MAX))
+            .filter_map(|(_, id)| Some((*id, self.sessions.get(id)?)))
             .filter(|(_, t)| {
                 proto(t.info.proto)
                     && port.is_none_or(|p| t.info.client.port() == p)
                     && server.is_none_or(|s| t.info.server.ip() == s)
-                    && t.info.start <= l.ts.saturating_add(SLACK)
                     && t.end.is_none_or(|e| l.ts <= e.saturating_add(SLACK))
                     && !(dovecot_login && t.dovecot_login)
             })
@@ -916,12 +1109,15 @@ impl Sink for Joined<'_> {
                 login: None,
             },
         );
-        j.by_ip.entry(info.client.ip()).or_default().push(info.id);
+        j.by_ip
+            .entry(info.client.ip())
+            .or_default()
+            .insert((info.start, info.id));
         self.inner.session_start(info);
         let ip = info.client.ip();
         j.retry(Key::Addr(ip, Some(info.client.port())), self.inner);
         j.retry(Key::Addr(ip, None), self.inner);
-        j.match_brackets(self.inner);
+        j.match_brackets_of(ip, self.inner);
     }
 
     fn event(&mut self, info: &SessionInfo, ev: &Event) {
@@ -982,13 +1178,13 @@ impl Sink for Joined<'_> {
         }
         t.state = State::Lingering {
             record: Box::new(record.clone()),
-            until,
         };
+        j.lingering.insert((until, info.id));
         let ip = info.client.ip();
         j.retry(Key::Addr(ip, Some(info.client.port())), self.inner);
         j.retry(Key::Addr(ip, None), self.inner);
-        j.match_brackets(self.inner);
-        j.match_dovecot(self.inner);
+        j.match_brackets_of(ip, self.inner);
+        j.match_dovecot_of(ip, self.inner);
     }
 
     fn log(&mut self, session: ConnId, line: &LogLine, late: bool) {
@@ -1071,6 +1267,14 @@ mod tests {
         parse(s, &Clock::utc(NOW)).unwrap()
     }
 
+    /// The joiner as the engine's sink, in front of `out`.
+    fn joined<'a>(j: &'a mut Joiner, out: &'a mut Rec) -> Joined<'a> {
+        Joined {
+            joiner: Some(j),
+            inner: out,
+        }
+    }
+
     fn reply(text: &str) -> Event {
         Event::Reply {
             ts: T0,
@@ -1088,27 +1292,15 @@ mod tests {
         let i = info(7, Proto::Smtp, "10.99.152.1:46240", "10.99.152.2:25", T0);
         // The client= line is read before the capture shows the session: it waits.
         j.line(line("Nov 27 23:39:56 mx postfix/smtpd[14344]: A74CF98E292: client=unknown[10.99.152.1]:46240"), &mut out);
-        Joined {
-            joiner: Some(&mut j),
-            inner: &mut out,
-        }
-        .session_start(&i);
+        joined(&mut j, &mut out).session_start(&i);
         j.line(line("Nov 27 23:39:56 mx postfix/qmgr[14342]: A74CF98E292: from=<sender@client.test>, size=313, nrcpt=1 (queue active)"), &mut out);
-        Joined {
-            joiner: Some(&mut j),
-            inner: &mut out,
-        }
-        .event(&i, &reply("Ok: queued as A74CF98E292"));
+        joined(&mut j, &mut out).event(&i, &reply("Ok: queued as A74CF98E292"));
         let rec = record(
             &i,
             T0 + S / 10,
             json!({"transactions":[{"queue_id":"A74CF98E292","rcpt":[]}]}),
         );
-        Joined {
-            joiner: Some(&mut j),
-            inner: &mut out,
-        }
-        .session_end(&i, &rec);
+        joined(&mut j, &mut out).session_end(&i, &rec);
         j.line(
             line("Nov 27 23:39:56 mx postfix/cleanup[14352]: A74CF98E292: message-id=<x@y>"),
             &mut out,
@@ -1162,26 +1354,14 @@ mod tests {
         let mut out = Rec::default();
         let i = info(3, Proto::Smtp, "10.99.152.1:46268", "10.99.152.2:25", T0);
         let other = info(4, Proto::Smtp, "10.99.152.1:46270", "10.99.152.2:25", T0);
-        Joined {
-            joiner: Some(&mut j),
-            inner: &mut out,
-        }
-        .session_start(&i);
-        Joined {
-            joiner: Some(&mut j),
-            inner: &mut out,
-        }
-        .session_start(&other);
+        joined(&mut j, &mut out).session_start(&i);
+        joined(&mut j, &mut out).session_start(&other);
         let rec = record(
             &i,
             T0 + S / 2,
             json!({"transactions":[{"queue_id":null,"rcpt":[{"addr":"nobody@mx.test","code":550}]}]}),
         );
-        Joined {
-            joiner: Some(&mut j),
-            inner: &mut out,
-        }
-        .session_end(&i, &rec);
+        joined(&mut j, &mut out).session_end(&i, &rec);
         // Read after the session ended, within the linger.
         j.line(line("Nov 27 23:39:56 mx postfix/smtpd[14344]: NOQUEUE: reject: RCPT from unknown[10.99.152.1]:46268: 550 5.1.1 <nobody@mx.test>: Recipient address rejected: User unknown in virtual mailbox table; from=<sender@client.test> to=<nobody@mx.test> proto=ESMTP helo=<client.test>"), &mut out);
         // A line for a client never seen waits, then expires.
@@ -1209,18 +1389,10 @@ mod tests {
         let imap = info(2, Proto::Imap, "10.99.152.1:40002", "10.99.152.2:143", T0);
         let wrong_server = info(3, Proto::Imap, "10.99.152.1:40004", "10.99.152.9:143", T0);
         for s in [&smtp, &imap, &wrong_server] {
-            Joined {
-                joiner: Some(&mut j),
-                inner: &mut out,
-            }
-            .session_start(s);
+            joined(&mut j, &mut out).session_start(s);
         }
         let rec = record(&imap, T0 + S, json!({}));
-        Joined {
-            joiner: Some(&mut j),
-            inner: &mut out,
-        }
-        .session_end(&imap, &rec);
+        joined(&mut j, &mut out).session_end(&imap, &rec);
         j.line(line("Nov 27 23:39:57 imap-login: Info: Disconnected: Aborted login by logging out (auth failed, 1 attempts in 1 secs): user=<alice@mx.test>, method=PLAIN, rip=10.99.152.1, lip=10.99.152.2, session=<MHM+lEphvsoKY5gB>"), &mut out);
         j.finish(&mut out);
         assert!(
@@ -1247,18 +1419,10 @@ mod tests {
         );
         let now = info(2, Proto::Smtp, "10.99.152.1:40002", "10.99.152.2:25", T0);
         for s in [&old, &now] {
-            Joined {
-                joiner: Some(&mut j),
-                inner: &mut out,
-            }
-            .session_start(s);
+            joined(&mut j, &mut out).session_start(s);
         }
         let rec = record(&old, T0 - 50 * S, json!({}));
-        Joined {
-            joiner: Some(&mut j),
-            inner: &mut out,
-        }
-        .session_end(&old, &rec);
+        joined(&mut j, &mut out).session_end(&old, &rec);
         j.line(line("Nov 27 23:39:56 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[10.99.152.1]: 554 5.7.1 <a@example.org>: Relay access denied; from=<s@c> to=<a@example.org> proto=ESMTP helo=<c>"), &mut out);
         j.line(
             line("Nov 27 23:39:56 mx postfix/smtpd[1]: B2C3D4E5F6: client=unknown[10.99.152.1]"),
@@ -1298,10 +1462,7 @@ mod tests {
 
     /// One wire session through the joiner: start, the dialogue, end.
     fn session(j: &mut Joiner, out: &mut Rec, i: &SessionInfo, evs: &[Event], fields: Value) {
-        let mut s = Joined {
-            joiner: Some(j),
-            inner: out,
-        };
+        let mut s = joined(j, out);
         s.session_start(i);
         for e in evs {
             s.event(i, e);
@@ -1309,11 +1470,9 @@ mod tests {
         s.session_end(i, &record(i, i.start + S / 10, fields));
     }
 
-    #[test]
-    fn one_smtpd_pid_back_to_back_without_ports_follows_its_brackets() {
-        let mut j = Joiner::new(JoinConfig::default(), Privacy::default());
-        let mut out = Rec::default();
-        let delivered = [
+    /// A delivered session's dialogue: one message, queued as `queue_id`.
+    fn delivered(queue_id: &str) -> Vec<Event> {
+        vec![
             coded("220", "mx"),
             cmd("EHLO", "c"),
             coded("250", "mx"),
@@ -1323,21 +1482,231 @@ mod tests {
             coded("250", "Ok"),
             cmd("DATA", ""),
             coded("354", "go"),
-            coded("250", "Ok: queued as A74CF98E292"),
+            coded("250", &format!("Ok: queued as {queue_id}")),
             cmd("QUIT", ""),
             coded("221", "Bye"),
-        ];
-        let rejected = [
+        ]
+    }
+
+    /// A rejected session's dialogue: its one recipient `to` refused with 550.
+    fn rejected(to: &str) -> Vec<Event> {
+        vec![
             coded("220", "mx"),
             cmd("EHLO", "c"),
             coded("250", "mx"),
             cmd("MAIL", "FROM:<s@c>"),
             coded("250", "Ok"),
-            cmd("RCPT", "TO:<nobody@mx.test>"),
+            cmd("RCPT", &format!("TO:<{to}>")),
             coded("550", "5.1.1 rejected"),
             cmd("QUIT", ""),
             coded("221", "Bye"),
+        ]
+    }
+
+    /// Lines that arrive after their session's record was written (a late `disconnect`, a
+    /// delivery, a bounce and the bounce's own lines) go to that session as `log` records of
+    /// their own, also after the same smtpd pid has served further sessions of the client.
+    #[test]
+    fn late_lines_join_their_session_after_the_pid_served_others() {
+        let mut j = Joiner::new(JoinConfig::default(), Privacy::default());
+        let mut out = Rec::default();
+        let first = info(1, Proto::Smtp, "10.99.1.1:4000", "10.99.1.2:25", T0);
+        let second = info(2, Proto::Smtp, "10.99.1.1:4002", "10.99.1.2:25", T0 + 3 * S);
+        let third = info(3, Proto::Smtp, "10.99.1.1:4004", "10.99.1.2:25", T0 + 4 * S);
+        // `at(3956, …)`: stamped 23:39:56.
+        let at = |t: u32, m: &str| line(&format!("Nov 27 23:{}:{:02} {m}", t / 100, t % 100));
+        let smtpd = |t: u32, m: &str| at(t, &format!("mx postfix/smtpd[7]: {m}"));
+        session(
+            &mut j,
+            &mut out,
+            &first,
+            &delivered("A74CF98E292"),
+            json!({}),
+        );
+        j.line(smtpd(3956, "connect from unknown[10.99.1.1]"), &mut out);
+        j.line(
+            smtpd(3956, "A74CF98E292: client=unknown[10.99.1.1]"),
+            &mut out,
+        );
+        j.line(
+            at(3956, "mx postfix/cleanup[8]: A74CF98E292: message-id=<x@y>"),
+            &mut out,
+        );
+        // The record is written; smtpd's disconnect comes later still.
+        j.tick(T0 + 2 * S, &mut out);
+        j.line(
+            smtpd(
+                3956,
+                "disconnect from unknown[10.99.1.1] ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5",
+            ),
+            &mut out,
+        );
+        // The pid serves two more sessions of the client.
+        session(
+            &mut j,
+            &mut out,
+            &second,
+            &rejected("nobody@mx.test"),
+            json!({}),
+        );
+        session(
+            &mut j,
+            &mut out,
+            &third,
+            &delivered("B1C2D3E4F5"),
+            json!({}),
+        );
+        for (sec, m) in [
+            (3959, "connect from unknown[10.99.1.1]"),
+            (3959, "NOQUEUE: reject: RCPT from unknown[10.99.1.1]: 550 5.1.1 <nobody@mx.test>: Recipient address rejected: User unknown; from=<s@c> to=<nobody@mx.test> proto=ESMTP helo=<c>"),
+            (3959, "disconnect from unknown[10.99.1.1] ehlo=1 mail=1 rcpt=0/1 quit=1 commands=3/4"),
+            (4000, "connect from unknown[10.99.1.1]"),
+            (4000, "B1C2D3E4F5: client=unknown[10.99.1.1]"),
+            (4000, "disconnect from unknown[10.99.1.1] ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5"),
+        ] {
+            j.line(smtpd(sec, m), &mut out);
+        }
+        j.tick(T0 + 10 * S, &mut out);
+        // Minutes later: the first message bounces, the bounce's own id follows it.
+        for m in [
+            "mx postfix/smtp[9]: A74CF98E292: to=<alice@mx.test>, relay=none, delay=300, delays=0/0/300/0, dsn=4.4.1, status=deferred (connect to mx.example: Connection timed out)",
+            "mx postfix/bounce[10]: A74CF98E292: sender non-delivery notification: C0FFEE12345",
+            "mx postfix/qmgr[11]: C0FFEE12345: removed",
+            "mx postfix/qmgr[11]: B1C2D3E4F5: removed",
+        ] {
+            j.line(at(4456, m), &mut out);
+        }
+        j.finish(&mut out);
+        assert_eq!(
+            out.out,
+            [
+                "start #1",
+                "log #1 message-id false",
+                "end #1",
+                // The bracket closes after the record: all its lines as records of their own.
+                "log #1 connect true",
+                "log #1 client true",
+                "log #1 disconnect true",
+                "start #2",
+                "start #3",
+                "log #2 connect false",
+                "log #2 reject false",
+                "log #2 disconnect false",
+                "log #3 connect false",
+                "log #3 client false",
+                "log #3 disconnect false",
+                "end #2",
+                "end #3",
+                "log #1 delivery true",
+                "log #1 bounce true",
+                "log #1 removed true",
+                "log #3 removed true",
+            ]
+        );
+        assert_eq!((j.stats().unmatched, j.stats().matched), (0, 14));
+    }
+
+    /// A relay with thousands of sessions open: the work of a line or a tick is that of the
+    /// sessions and connections it is about, not of all those open (replay ticks at every
+    /// frame).
+    #[test]
+    fn thousands_of_open_sessions_cost_each_line_and_tick_little() {
+        const N: u32 = 3000;
+        let mut j = Joiner::new(JoinConfig::default(), Privacy::default());
+        let mut out = Rec::default();
+        let client = |k: u32| format!("10.99.{}.{}", 1 + k / 250, 1 + k % 250);
+        let sessions: Vec<SessionInfo> = (0..N)
+            .map(|k| {
+                let (proto, port) = if k % 2 == 0 {
+                    (Proto::Smtp, 25)
+                } else {
+                    (Proto::Imap, 143)
+                };
+                let c = format!("{}:40000", client(k));
+                info(
+                    u64::from(k) + 1,
+                    proto,
+                    &c,
+                    &format!("10.99.0.1:{port}"),
+                    T0,
+                )
+            })
+            .collect();
+        for s in &sessions {
+            joined(&mut j, &mut out).session_start(s);
+        }
+        // Every one's lines while all are open, a tick after each (the wire is behind).
+        for (k, s) in (0..N).zip(&sessions) {
+            let c = client(k);
+            if s.proto == Proto::Smtp {
+                for m in [
+                    format!("connect from unknown[{c}]:40000"),
+                    format!("disconnect from unknown[{c}]:40000 ehlo=1 quit=1 commands=2"),
+                ] {
+                    j.line(
+                        line(&format!("Nov 27 23:39:56 mx postfix/smtpd[{k}]: {m}")),
+                        &mut out,
+                    );
+                }
+            } else {
+                j.line(dc(&format!("imap-login: Login: user=<alice@mx.test>, method=PLAIN, rip={c}, lip=10.99.0.1, mpid={k}, session=<s{k}>")), &mut out);
+            }
+            j.tick(T0 + S / 10, &mut out);
+        }
+        let work = j.work.get();
+        assert!(
+            work <= 4 * u64::from(N),
+            "work {work} for {N} sessions open"
+        );
+        let smtp = [
+            coded("220", "mx"),
+            cmd("EHLO", "c"),
+            coded("250", "mx"),
+            cmd("QUIT", ""),
+            coded("221", "Bye"),
         ];
+        for s in &sessions {
+            let mut w = joined(&mut j, &mut out);
+            if s.proto == Proto::Smtp {
+                for e in &smtp {
+                    w.event(s, e);
+                }
+                w.session_end(s, &record(s, T0 + S, json!({})));
+            } else {
+                w.session_end(
+                    s,
+                    &record(s, T0 + S, mailbox("alice@mx.test", "LOGIN", "OK")),
+                );
+            }
+        }
+        j.tick(T0 + 5 * S, &mut out);
+        let work = j.work.get();
+        assert!(work <= 12 * u64::from(N), "work {work} for {N} sessions");
+        j.finish(&mut out);
+        let logs = |kind: &str| {
+            out.out
+                .iter()
+                .filter(|o| o.starts_with("log #") && o.contains(kind))
+                .count()
+        };
+        assert_eq!(
+            (logs(" connect "), logs(" disconnect "), logs(" login ")),
+            (N as usize / 2, N as usize / 2, N as usize / 2)
+        );
+        assert_eq!(out.records.len(), N as usize);
+        assert!(out.records.iter().all(|r| r.field("log").is_some()));
+        assert_eq!(
+            (j.stats().unmatched, j.stats().matched),
+            (0, 3 * u64::from(N) / 2)
+        );
+    }
+
+    #[test]
+    fn one_smtpd_pid_back_to_back_without_ports_follows_its_brackets() {
+        let mut j = Joiner::new(JoinConfig::default(), Privacy::default());
+        let mut out = Rec::default();
+        let delivered = delivered("A74CF98E292");
+        let rejected = rejected("nobody@mx.test");
         // Both sessions within one second, both ended before any line is read.
         let a = info(1, Proto::Smtp, "10.99.1.1:4000", "10.99.1.2:25", T0);
         let b = info(2, Proto::Smtp, "10.99.1.1:4002", "10.99.1.2:25", T0 + S / 5);
