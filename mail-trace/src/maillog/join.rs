@@ -498,9 +498,7 @@ impl Joiner {
                 .insert((l.ts.saturating_add(self.cfg.wait), sid.clone()));
         }
         let max = self.cfg.max_lines_per_session;
-        let Some(d) = self.dsessions.get_mut(&sid) else {
-            return None;
-        };
+        let d = self.dsessions.get_mut(&sid)?;
         let had_login = d.login.is_some();
         if !d.push(seq, l, max) {
             self.stats.dropped += 1;
