@@ -111,6 +111,30 @@ fn python_login(server: IpAddr, imap: bool) {
     assert!(out.status.success(), "python login: {}", out.stderr);
 }
 
+/// A TLS server and client in one python process (its `ssl` module uses the system libssl) on
+/// 127.0.0.1:8443 exchanging a line each way; returns the bytes exchanged.
+fn non_mail_tls(cert: &Path, key: &Path) -> usize {
+    let script = format!(
+        r#"import socket,ssl,threading
+s=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER);s.load_cert_chain('{}','{}')
+l=socket.socket();l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);l.bind(('127.0.0.1',8443));l.listen(1)
+def serve():
+    c,_=l.accept();t=s.wrap_socket(c,server_side=True);d=t.recv(100);t.sendall(b'web reply '+d);t.close()
+th=threading.Thread(target=serve);th.start()
+c=ssl._create_unverified_context();k=c.wrap_socket(socket.create_connection(('127.0.0.1',8443)))
+k.sendall(b'GET /not-mail');r=k.recv(100);k.close();th.join();print(len(r)+14)"#,
+        cert.display(),
+        key.display()
+    );
+    let out = run(
+        Command::new("python3").args(["-c", &script]),
+        Duration::from_secs(60),
+        "python non-mail TLS",
+    );
+    assert!(out.status.success(), "python non-mail TLS: {}", out.stderr);
+    out.stdout.trim().parse().expect("bytes exchanged")
+}
+
 fn sessions(tb: &Testbed) -> Vec<String> {
     let server = IpAddr::V4(tb.ns.server_v4());
     let mut queue_ids = Vec::new();
@@ -463,6 +487,10 @@ fn capture_prints_a_line_per_plaintext_chunk_and_no_content() {
             PASSWORD,
         ],
     );
+    // Another process using the same libssl for a connection that is not mail (a web
+    // server and its client on loopback port 8443): the kernel copies none of its plaintext.
+    let (cert, key) = common::self_signed_cert(&dir, &[]);
+    let other = non_mail_tls(&cert, &key);
     std::thread::sleep(Duration::from_millis(500));
     signal(child.id(), libc::SIGINT);
     let status = wait_child(&mut child, Duration::from_secs(30));
@@ -474,6 +502,22 @@ fn capture_prints_a_line_per_plaintext_chunk_and_no_content() {
     );
     assert_eq!(run.code, 0, "{}", run.transcript);
     let text = std::fs::read_to_string(&out).expect("read capture output");
+    assert!(
+        !text.contains(".8443"),
+        "a non-mail TLS call was copied: {text}"
+    );
+    // Its calls are counted, not copied: at least the server's read and write and the
+    // client's write and read of the exchange.
+    let not_copied: u64 = stderr()
+        .split(" TLS calls of no mail connection not copied")
+        .next()
+        .and_then(|h| h.rsplit(", ").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of calls not copied: {}", stderr()));
+    assert!(
+        not_copied >= 4,
+        "{not_copied} calls not copied ({other} exchanged)"
+    );
     let err_text = stderr();
     assert!(!text.contains(PASSWORD), "password in output");
     assert!(!err_text.contains(PASSWORD), "password in stderr");
@@ -493,6 +537,8 @@ fn capture_prints_a_line_per_plaintext_chunk_and_no_content() {
     assert!(tls.iter().any(|l| l.contains(&to_client)), "{text}");
     for l in &tls {
         assert!(l.contains(", length "), "{l}");
+        // Only the mail connection's calls: none of the web exchange's.
+        assert!(l.contains(&format!("{server}.25")), "{l}");
     }
     assert!(
         err_text.contains(&format!(", {} TLS plaintext chunks", tls.len())),

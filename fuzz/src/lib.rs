@@ -25,6 +25,10 @@ pub const TARGETS: &[&str] = &[
     "imap",
     "tls_hello",
     "pcap_read",
+    "maillog_line",
+    "journal_entry",
+    "ring_records",
+    "pcapng_roundtrip",
 ];
 
 /// Runs the harness of `target` on `data`; `false` for an unknown target.
@@ -37,6 +41,14 @@ pub fn run(target: &str, data: &[u8]) -> bool {
         "imap" => drive_dissector(|p, s| Box::new(Imap::new(p, s)), data),
         "tls_hello" => tls_hello(data),
         "pcap_read" => pcap_read(data),
+        "maillog_line" => maillog_line(data),
+        "journal_entry" => journal_entry(data),
+        "ring_records" => {
+            ring_records(data);
+        }
+        "pcapng_roundtrip" => {
+            pcapng_roundtrip(data);
+        }
         _ => return false,
     }
     true
@@ -348,4 +360,272 @@ pub fn pcap_read(data: &[u8]) {
         std::hint::black_box(n);
     }
     let _ = std::fs::remove_file(&path);
+}
+
+/// Log lines: any local user can write a line that reaches the mail log (logger(1)), so the
+/// syslog framing, the Postfix and the Dovecot parsers read hostile text. The input is lines;
+/// each is parsed with a UTC and a local clock, and also behind a well-formed prefix of each
+/// program family, so the message parsers are reached even when the fuzzer's prefix is junk.
+/// Asserted: the kept raw line is at most `MAX_LINE`; the redacted form (default privacy) keeps
+/// no raw line and, for a line that may quote a header or body, no Message-ID and no quoted
+/// text; the tail's summary is one line; the JSON forms serialise.
+pub fn maillog_line(data: &[u8]) {
+    use mail_trace::maillog::{self, Clock, MAX_LINE};
+    const PREFIXES: [&str; 4] = [
+        "",
+        "Dec  4 10:11:12 mx postfix/smtpd[123]: ",
+        "2026-12-04T10:11:12.123456+00:00 mx dovecot[9]: ",
+        "Dec  4 10:11:12 mx imap-login: ",
+    ];
+    let text = String::from_utf8_lossy(data);
+    // 2026-12-04 00:00:00 UTC: the year of a BSD syslog stamp comes from the clock.
+    let reference = 1_796_342_400_000_000_000u64;
+    let clocks = [Clock::utc(reference), Clock::local(reference)];
+    for raw in text.split('\n').take(64) {
+        for (i, prefix) in PREFIXES.iter().enumerate() {
+            let line = format!("{prefix}{raw}");
+            let Some(l) = maillog::parse(&line, &clocks[i % 2]) else {
+                continue;
+            };
+            assert!(l.raw.len() <= MAX_LINE, "raw line of {} bytes", l.raw.len());
+            let _ = serde_json::to_string(&l.to_json()).expect("a log line serialises");
+            let private = l.private;
+            let shown = l.redacted(Privacy::default());
+            assert!(shown.raw.is_empty(), "the raw line survived redaction");
+            if private {
+                assert!(
+                    !shown.fields.contains_key("message_id") && !shown.fields.contains_key("text"),
+                    "private fields survived redaction: {:?}",
+                    shown.fields
+                );
+            }
+            let v = shown.to_json();
+            assert!(v.get("line").is_none());
+            let _ = serde_json::to_string(&shown.record_json(1)).expect("serialises");
+            let _ = serde_json::to_string(&shown.unmatched_json("why")).expect("serialises");
+            std::hint::black_box(shown.get("client"));
+            // The summary is written to a terminal through the printable boundary: one line.
+            let summary = shown.summary();
+            let printable = mail_trace::output::printable::printable(&summary);
+            assert!(!printable.contains(['\n', '\r', '\x1b']), "{printable:?}");
+        }
+    }
+}
+
+/// One `journalctl -o json` entry: the raw input as an entry, and an entry built from the script
+/// (identifier, uid, pid, a message as a string or as an array of bytes, a timestamp), so the
+/// fields the reader looks at are reached. Asserted: an entry not sent by a trusted uid is never
+/// a line, whatever its identifier; a line is one line; it parses as a log line of the program
+/// the identifier names (or not at all), never panicking.
+pub fn journal_entry(data: &[u8]) {
+    use mail_trace::maillog::follow::{journal_line, Trusted};
+    use serde_json::{json, Value};
+    let trusted = Trusted::uids(&[0, 101]);
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Some(line) = journal_line(text, &trusted) {
+            assert!(!line.contains(['\n', '\r']), "{line:?}");
+        }
+    }
+    let mut s = Script::new(data);
+    const IDENTS: [&str; 6] = [
+        "postfix/smtpd",
+        "postfix/submission/smtpd",
+        "dovecot",
+        "imap-login",
+        "sshd",
+        "postfix/cleanup",
+    ];
+    let op = s.u8();
+    let ident = IDENTS[usize::from(op) % IDENTS.len()];
+    let uid = [0u32, 101, 1000, 65534][usize::from(op >> 3) & 3];
+    let micros = u64::from(s.u32()) * 1_000_000 + u64::from(s.u32() % 1_000_000);
+    let msg_bytes = s.chunk();
+    let message: Value = if op & 0x80 != 0 {
+        Value::Array(msg_bytes.iter().map(|&b| Value::from(b)).collect())
+    } else {
+        Value::from(String::from_utf8_lossy(msg_bytes).into_owned())
+    };
+    let mut entry = json!({
+        "SYSLOG_IDENTIFIER": ident,
+        "_UID": uid.to_string(),
+        "__REALTIME_TIMESTAMP": micros.to_string(),
+        "MESSAGE": message,
+    });
+    if op & 0x40 != 0 {
+        entry["_PID"] = Value::from(s.u16().to_string());
+    }
+    if op & 0x20 != 0 {
+        entry["_HOSTNAME"] = Value::from(String::from_utf8_lossy(s.chunk()).into_owned());
+    }
+    let line = journal_line(&entry.to_string(), &trusted);
+    if uid != 0 && uid != 101 {
+        assert!(line.is_none(), "believed uid {uid}: {line:?}");
+    }
+    if ident == "sshd" {
+        assert!(line.is_none(), "not a mail program: {line:?}");
+    }
+    if let Some(line) = line {
+        assert!(!line.contains(['\n', '\r']), "{line:?}");
+        let clock = mail_trace::maillog::Clock::utc(0);
+        std::hint::black_box(mail_trace::maillog::parse(&line, &clock));
+    }
+}
+
+/// Ring-buffer records as the kernel would write them, and as it never would: a script of
+/// packet records (header fields from the script, chunk offsets and lengths in and out of
+/// bounds, CPUs interleaving, chunks lost or repeated) and plaintext records, each also given
+/// to the other decoder. Asserted: a packet comes out only whole (its length is its `cap_len`,
+/// its bytes the ones its chunks carried), every record is either part of a packet, a packet, or
+/// counted (malformed or incomplete); a plaintext record decodes to exactly its chunk.
+pub fn ring_records(data: &[u8]) -> u64 {
+    use mail_trace::capture::ebpf::Joiner;
+    use mail_trace::capture::uprobe;
+    let mut s = Script::new(data);
+    let mut j = Joiner::default();
+    let mut ids = [0u64; 4];
+    let mut records = 0u64;
+    let mut packets = 0u64;
+    while !s.is_empty() {
+        let op = s.u8();
+        let cpu = u64::from(op & 3);
+        if op & 4 != 0 {
+            ids[cpu as usize] += 1;
+        }
+        let packet_id = (cpu << 48) | ids[cpu as usize];
+        let cap = if op & 8 != 0 {
+            u32::from(s.u16())
+        } else {
+            u32::from(s.u8()) * 32
+        };
+        let (offset, chunk_len) = if op & 0x10 != 0 {
+            (s.u32(), s.u32())
+        } else {
+            let o = u32::from(s.u8()) * 256;
+            (o, u32::from(s.u16() % 2049))
+        };
+        let flags = s.u32();
+        let mut rec = Vec::with_capacity(40 + 64);
+        for x in [1_000u64 + u64::from(op), packet_id] {
+            rec.extend_from_slice(&x.to_ne_bytes());
+        }
+        for x in [7u32, flags, cap + 10, cap, offset, chunk_len] {
+            rec.extend_from_slice(&x.to_ne_bytes());
+        }
+        // The chunk's bytes are their own offsets (mod 251): a packet put together from the
+        // wrong places shows.
+        let have = (chunk_len as usize).min(4096);
+        let have = if op & 0x20 != 0 { have / 2 } else { have };
+        rec.extend((0..have).map(|i| ((offset as usize + i) % 251) as u8));
+        if op & 0x40 != 0 {
+            rec.truncate(usize::from(s.u8()));
+        }
+        records += 1;
+        let before = j.malformed + j.incomplete;
+        if let Some((hdr, bytes)) = j.push(&rec) {
+            packets += 1;
+            assert_eq!(bytes.len(), hdr.cap_len as usize);
+            assert!(bytes.len() <= mail_trace_common::MAX_PACKET_LEN);
+            for (i, &b) in bytes.iter().enumerate() {
+                assert_eq!(
+                    b,
+                    (i % 251) as u8,
+                    "byte {i} of packet {:#x}",
+                    hdr.packet_id
+                );
+            }
+        }
+        assert!(j.malformed + j.incomplete >= before);
+        if uprobe::is_plaintext(&rec) {
+            if let Some(p) = uprobe::decode(&rec, 0) {
+                assert!(p.data.len() <= rec.len());
+            }
+        }
+        // A plaintext record with this header's bytes behind a plaintext header.
+        let mut tls = vec![0u8; std::mem::size_of::<mail_trace_common::tls::TlsDataHeader>()];
+        let n = tls.len().min(rec.len());
+        tls[..n].copy_from_slice(&rec[..n]);
+        let body = rec.get(40..).unwrap_or_default();
+        let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+        let at = std::mem::offset_of!(mail_trace_common::tls::TlsDataHeader, chunk_len);
+        tls[at..at + 4].copy_from_slice(&len.to_ne_bytes());
+        tls.extend_from_slice(body);
+        if let Some(p) = uprobe::decode(&tls, i128::from(s.u32())) {
+            assert_eq!(p.data, body);
+            assert!(p.comm.len() <= 16 * 3, "{:?}", p.comm);
+        }
+    }
+    std::hint::black_box(records);
+    packets
+}
+
+/// The pcapng writer, read back by our reader: every frame the script makes (interfaces of
+/// every link type, times, directions, lengths on the wire longer than the bytes kept) reads
+/// back identically, in order, and the file ends cleanly.
+pub fn pcapng_roundtrip(data: &[u8]) -> usize {
+    use mail_trace::output::pcapng::{IfaceDesc, IfaceStats, PcapngSink};
+    let mut s = Script::new(data);
+    let n_ifaces = usize::from(s.u8() % 3) + 1;
+    let ifaces: Vec<IfaceDesc> = (0..n_ifaces)
+        .map(|i| {
+            let n = usize::from(s.u8() % 8);
+            IfaceDesc {
+                name: format!("mt{i}{}", String::from_utf8_lossy(s.bytes(n))),
+                link: LINKS[usize::from(s.u8()) % LINKS.len()],
+                snaplen: 0,
+            }
+        })
+        .collect();
+    let mut frames = Vec::new();
+    while !s.is_empty() && frames.len() < 64 {
+        let op = s.u8();
+        let data = s.chunk().to_vec();
+        let extra = if op & 0x80 != 0 {
+            u32::from(s.u16())
+        } else {
+            0
+        };
+        frames.push(Frame {
+            ts: u64::from(s.u32()) * 1_000_000_007 % (1 << 62),
+            iface: u32::from(op) % n_ifaces as u32,
+            dir: [Direction::In, Direction::Out, Direction::Unknown][usize::from(op >> 2) % 3],
+            link: LINKS[0],
+            orig_len: data.len() as u32 + extra,
+            data,
+            suppressed: false,
+        });
+    }
+    let mut w = PcapngSink::new(Vec::new(), &ifaces).expect("writing to memory");
+    for f in &mut frames {
+        f.link = ifaces[f.iface as usize].link;
+        w.write(f).expect("writing to memory");
+    }
+    let stats = vec![IfaceStats::default(); n_ifaces];
+    let bytes = w.finish(0, &stats).expect("writing to memory");
+    let path = std::env::temp_dir().join(format!(
+        "mt-fuzz-pcapng-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(&path, &bytes).expect("temp file");
+    let mut src = PcapSource::open(&path).expect("our own pcapng opens");
+    let mut back = Vec::new();
+    while let Some(f) = src.next_frame() {
+        back.push(f.expect("our own pcapng reads"));
+    }
+    // Interfaces are known as their blocks are read: all of them once the file is.
+    let names: Vec<Option<String>> = src.interfaces().iter().map(|i| i.name.clone()).collect();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(names.len(), n_ifaces);
+    for (n, i) in names.iter().zip(&ifaces) {
+        assert_eq!(n.as_deref(), Some(i.name.as_str()));
+    }
+    assert_eq!(back.len(), frames.len());
+    for (b, f) in back.iter().zip(&frames) {
+        assert_eq!(
+            (b.ts, b.iface, b.dir, b.link),
+            (f.ts, f.iface, f.dir, f.link)
+        );
+        assert_eq!((b.orig_len, &b.data), (f.orig_len, &f.data));
+    }
+    back.len()
 }

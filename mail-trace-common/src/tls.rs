@@ -32,6 +32,10 @@ pub const CONN_IN_CALL: u16 = 1;
 /// before the call (memory-BIO designs: Dovecot). Exact while a process
 /// serves one client at a time.
 pub const CONN_THREAD: u16 = 2;
+/// `SockTuple::how`: the TLS call sent or received on an IPv4/IPv6 socket with no mail port
+/// at either end (nginx, curl, apt using the same libssl): the kernel copies none of its
+/// plaintext. Only in the kernel's maps, never in a record.
+pub const CONN_OTHER: u16 = 3;
 
 /// A TCP connection as the kernel socket sees it (`struct sock_common`).
 #[repr(C)]
@@ -139,10 +143,13 @@ pub struct TlsCounters {
     /// Calls whose connection was found: in the call, by the thread's last socket.
     pub conn_in_call: u64,
     pub conn_thread: u64,
-    /// Calls with no connection known (userspace then tries /proc).
+    /// Calls with no mail connection known: not copied (see `not_mail`).
     pub conn_none: u64,
     /// Runs of the socket probes on a mail-port socket.
     pub sock_seen: u64,
+    /// Calls not copied because their connection is not a mail connection ([`CONN_OTHER`])
+    /// or none is known ([`CONN_NONE`]): another process's plaintext never enters the ring.
+    pub not_mail: u64,
 }
 
 impl TlsCounters {
@@ -158,6 +165,7 @@ impl TlsCounters {
         self.conn_thread += o.conn_thread;
         self.conn_none += o.conn_none;
         self.sock_seen += o.sock_seen;
+        self.not_mail += o.not_mail;
     }
 }
 
@@ -219,7 +227,7 @@ mod tests {
         assert_eq!(offset_of!(TlsDataHeader, flags), FLAGS_OFFSET);
         assert_eq!(offset_of!(crate::PacketHeader, flags), FLAGS_OFFSET);
         assert_eq!(size_of::<TlsCallArgs>(), 24);
-        assert_eq!(size_of::<TlsCounters>(), 10 * 8);
+        assert_eq!(size_of::<TlsCounters>(), 11 * 8);
         assert!(MAX_TLS_CALL.is_power_of_two());
         assert_eq!(crate::FLAG_INGRESS & FLAG_TLS_DATA, 0);
     }

@@ -25,7 +25,8 @@ use mail_trace_common::{
     port_bit,
     tls::{
         SockOffsets, SockOwner, SockTuple, TlsCallArgs, TlsCounters, TlsDataHeader, CONN_IN_CALL,
-        CONN_NONE, CONN_THREAD, FLAG_TLS_DATA, FLAG_TLS_READ, FLAG_TLS_WRITE, MAX_TLS_CALL,
+        CONN_NONE, CONN_OTHER, CONN_THREAD, FLAG_TLS_DATA, FLAG_TLS_READ, FLAG_TLS_WRITE,
+        MAX_TLS_CALL,
     },
     CHUNK_LEN, SMALL_CHUNK_LEN,
 };
@@ -124,6 +125,20 @@ fn sock_io(sk: u64) {
         return;
     };
     let id = bpf_get_current_pid_tgid();
+    if t.how == CONN_OTHER {
+        // A TLS call on a socket that is no mail connection: its `SSL *` is marked so that
+        // none of its plaintext is copied (unless the object is already tied to a mail
+        // connection). Not the thread's last mail socket, not an owner.
+        // SAFETY: plain value.
+        if let Some(args) = unsafe { TLS_ARGS.get(&id) } {
+            let key = [id >> 32, args.ssl];
+            // SAFETY: plain value.
+            if unsafe { SSL_CONN.get(&key) }.is_none() {
+                let _ = SSL_CONN.insert(&key, &t, 0);
+            }
+        }
+        return;
+    }
     if let Some(c) = counters() {
         c.sock_seen += 1;
     }
@@ -149,7 +164,8 @@ fn sock_io(sk: u64) {
 }
 
 /// The socket's connection, when it is IPv4/IPv6 with a mail port at either
-/// end (other sockets, unix ones included, are of no use and cost a map update).
+/// end; an IPv4/IPv6 socket without one as `how` = [`CONN_OTHER`] and no addresses
+/// (it marks a non-mail TLS object); None for the rest (unix sockets).
 #[inline(always)]
 fn sock_tuple(sk: u64) -> Option<SockTuple> {
     let o = SOCK_OFFSETS.get(0)?;
@@ -169,7 +185,11 @@ fn sock_tuple(sk: u64) -> Option<SockTuple> {
     let dport = u16::from_be(dport);
     let ports = MAIL_PORTS.get(0)?;
     if !port_bit(ports, num) && !port_bit(ports, dport) {
-        return None;
+        return Some(SockTuple {
+            family,
+            how: CONN_OTHER,
+            ..SockTuple::default()
+        });
     }
     let mut t = SockTuple {
         family,
@@ -204,8 +224,9 @@ fn sock_tuple(sk: u64) -> Option<SockTuple> {
     Some(t)
 }
 
-/// The connection of `ssl` in the calling process: the one its own I/O used,
-/// else (first call of a memory-BIO object) the thread's last mail socket.
+/// The connection of `ssl` in the calling process: the one its own I/O used (or the mark
+/// that it used a non-mail socket), else (first call of a memory-BIO object) the thread's
+/// last mail socket; `CONN_NONE` when there is neither.
 #[inline(always)]
 fn conn_of(id: u64, ssl: u64, c: &mut TlsCounters) -> SockTuple {
     let key = [id >> 32, ssl];
@@ -213,7 +234,7 @@ fn conn_of(id: u64, ssl: u64, c: &mut TlsCounters) -> SockTuple {
     if let Some(t) = unsafe { SSL_CONN.get(&key) } {
         if t.how == CONN_IN_CALL {
             c.conn_in_call += 1;
-        } else {
+        } else if t.how == CONN_THREAD {
             c.conn_thread += 1;
         }
         return *t;
@@ -295,6 +316,13 @@ fn ret(rv: i64, ex: bool, dir: u32) {
     }
     let Some(c) = counters() else { return };
     c.calls += 1;
+    // Only a mail connection's plaintext crosses the ring: the same libssl serves every
+    // process on the host (web servers, package managers), and their data is not ours.
+    let conn = conn_of(id, args.ssl, c);
+    if conn.how == CONN_NONE || conn.how == CONN_OTHER {
+        c.not_mail += 1;
+        return;
+    }
     let mut cap = len;
     if cap > MAX_TLS_CALL as u64 {
         cap = MAX_TLS_CALL as u64;
@@ -318,7 +346,7 @@ fn ret(rv: i64, ex: bool, dir: u32) {
         chunk_len: 0,
         reserved: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        conn: conn_of(id, args.ssl, c),
+        conn,
     };
     let cap = cap as u32;
     for i in 0..MAX_CHUNKS {

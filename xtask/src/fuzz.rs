@@ -16,6 +16,10 @@ pub const TARGETS: &[&str] = &[
     "imap",
     "tls_hello",
     "pcap_read",
+    "maillog_line",
+    "journal_entry",
+    "ring_records",
+    "pcapng_roundtrip",
 ];
 
 /// cargo-fuzz builds the target crate with nightly (sanitizers, -Z flags).

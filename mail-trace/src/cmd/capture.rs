@@ -159,6 +159,7 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
     }
     let counters = cap.counters()?;
     let dropped = counters.lost_records + cap.incomplete();
+    let other = cap.tls_counters().map_or(0, |t| t.not_mail);
     // Detach before writing the trailer: the kernel copies nothing more.
     drop(cap);
     if let Some(s) = sink {
@@ -174,7 +175,9 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
         s.finish(now_ns(), &stats).context("writing pcapng")?;
     }
     let tls = if args.tls.tls_plaintext {
-        format!(", {chunks} TLS plaintext chunks")
+        format!(
+            ", {chunks} TLS plaintext chunks, {other} TLS calls of no mail connection not copied"
+        )
     } else {
         String::new()
     };

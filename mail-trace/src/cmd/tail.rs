@@ -484,10 +484,10 @@ pub(crate) async fn trace<W: Write>(
     let incomplete = cap.incomplete();
     if let (Some(r), Some(t)) = (&resolver, cap.tls_counters()) {
         crate::note!(
-            "mail-trace: TLS plaintext: {} calls, {} records, {} lost, {} truncated, {} unreadable; \
+            "mail-trace: TLS plaintext: {} calls, {} of no mail connection not copied, {} records, {} lost, {} truncated, {} unreadable; \
              connection of {} chunks from the call's socket, {} from the thread's last socket, {} from /proc, {} unknown; {} chunks in sessions; \
              {} encrypted bytes not copied",
-            t.calls, t.records, t.lost_records, t.truncated, t.read_errors,
+            t.calls, t.not_mail, t.records, t.lost_records, t.truncated, t.read_errors,
             pt_tally.in_call, pt_tally.thread, pt_tally.procfs, r.unresolved, pt_tally.placed,
             counters.suppressed_bytes
         );

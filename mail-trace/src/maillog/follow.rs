@@ -356,7 +356,15 @@ pub fn journal_line(json: &str, trusted: &Trusted) -> Option<String> {
         .map(|p| format!("[{p}]"))
         .unwrap_or_default();
     let ts = rfc3339_micros(micros.saturating_mul(1000)).replace('Z', "+00:00");
-    Some(format!("{ts} {host} {ident}{pid}: {msg}"))
+    // Every field is one line's part: a newline in any (the fuzzer put one in _HOSTNAME)
+    // would end the line there and forge the next.
+    let one = |s: &str| s.replace(['\n', '\r'], " ");
+    Some(format!(
+        "{ts} {} {}{}: {msg}",
+        one(host),
+        one(ident),
+        one(&pid)
+    ))
 }
 
 /// A log file read whole for replay, as parsed lines in file order.
