@@ -33,8 +33,10 @@
 //!    message whose "." beside a bare LF ends nothing, so its `DATA\r` is body).
 //!
 //! Rules 1, 2 and 5 are asserted. Rules 3 and 4 are checked and the variants breaking them
-//! counted in the printed line; with `LOSS_SMTP_STRICT=1` they are asserted too (not yet met by
-//! every variant).
+//! counted in the printed line; their failures may not grow past [`RULES_3_4_AT_MOST`] (a
+//! ratchet: lower it as the dissector gets better), and with `LOSS_SMTP_STRICT=1` they are
+//! asserted too (not yet met by every variant: `LOSS_SMTP_ONLY=<part of a name>` replays only
+//! the matching captures, `LOSSY_DEBUG="<name> <variant>"` prints both event lists).
 //!
 //! The number of variants is printed.
 use std::cell::RefCell;
@@ -691,6 +693,10 @@ fn run_capture(name: &str, path: &Path, failures: &mut Vec<String>) -> usize {
     n
 }
 
+/// Failures of rules 3 and 4 today (11, in 9 variants: smtp-bug-6053 and detect-email-received
+/// around their greeting merged with a reply, bug-1045 drop #11). More is a regression.
+const RULES_3_4_AT_MOST: usize = 11;
+
 /// Variants per kind (drops, cuts) of one capture: a longer capture is sampled evenly.
 const SAMPLE: usize = 30;
 
@@ -753,7 +759,9 @@ fn said_always(line: &str) {
 fn every_dropped_packet_and_cut_prefix() {
     let mut failures = Vec::new();
     let mut total = 0;
-    for (name, path) in inputs() {
+    // LOSS_SMTP_ONLY=<part of a name>: only those captures (when looking into one).
+    let only = std::env::var("LOSS_SMTP_ONLY").unwrap_or_default();
+    for (name, path) in inputs().into_iter().filter(|(n, _)| n.contains(&only)) {
         let n = run_capture(&name, &path, &mut failures);
         println!("{name}: {n} variants");
         total += n;
@@ -795,10 +803,16 @@ fn every_dropped_packet_and_cut_prefix() {
                 || f.contains("differs from the golden file")
         })
         .collect();
+    let soft = failures.len() - hard.len();
+    assert!(
+        soft <= RULES_3_4_AT_MOST,
+        "{soft} failures of rules 3 and 4, more than the {RULES_3_4_AT_MOST} known:\n{:#?}",
+        failures
+    );
     assert!(
         hard.is_empty(),
         "{} failures:\n{:#?}",
         hard.len(),
-        hard.iter().take(60).collect::<Vec<_>>()
+        hard.iter().take(200).collect::<Vec<_>>()
     );
 }

@@ -64,6 +64,14 @@ impl Smtp {
                     data = &data[n..];
                     self.end_of_chunk_if_done(ts);
                 }
+                ClientMode::Resync if self.resync_chunk > 0 => {
+                    let n = usize::try_from(self.resync_chunk)
+                        .unwrap_or(usize::MAX)
+                        .min(data.len());
+                    self.resync_chunk -= n as u64;
+                    self.hold_resync_chunk(&data[..n]);
+                    data = &data[n..];
+                }
                 ClientMode::Command
                 | ClientMode::Resync
                 | ClientMode::AuthResponse
@@ -77,19 +85,72 @@ impl Smtp {
         }
     }
 
+    /// Bytes after a held BDAT line: its chunk, if it was a command.
+    fn hold_resync_chunk(&mut self, d: &[u8]) {
+        let Some(h) = self.resync_held.last_mut() else {
+            return;
+        };
+        if h.lost > 0 || self.resync_bytes + d.len() > super::MAX_HOLD {
+            h.lost += d.len() as u64;
+        } else {
+            h.raw.extend_from_slice(d);
+            self.resync_bytes += d.len();
+        }
+    }
+
+    /// Forgets the held command-shaped lines (they were body lines, or bytes were lost).
+    pub(super) fn clear_resync_held(&mut self) {
+        self.resync_bad_bdat = false;
+        self.resync_dot = None;
+        self.resync_held.clear();
+        self.resync_chunk = 0;
+        self.resync_bytes = 0;
+    }
+
     /// A server reply came while resynchronising: the held command-shaped lines were
-    /// commands; they are read now, each at its own time.
-    pub(super) fn replay_resync_held(&mut self) {
-        let held = std::mem::take(&mut self.resync_held);
-        if held.is_empty() {
+    /// commands; they are read now, each at its own time. A partial line the client sent
+    /// before the reply is no command's beginning (the server answers whole commands and
+    /// chunks, and a chunk need not end with CRLF): it is dropped.
+    /// `sasl_step`: the reply is a 334, which answers only an AUTH step: the last held line,
+    /// unless it is the AUTH, was a SASL response (shaped like a command or not).
+    pub(super) fn replay_resync_held(&mut self, sasl_step: bool) {
+        self.client_lines.reset();
+        let mut held = std::mem::take(&mut self.resync_held);
+        let response = held
+            .last()
+            .filter(|h| {
+                let verb = h.raw.split(|&b| b == b' ' || b == b'\r').next();
+                sasl_step && !verb.is_some_and(|v| v.eq_ignore_ascii_case(b"AUTH"))
+            })
+            .is_some()
+            .then(|| held.pop())
+            .flatten();
+        // A chunk still coming belongs to the last held BDAT: replayed, it is read on as its
+        // chunk (`ClientMode::Bdat`).
+        self.resync_chunk = 0;
+        self.resync_bytes = 0;
+        if let Some(at) = self.resync_dot.take() {
+            // The "." first after the loss was the end of a message: the reply shows it.
+            self.client_mode = ClientMode::Command;
+            self.push_pending(Awaiting::EndOfData(None), at);
+        }
+        if held.is_empty() && response.is_none() {
             return;
         }
-        let partial = std::mem::take(&mut self.client_lines);
         self.client_mode = ClientMode::Command;
-        for (raw, ts) in held {
-            self.client_data(&raw, ts);
+        for h in held {
+            self.client_data(&h.raw, h.ts);
+            if h.lost > 0 {
+                self.client_gap(h.lost, h.ts);
+            }
         }
-        self.client_lines = partial;
+        if let Some(h) = response {
+            if self.hold.is_none() {
+                self.client_mode = ClientMode::AuthResponse;
+                self.sasl_lost = true;
+            }
+            self.client_data(&h.raw, h.ts);
+        }
     }
 
     pub(super) fn client_gap(&mut self, len: u64, ts: Ts) {
@@ -126,6 +187,13 @@ impl Smtp {
                 if let Some((_, scanner)) = self.body.as_mut() {
                     scanner.gap(n);
                 }
+                if n > 0 && *remaining == 0 {
+                    // The chunk's end is lost: when the server had it all is unknown, so its
+                    // reply is not timed.
+                    if let Some(p) = self.pending.back_mut() {
+                        p.sure = false;
+                    }
+                }
                 self.end_of_chunk_if_done(ts);
                 if rest == 0 {
                     return;
@@ -143,7 +211,8 @@ impl Smtp {
         self.client_mode = ClientMode::Resync;
         self.cmds_lost = true;
         self.resync_reply = false;
-        self.resync_held.clear();
+        self.clear_resync_held();
+        self.resync_first_line = true;
         self.lenient = true;
     }
 
@@ -153,9 +222,16 @@ impl Smtp {
         match self.client_mode {
             ClientMode::Resync => {
                 // CRLF "." CRLF only, as inside DATA (a "." beside a bare LF ends nothing).
+                let first = std::mem::take(&mut self.resync_first_line);
+                if line.text == b"." && !line.bare_lf && first {
+                    // The first bytes after a loss may end a line that began in it ("…again."):
+                    // the end of a message only if no body line follows before a reply.
+                    self.resync_dot = Some(ts);
+                    return true;
+                }
                 if line.text == b"." && !line.bare_lf {
                     // The end of a DATA we joined in the middle: what it held were body lines.
-                    self.resync_held.clear();
+                    self.clear_resync_held();
                     self.client_mode = ClientMode::Command;
                     self.push_pending(Awaiting::EndOfData(None), ts);
                     return true;
@@ -164,15 +240,27 @@ impl Smtp {
                 // client is not inside a message (a body line can look like anything).
                 let text = String::from_utf8_lossy(line.text);
                 if !command::looks_like_command(&text) {
+                    // A body line: a "." before it ended nothing.
+                    self.resync_dot = None;
                     return true;
                 }
                 if !self.resync_reply {
                     if self.resync_held.len() >= super::MAX_RESYNC_HELD {
-                        self.resync_held.remove(0);
+                        let old = self.resync_held.remove(0);
+                        self.resync_bytes -= old.raw.len().min(self.resync_bytes);
                     }
                     let mut raw = line.text.to_vec();
                     raw.extend_from_slice(b"\r\n");
-                    self.resync_held.push((raw, ts));
+                    self.resync_held
+                        .push(super::ResyncHeld { raw, ts, lost: 0 });
+                    // A BDAT's chunk follows it: held with it, raw.
+                    let c = command::split(&text);
+                    if let Some((size, _)) =
+                        (c.verb == "BDAT").then(|| command::bdat(c.arg)).flatten()
+                    {
+                        self.resync_chunk = size;
+                        return size == 0;
+                    }
                     return true;
                 }
                 self.client_mode = ClientMode::Command;
@@ -198,7 +286,11 @@ impl Smtp {
                     }
                     return true;
                 }
-                self.client_mode = ClientMode::Command;
+                // Shaped like a command, it may still be a response ("QUIT" as a user name):
+                // held until a reply tells (a 334 that it was a response).
+                self.client_mode = ClientMode::Resync;
+                self.resync_reply = false;
+                return self.client_line(line, ts);
             }
             ClientMode::AuthResponse => {
                 let text = self.line_anomalies(line, ts);
@@ -328,6 +420,7 @@ impl Smtp {
                 None => {
                     self.anomaly("bad-bdat", ts);
                     self.client_mode = ClientMode::Resync;
+                    self.resync_bad_bdat = self.resync_held.is_empty();
                     go_on = false;
                     // Its refusal (501, 521, …) is the transaction's outcome: as a failing
                     // BDAT chunk's is.
@@ -423,9 +516,27 @@ impl Smtp {
         self.client_lines.reset();
         self.cmds_lost = true;
         self.resync_reply = false;
-        self.resync_held.clear();
+        self.clear_resync_held();
+        self.resync_first_line = true;
         self.lenient = true;
         self.push_pending(Awaiting::EndOfData(tx), ts);
+    }
+
+    /// The BDAT whose chunk is being read was answered before the chunk was whole: the rest
+    /// is lost (counted in `size`, the message incomplete), and the reply is not timed.
+    pub(super) fn bdat_lost_rest(&mut self, ts: Ts) {
+        let ClientMode::Bdat { remaining, .. } = &mut self.client_mode else {
+            return;
+        };
+        let n = std::mem::take(remaining);
+        if let Some((_, scanner)) = self.body.as_mut() {
+            scanner.gap(n);
+        }
+        self.client_lost = true;
+        for p in &mut self.pending {
+            p.sure = false;
+        }
+        self.end_of_chunk_if_done(ts);
     }
 
     fn end_of_chunk_if_done(&mut self, ts: Ts) {

@@ -58,7 +58,17 @@ pub fn looks_like_command(line: &str) -> bool {
         "NOOP" | "HELP" => !arg.contains(' '),
         "MAIL" => arg.starts_with("FROM:"),
         "RCPT" => arg.starts_with("TO:"),
-        "BDAT" => bdat(c.arg).is_some(),
+        // A count, valid or not (a negative or overflowing one is refused, as it should
+        // be), and at most LAST after it.
+        "BDAT" => {
+            let mut w = arg.split_whitespace();
+            let count = w.next().unwrap_or_default();
+            let digits = count.strip_prefix(['-', '+']).unwrap_or(count);
+            !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && w.next().is_none_or(|l| l == "LAST")
+                && w.next().is_none()
+        }
         // A bare HELO/EHLO is a command too (refused with 501, as it should be).
         "HELO" | "EHLO" | "LHLO" => !arg.contains(char::is_whitespace),
         _ => !arg.is_empty() && !arg.contains(char::is_whitespace) || c.verb == "AUTH",
@@ -235,5 +245,10 @@ mod tests {
         assert!(!looks_like_command("Data is here"));
         assert!(!looks_like_command("Subject: hi"));
         assert!(!looks_like_command("Help me please"));
+        assert!(looks_like_command("BDAT 12 LAST"));
+        assert!(looks_like_command("BDAT -1 LAST\r"));
+        assert!(looks_like_command("BDAT 184467440737095516150"));
+        assert!(!looks_like_command("BDAT is a command"));
+        assert!(!looks_like_command("BDAT 12 bytes here"));
     }
 }

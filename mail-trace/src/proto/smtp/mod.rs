@@ -26,7 +26,7 @@
 //!   only (resync.rs): the commands whose replies may be lost, and those sent
 //!   after lost commands, are not sure; such a command takes a reply only it
 //!   can answer (334, 354, …) or, when it is the one waiting, any reply that
-//!   fits; untimed. Otherwise `unpaired-reply` / `unpaired-command`. A gap
+//!   fits (not a DATA sent after lost commands: a refusal may be theirs); untimed. Otherwise `unpaired-reply` / `unpaired-command`. A gap
 //!   inside DATA/BDAT adds its length to `size` and marks the message
 //!   incomplete; the end-of-data search continues.
 //! - After a client gap or a pickup (`partial`): lines strictly shaped like a
@@ -221,6 +221,16 @@ enum Held {
     Gap(u64, Ts),
 }
 
+/// A command-shaped line held while resynchronising, with the chunk that follows a BDAT.
+#[derive(Debug)]
+struct ResyncHeld {
+    /// The line with its terminator, then (BDAT) the chunk's bytes.
+    raw: Vec<u8>,
+    ts: Ts,
+    /// Chunk bytes beyond [`MAX_HOLD`]: replayed as a gap inside the chunk.
+    lost: u64,
+}
+
 /// Client bytes waiting for the reply to `until`.
 #[derive(Debug)]
 struct Hold {
@@ -256,7 +266,19 @@ pub struct Smtp {
     /// While resynchronising, before any such reply: the lines shaped like commands (with
     /// their terminators, and when each came). A server reply shows they were commands (a
     /// client inside a message gets none before its "."); a "." that they were body lines.
-    resync_held: Vec<(Vec<u8>, Ts)>,
+    resync_held: Vec<ResyncHeld>,
+    /// Resynchronising only because a BDAT had no valid size (nothing lost): a reply that a
+    /// server gap lost answered it, so the client is not inside a message.
+    resync_bad_bdat: bool,
+    /// The next client line is the first after a loss (it may end a line begun in it).
+    resync_first_line: bool,
+    /// That line was a "." (when): an end of message once a reply comes before a body line.
+    resync_dot: Option<Ts>,
+    /// Bytes of the last held BDAT's chunk still to come: they are its chunk if it was a
+    /// command (read raw with it, not as lines: a chunk need not end with CRLF).
+    resync_chunk: u64,
+    /// Chunk bytes in `resync_held` (at most [`MAX_HOLD`]; more are kept as a count).
+    resync_bytes: usize,
     greeting_seen: bool,
     greeting: Option<Greeting>,
     helo: Option<String>,
@@ -320,6 +342,11 @@ impl Smtp {
             cmds_lost: false,
             resync_reply: false,
             resync_held: Vec::new(),
+            resync_bad_bdat: false,
+            resync_first_line: start.partial,
+            resync_dot: None,
+            resync_chunk: 0,
+            resync_bytes: 0,
             greeting_seen: false,
             greeting: None,
             helo: None,
@@ -601,7 +628,7 @@ impl Dissector for Smtp {
     }
 
     fn held_bytes(&self) -> usize {
-        self.recorded_bytes + self.hold.as_ref().map_or(0, |h| h.bytes)
+        self.recorded_bytes + self.hold.as_ref().map_or(0, |h| h.bytes) + self.resync_bytes
     }
 
     /// After STARTTLS the client must start over with EHLO (RFC 3207 §4.2);
@@ -700,3 +727,5 @@ impl Smtp {
 mod tests;
 #[cfg(test)]
 mod tests_classes;
+#[cfg(test)]
+mod tests_loss;

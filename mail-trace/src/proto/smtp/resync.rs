@@ -73,7 +73,8 @@ pub(super) fn can_answer(what: Awaiting, quit: bool, a: Answers, code: u16) -> b
         Answers::StartTls => matches!(what, Awaiting::StartTls),
         Answers::Quit => quit,
         Answers::Ehlo => matches!(what, Awaiting::Ehlo),
-        Answers::Message => matches!(what, Awaiting::EndOfData(_) | Awaiting::Bdat(..)),
+        // A queue id is given once the message is whole: not to a BDAT chunk but the last.
+        Answers::Message => matches!(what, Awaiting::EndOfData(_) | Awaiting::Bdat(_, true)),
         // A success answers neither DATA (354), STARTTLS (220) nor AUTH (235/334), whose
         // successes are the kinds above; a refusal answers anything.
         Answers::Any => {
@@ -130,6 +131,19 @@ mod tests {
         assert!(!can_answer(Awaiting::Ehlo, false, Answers::AuthStep, 334));
         assert!(!can_answer(Awaiting::Mail(None), false, Answers::Data, 354));
         assert!(can_answer(Awaiting::Other, true, Answers::Quit, 221));
+        // A queue id answers the end of a message: the last BDAT, not a chunk before it.
+        assert!(can_answer(
+            Awaiting::Bdat(None, true),
+            false,
+            Answers::Message,
+            250
+        ));
+        assert!(!can_answer(
+            Awaiting::Bdat(None, false),
+            false,
+            Answers::Message,
+            250
+        ));
         assert!(!can_answer(Awaiting::Other, false, Answers::Quit, 221));
     }
 }

@@ -49,7 +49,11 @@ impl Smtp {
         self.lenient = true;
         // Before its first reply: the greeting is what was lost.
         self.greeting_seen = true;
-        self.resync_reply = false;
+        // After a BDAT without a valid size and nothing lost client-side, what the server
+        // said answered it or earlier commands (never a 354): the client is not in a message.
+        self.resync_reply = matches!(self.client_mode, ClientMode::Resync)
+            && std::mem::take(&mut self.resync_bad_bdat)
+            && self.resync_held.is_empty();
         // The replies of the commands waiting may be lost: they are paired on evidence only.
         for p in &mut self.pending {
             p.sure = false;
@@ -96,7 +100,13 @@ impl Smtp {
             let fits = |p: &Pending| resync::can_answer(p.what, p.quit, kind, r.code);
             let pick = match kind {
                 // Only the one command waiting can be sure to get a reply that fits anything.
-                Answers::Any => (n == 1 && fits(&front)).then_some(0),
+                // Not a DATA after lost commands: a refusal may be a lost command's, and
+                // taken by the DATA it would have the message read as commands (its 354, a
+                // kind only DATA takes, is waited for).
+                Answers::Any => (n == 1
+                    && fits(&front)
+                    && !(self.cmds_lost && matches!(front.what, Awaiting::Data(_))))
+                .then_some(0),
                 // SASL goes step by step: the latest step sent before the reply.
                 Answers::AuthStep | Answers::AuthOutcome => {
                     (0..n).rev().find(|&k| fits(&self.pending[k]))
@@ -186,8 +196,22 @@ impl Smtp {
             // (and maybe commands after it).
             self.data_lost_end(ts);
         }
+        if let ClientMode::Bdat { remaining, .. } = self.client_mode {
+            let chunk_answered = remaining > 0
+                && self.pending.len() == 1
+                && self.pending.iter().all(|p| {
+                    matches!(p.what, Awaiting::Bdat(..))
+                        && p.ts <= ts
+                        && resync::can_answer(p.what, p.quit, resync::answers(&r), r.code)
+                });
+            if chunk_answered {
+                // A server answers a BDAT once its whole chunk is in: the rest of the chunk
+                // was lost (its gap is seen with the client's next bytes).
+                self.bdat_lost_rest(ts);
+            }
+        }
         if matches!(self.client_mode, ClientMode::Resync) && r.code != 421 {
-            self.replay_resync_held();
+            self.replay_resync_held(r.code == 334);
         }
         if matches!(self.client_mode, ClientMode::Resync) {
             if r.code == 354 {
@@ -203,6 +227,19 @@ impl Smtp {
         }
         let Some((p, timed)) = self.pair(&r, ts) else {
             self.emit_reply(&r, ts, None);
+            // A 334 answers only an AUTH step, whose command was lost: the client's next line
+            // is a SASL response (which step is unknown).
+            if r.code == 334
+                && self.hold.is_none()
+                && matches!(
+                    self.client_mode,
+                    ClientMode::Command | ClientMode::Resync | ClientMode::MaybeSasl
+                )
+            {
+                self.client_mode = ClientMode::AuthResponse;
+                self.sasl_lost = true;
+                self.clear_resync_held();
+            }
             // 421 may come unasked (the server is closing the session).
             if r.code != 421 {
                 let id = if self.lenient {
