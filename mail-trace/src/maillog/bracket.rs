@@ -22,6 +22,9 @@ pub struct Bracket {
     pub ip: IpAddr,
     /// Only with `smtpd_client_port_logging`.
     pub port: Option<u16>,
+    /// `program[pid]`: the smtpd process, which serves one master.cf service (one
+    /// listening address) for its whole life.
+    pub process: String,
     /// The `connect from` stamp.
     pub opened: Ts,
     /// When the `disconnect` line (or the next `connect` of the pid) closed it.
@@ -49,6 +52,7 @@ impl Bracket {
             id: seq,
             ip,
             port,
+            process: format!("{}[{}]", connect.program, connect.pid.unwrap_or(0)),
             opened: connect.ts,
             closed: None,
             lines: vec![(seq, connect)],
@@ -110,6 +114,12 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// Nothing countable was seen (implicit TLS, or TLS or a gap before the first command):
+    /// every bracket agrees with such a session, so agreement says nothing.
+    pub fn blind(&self) -> bool {
+        self.incomplete && self.verbs.is_empty() && self.pending.is_empty()
+    }
+
     /// `incomplete` for a session joined in the middle.
     pub fn new(incomplete: bool) -> Tally {
         Tally {

@@ -29,7 +29,7 @@
 //! the session make it into the record's `log` list; lines after that (deliveries, usually)
 //! go out as follow-ups through [`Sink::log`] with `late = true`.
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde_json::Value;
 
@@ -162,6 +162,16 @@ const BEFORE_CONNECT: Ts = 5_000_000_000;
 const AFTER_CONNECT: Ts = 2_000_000_000;
 /// A session still open this long after its bracket closed is not that connection.
 const CLOSE_SLACK: Ts = 3_000_000_000;
+/// How long a blind session (nothing countable on the wire: implicit TLS) waits after its
+/// end before a bracket takes it on agreement alone: every bracket agrees with it, so the
+/// bracket of a connection the capture never saw (one just before it started) would take
+/// it from its own. Meanwhile the smtpd processes' next connections tell which service
+/// (listening address) each serves, and a process of another service is ruled out.
+const BLIND_WAIT: Ts = 5_000_000_000;
+
+/// Why a bracket got no session yet: until when it waits for a candidate to end or to be
+/// told apart (then looked at again), and the nearest candidate's disagreement.
+type Undecided = (Option<Ts>, Option<String>);
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Key {
@@ -189,6 +199,9 @@ pub struct Joiner {
     stats: JoinStats,
     /// Open smtpd brackets by (program, pid): `postfix/smtpd`, `postfix/submission/smtpd`, ….
     open: HashMap<(String, u32), Bracket>,
+    /// The listening address each smtpd process (`program[pid]`) serves, from the sessions
+    /// its brackets were given on evidence (not on the agreement of a blind session).
+    services: Bounded<SocketAddr>,
     /// Closed brackets waiting for their session, by client address (in close order): a
     /// session's start or end, or a bracket's close, looks only at its address's.
     pending: HashMap<IpAddr, VecDeque<Bracket>>,
@@ -236,6 +249,7 @@ impl Joiner {
             waiting_count: 0,
             stats: JoinStats::default(),
             open: HashMap::new(),
+            services: Bounded::new(cfg.max_ids),
             pending: HashMap::new(),
             pending_order: VecDeque::new(),
             open_order: VecDeque::new(),
@@ -330,6 +344,14 @@ impl Joiner {
     /// Gives every closed bracket of client `ip` that can be decided its session (a bracket's
     /// candidates are all of its address: no other address's can change its answer).
     fn match_brackets_of(&mut self, ip: IpAddr, sink: &mut dyn Sink) {
+        self.match_pass(ip, false, sink);
+        self.match_pass(ip, true, sink);
+    }
+
+    /// One look at the waiting brackets of `ip`, in close order: first only sessions the
+    /// wire saw something of (`blind_ok` false), so that the processes those tie to a
+    /// service are known before blind sessions are given out.
+    fn match_pass(&mut self, ip: IpAddr, blind_ok: bool, sink: &mut dyn Sink) {
         let Some(mut q) = self.pending.remove(&ip) else {
             return;
         };
@@ -337,20 +359,16 @@ impl Joiner {
         while i < q.len() {
             #[cfg(test)]
             self.work.set(self.work.get() + 1);
-            match self.pick(&q[i]) {
+            match self.pick(&q[i], blind_ok) {
                 Ok(id) => {
                     if let Some(b) = q.remove(i) {
                         self.attach(b, id, sink);
                     }
                 }
-                Err(why) => {
-                    // Waiting for an open candidate until the log has long said it is over:
-                    // looked at again then, whatever else happens.
-                    let when = q[i]
-                        .closed
-                        .unwrap_or(q[i].opened)
-                        .saturating_add(CLOSE_SLACK);
-                    if why.is_none() && when > self.now {
+                Err((until, _)) => {
+                    // Waiting for a candidate, but not beyond a bound: looked at again then,
+                    // whatever else happens.
+                    if let Some(when) = until.filter(|w| *w > self.now) {
                         self.timers.insert((when, ip));
                     }
                     i += 1;
@@ -373,19 +391,40 @@ impl Joiner {
     }
 
     /// The session of a closed bracket: the first of its client's sessions (in start order)
-    /// that agrees with it. Err(None) while an earlier candidate is still open (wait for its
-    /// end), Err(Some(reason)) when none agrees (yet).
-    fn pick(&self, b: &Bracket) -> Result<ConnId, Option<String>> {
+    /// that agrees with it. Err((Some(until), _)) while an earlier candidate is still open
+    /// (wait for its end) or blind and young, with the reason of the nearest disagreement.
+    /// Blind sessions are only taken with `blind_ok`, and never by a process known to serve
+    /// another listening address.
+    fn pick(&self, b: &Bracket, blind_ok: bool) -> Result<ConnId, Undecided> {
         let mut c: Vec<(Ts, ConnId, &Tracked)> = self.candidates(b).collect();
         c.sort_unstable_by_key(|(start, id, _)| (*start, *id));
         let mut why = None;
+        let service = self.services.get(&b.process);
         for (_, id, t) in c {
-            if t.end.is_none() {
-                let closed = b.closed.unwrap_or(b.opened);
-                if self.now < closed.saturating_add(CLOSE_SLACK) {
-                    return Err(None);
+            let Some(end) = t.end else {
+                let until = b.closed.unwrap_or(b.opened).saturating_add(CLOSE_SLACK);
+                if self.now < until {
+                    return Err((Some(until), why));
                 }
                 continue;
+            };
+            if t.tally.blind() {
+                if let Some(s) = service.filter(|s| *s != t.info.server) {
+                    why.get_or_insert_with(|| {
+                        format!(
+                            "session #{id}: to {}, and {} serves {s}",
+                            t.info.server, b.process
+                        )
+                    });
+                    continue;
+                }
+                if !blind_ok {
+                    continue;
+                }
+                let until = end.saturating_add(BLIND_WAIT);
+                if service.is_none() && self.now < until {
+                    return Err((Some(until), why));
+                }
             }
             // A queue id the wire saw queued in another session is not this one's (inside
             // TLS the bracket's cross-check cannot see it).
@@ -404,7 +443,7 @@ impl Joiner {
                 }
             }
         }
-        Err(why)
+        Err((None, why))
     }
 
     /// The sessions a bracket may be: its client's, started around its connect, not taken.
@@ -434,6 +473,9 @@ impl Joiner {
     fn attach(&mut self, b: Bracket, id: ConnId, sink: &mut dyn Sink) {
         if let Some(t) = self.sessions.get_mut(&id) {
             t.bracket = true;
+            if !t.tally.blind() {
+                self.services.insert(&b.process, t.info.server);
+            }
         }
         for q in &b.queue_ids {
             self.queue.insert(q, id);
@@ -451,9 +493,9 @@ impl Joiner {
         let n = b.lines.len() as u64;
         self.stats.unmatched += n;
         let why = self
-            .pick(&b)
+            .pick(&b, true)
             .err()
-            .flatten()
+            .and_then(|(_, why)| why)
             .unwrap_or_else(|| "no session of that client address".to_string());
         self.stats.mismatched += n;
         self.unmatched(b.lines, why, sink);
@@ -805,8 +847,12 @@ impl Joiner {
                 ips.push(ip);
             }
         }
-        for ip in ips {
-            self.match_brackets_of(ip, sink);
+        // Every session the wire saw something of first: what they tie to a service rules
+        // processes out of the blind ones, whatever address they were on.
+        for blind_ok in [false, true] {
+            for &ip in &ips {
+                self.match_pass(ip, blind_ok, sink);
+            }
         }
         while let Some((_, ip, id)) = self.pending_order.pop_front() {
             if let Some(b) = self.take_pending(ip, id) {
@@ -1166,10 +1212,16 @@ impl Sink for Joined<'_> {
         for q in ids {
             j.learn_queue_id(&q, info.id, self.inner);
         }
-        let until = record.end.saturating_add(j.cfg.linger);
         let Some(t) = j.sessions.get_mut(&info.id) else {
             return self.inner.session_end(info, record);
         };
+        // A blind session's bracket is only given to it BLIND_WAIT after its end: its record
+        // waits for it.
+        let linger = match info.proto == Proto::Smtp && t.tally.blind() {
+            true => BLIND_WAIT.saturating_add(j.cfg.linger),
+            false => j.cfg.linger,
+        };
+        let until = record.end.saturating_add(linger);
         t.end = Some(record.end);
         if matches!(info.proto, Proto::Imap | Proto::Pop3) {
             t.login = Some(WireLogin::of(record, info.partial || t.tally.incomplete));
@@ -1759,6 +1811,80 @@ mod tests {
             (log[1]["event"].as_str(), log[1]["transaction"].clone()),
             (Some("reject"), Value::Null)
         );
+    }
+
+    /// An smtps session (implicit TLS: nothing countable on the wire) agrees with every
+    /// bracket, also with that of a connection just before the capture started: the process
+    /// of that one serves port 25 (its next connection, a STARTTLS session, says so), so it is
+    /// not the smtps session's, which gets its own bracket's lines in its record.
+    #[test]
+    fn a_blind_session_goes_to_a_process_of_its_service() {
+        let mut j = Joiner::new(JoinConfig::default(), Privacy::default());
+        let mut out = Rec::default();
+        let pf = |prog: &str, m: &str| line(&format!("Nov 27 23:39:56 mx {prog}: {m}"));
+        // The probe: logged before the capture saw anything.
+        for l in [
+            "connect from unknown[10.99.1.1]",
+            "disconnect from unknown[10.99.1.1] quit=1 commands=1",
+        ] {
+            j.line(pf("postfix/smtpd[7]", l), &mut out);
+        }
+        let tls = Event::TlsStarted { ts: T0 };
+        let a = info(
+            1,
+            Proto::Smtp,
+            "10.99.1.1:4000",
+            "10.99.1.2:465",
+            T0 + S / 5,
+        );
+        session(&mut j, &mut out, &a, std::slice::from_ref(&tls), json!({}));
+        for l in [
+            "connect from unknown[10.99.1.1]",
+            "A74CF98E292: client=unknown[10.99.1.1], sasl_method=PLAIN, sasl_username=alice@mx.test",
+            "disconnect from unknown[10.99.1.1] ehlo=1 auth=1 mail=1 rcpt=1 data=1 quit=1 commands=6",
+        ] {
+            j.line(pf("postfix/smtps/smtpd[8]", l), &mut out);
+        }
+        let b = info(2, Proto::Smtp, "10.99.1.1:4002", "10.99.1.2:25", T0 + S / 2);
+        let starttls = [
+            coded("220", "mx"),
+            cmd("EHLO", "c"),
+            coded("250", "mx"),
+            cmd("STARTTLS", ""),
+            coded("220", "go ahead"),
+            tls,
+        ];
+        j.tick(T0 + S, &mut out);
+        session(&mut j, &mut out, &b, &starttls, json!({}));
+        for l in [
+            "connect from unknown[10.99.1.1]",
+            "disconnect from unknown[10.99.1.1] ehlo=2 starttls=1 mail=1 rcpt=1 data=1 quit=1 commands=7",
+        ] {
+            j.line(pf("postfix/smtpd[7]", l), &mut out);
+        }
+        // Capture time passes: the blind session's wait is over, its record is written.
+        j.tick(T0 + 8 * S, &mut out);
+        let written = out.out.len();
+        // The probe waits its 30 s like any connection no session agreed with.
+        j.finish(&mut out);
+        assert_eq!(
+            out.out,
+            [
+                "start #1",
+                "start #2",
+                "log #2 connect false",
+                "log #2 disconnect false",
+                "log #1 connect false",
+                "log #1 client false",
+                "log #1 disconnect false",
+                "end #1",
+                "end #2",
+                "unmatched connect (no session of that client address)",
+                "unmatched disconnect (no session of that client address)",
+            ]
+        );
+        assert_eq!(written, 9, "both records written before the end of input");
+        assert_eq!(j.stats().mismatched, 2);
     }
 
     /// An IMAP/POP3 session's record as the dissectors write it.
