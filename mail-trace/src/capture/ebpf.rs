@@ -183,6 +183,12 @@ impl EbpfCapture {
         if let Some(lacks) = kernel.missing() {
             return Err(CaptureError::Kernel(lacks));
         }
+        // Before anything is loaded: the XDP program cannot work without bpf_xdp_load_bytes.
+        if cfg.xdp {
+            if let Some(refusal) = kernel.xdp_refusal() {
+                return Err(CaptureError::Kernel(refusal));
+            }
+        }
         let object = match kernel.variant() {
             Variant::Main => EBPF_OBJECT,
             Variant::Compat => EBPF_COMPAT,

@@ -13,8 +13,8 @@ use super::btf::{Btf, VMLINUX_BTF};
 pub enum Variant {
     /// `bpf_loop` callbacks for the chunk copy and the ClientHello walk (Linux >= 5.17).
     Main,
-    /// Bounded loops instead (Linux 5.10 to 5.16); XDP frames read with
-    /// `bpf_probe_read_kernel` where `bpf_xdp_load_bytes` (5.18) is missing.
+    /// Bounded loops instead (Linux 5.10 to 5.16). Its XDP program is never loaded: `--xdp`
+    /// is refused below 5.18 ([`Features::xdp_refusal`]).
     Compat,
 }
 
@@ -123,6 +123,24 @@ impl Features {
         ))
     }
 
+    /// Why `--xdp` cannot run here, as the one line mail-trace exits with; None when it can.
+    /// Without bpf_xdp_load_bytes (5.18) the XDP program has to read frames with
+    /// bpf_probe_read_kernel in bounded loops, and the 5.10 verifier gives up on that program
+    /// at its 1M-instruction limit after minutes of work: refusing up front says what is
+    /// missing at once instead of after a long, failed load.
+    pub fn xdp_refusal(&self) -> Option<String> {
+        if self.xdp_load_bytes {
+            return None;
+        }
+        let version = major_minor(&self.release)
+            .map(|(major, minor)| format!("{major}.{minor}"))
+            .unwrap_or_else(|| self.release.clone());
+        Some(format!(
+            "--xdp needs Linux >= 5.18 (bpf_xdp_load_bytes); this kernel is {version}: use the TC \
+             path (drop --xdp)"
+        ))
+    }
+
     pub fn variant(&self) -> Variant {
         if self.bpf_loop {
             Variant::Main
@@ -159,8 +177,8 @@ impl Features {
         } else if force_netlink {
             s.push_str(" (--tc-netlink)");
         }
-        if xdp && !self.xdp_load_bytes {
-            s.push_str(", XDP via bpf_probe_read_kernel (no bpf_xdp_load_bytes, Linux 5.18)");
+        if xdp {
+            s.push_str(", XDP ingress");
         }
         if !self.sock_tracepoints {
             s.push_str(", process owners from /proc (no sock_send_length tracepoints, Linux 6.4)");
@@ -212,10 +230,7 @@ impl Features {
                 true,
                 format!(
                     "bpf_xdp_load_bytes (5.18): {}",
-                    yes_or(
-                        self.xdp_load_bytes,
-                        "no: --xdp reads frames with bpf_probe_read_kernel"
-                    )
+                    yes_or(self.xdp_load_bytes, "no: --xdp refused (TC only)")
                 ),
             ),
             (
@@ -353,12 +368,46 @@ mod tests {
         assert_eq!(f.variant(), Variant::Compat);
         assert_eq!(f.missing(), None);
         assert_eq!(
-            f.summary(false, true),
+            f.summary(false, false),
             "kernel 5.10.0-32-amd64: compat eBPF object (no bpf_loop, Linux 5.17: bounded loops), \
-             netlink clsact TC (no TCX, Linux 6.6), XDP via bpf_probe_read_kernel (no \
-             bpf_xdp_load_bytes, Linux 5.18), process owners from /proc (no sock_send_length \
-             tracepoints, Linux 6.4)"
+             netlink clsact TC (no TCX, Linux 6.6), process owners from /proc (no \
+             sock_send_length tracepoints, Linux 6.4)"
         );
+    }
+
+    #[test]
+    fn xdp_is_refused_without_bpf_xdp_load_bytes_naming_the_kernel() {
+        let f = features(false, false, false);
+        assert_eq!(
+            f.xdp_refusal().as_deref(),
+            Some(
+                "--xdp needs Linux >= 5.18 (bpf_xdp_load_bytes); this kernel is 5.10: use the TC \
+                 path (drop --xdp)"
+            )
+        );
+        // 5.17 has bpf_loop (the main object) but not yet bpf_xdp_load_bytes.
+        let mut f = features(true, false, false);
+        f.xdp_load_bytes = false;
+        f.release = "5.17.3".into();
+        assert_eq!(f.variant(), Variant::Main);
+        assert_eq!(
+            f.xdp_refusal().as_deref(),
+            Some(
+                "--xdp needs Linux >= 5.18 (bpf_xdp_load_bytes); this kernel is 5.17: use the TC \
+                 path (drop --xdp)"
+            )
+        );
+        // A release that does not parse is named as it is.
+        f.release = "custom".into();
+        assert_eq!(
+            f.xdp_refusal().as_deref(),
+            Some(
+                "--xdp needs Linux >= 5.18 (bpf_xdp_load_bytes); this kernel is custom: use the \
+                 TC path (drop --xdp)"
+            )
+        );
+        f.xdp_load_bytes = true;
+        assert_eq!(f.xdp_refusal(), None);
     }
 
     #[test]
@@ -368,8 +417,9 @@ mod tests {
         assert_eq!(f.variant(), Variant::Main);
         assert_eq!(
             f.summary(false, true),
-            "kernel 6.12.1: main eBPF object, TCX TC"
+            "kernel 6.12.1: main eBPF object, TCX TC, XDP ingress"
         );
+        assert_eq!(f.xdp_refusal(), None);
         assert_eq!(
             f.summary(true, false),
             "kernel 6.12.1: main eBPF object, netlink clsact TC (--tc-netlink)"
