@@ -305,9 +305,10 @@ fn decompress(tool: &str, file: &Path) -> Result<Vec<u8>> {
 }
 
 /// Boots `k` with `rootfs` as its (read-only, RAM-overlaid) root and runs `script` (a path inside
-/// `rootfs`) with /bin/sh; `dir` holds the initramfs and the console log. A guest that panics
-/// before the script ends is booted once more: multi-threaded TCG rarely panics a kernel, and
-/// one such panic says nothing about mail-trace.
+/// `rootfs`) with /bin/sh; `dir` holds the initramfs and the console logs. A guest that panics
+/// before the script ends, or does not reach the script within [`BOOT_TIMEOUT`], is booted once
+/// more, saying so: multi-threaded TCG rarely panics or stalls a kernel at boot, and one such
+/// boot says nothing about mail-trace.
 pub fn boot(
     k: &Kernel,
     rootfs: &Path,
@@ -317,29 +318,42 @@ pub fn boot(
 ) -> Result<GuestRun> {
     fs::create_dir_all(dir)?;
     let initrd = initramfs(k, dir)?;
-    let mut last = None;
     for attempt in 1..=2 {
         let log = dir.join(format!("console-{attempt}.log"));
-        let run = boot_once(k, rootfs, script, &initrd, &log, timeout)?;
-        let panicked = run.console.contains("Kernel panic");
-        if !panicked || attempt == 2 {
-            if panicked {
-                bail!(
-                    "{} kernel panicked twice; console in {}",
-                    k.version,
-                    log.display()
-                );
+        let why = match boot_once(k, rootfs, script, &initrd, &log, timeout)? {
+            Boot::Ran(run) if run.console.contains("Kernel panic") => {
+                format!("panicked after {:.0} s", run.took.as_secs_f64())
             }
-            return Ok(run);
+            Boot::Ran(run) => return Ok(run),
+            Boot::Stalled => format!(
+                "had not started its script after {} s",
+                BOOT_TIMEOUT.as_secs()
+            ),
+        };
+        if attempt == 2 {
+            bail!(
+                "{} guest failed to boot twice: {why}; consoles in {}",
+                k.version,
+                dir.display()
+            );
         }
-        eprintln!(
-            "xtask: {} guest panicked (console in {}); booting it once more",
+        println!(
+            "xtask: retry: the {} guest {why} (console in {}); booting it once more",
             k.version,
             log.display()
         );
-        last = Some(run);
     }
-    Ok(last.expect("two attempts"))
+    unreachable!("the second attempt returns or fails")
+}
+
+/// How long a guest may take to reach its script (about 10 s under TCG, a minute on a loaded
+/// machine); past that it is taken for a stalled boot and booted again.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// One boot: the script ran (or the kernel died while it ran), or the kernel never got there.
+enum Boot {
+    Ran(GuestRun),
+    Stalled,
 }
 
 fn boot_once(
@@ -349,7 +363,7 @@ fn boot_once(
     initrd: &Path,
     log: &Path,
     timeout: Duration,
-) -> Result<GuestRun> {
+) -> Result<Boot> {
     let start = Instant::now();
     let virtfs = |path: &Path, tag: &str| {
         format!(
@@ -386,9 +400,21 @@ fn boot_once(
         .stderr(Stdio::piped())
         .spawn()
         .context("cannot start qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+    // The init prints this line just before it runs the script.
+    const STARTED: &[u8] = b"mt-guest: running ";
+    let started = || fs::read(log).is_ok_and(|c| c.windows(STARTED.len()).any(|w| w == STARTED));
+    let mut script_started = false;
     let status = loop {
         if let Some(s) = child.try_wait()? {
             break s;
+        }
+        if !script_started && start.elapsed() > BOOT_TIMEOUT {
+            script_started = started();
+            if !script_started {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(Boot::Stalled);
+            }
         }
         if start.elapsed() > timeout {
             let _ = child.kill();
@@ -416,19 +442,12 @@ fn boot_once(
         .rev()
         .find_map(|l| l.trim().strip_prefix("mt-guest-exit="))
         .and_then(|s| s.trim().parse().ok());
-    match exit {
-        Some(status) => Ok(GuestRun {
-            status,
-            console,
-            took,
-        }),
+    Ok(Boot::Ran(GuestRun {
         // No exit line: the kernel died first (the caller retries a panic once).
-        None => Ok(GuestRun {
-            status: -1,
-            console,
-            took,
-        }),
-    }
+        status: exit.unwrap_or(-1),
+        console,
+        took,
+    }))
 }
 
 /// The host packages the guests need: qemu, busybox for the initramfs, kmod (depmod for the
@@ -441,7 +460,7 @@ const HOST_PACKAGES: &[&str] = &[
     "xz-utils",
 ];
 
-/// How long one guest may take, boot to power-off (a run takes about a minute under TCG).
+/// How long one guest may take, boot to power-off (50 to 95 s under TCG on two shared cores).
 const GUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn target_dir() -> PathBuf {

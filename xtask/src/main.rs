@@ -56,7 +56,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Everything CI runs: fmt check, clippy, unit tests, integration tests (as root).
+    /// Everything CI runs: fmt check, clippy, unit tests, integration tests, test-dist and
+    /// test-kernels (the last three as root).
     Test,
     /// The kernel matrix (as root): tests/kernel.rs inside qemu guests of Debian's 5.10, 6.1 and
     /// 6.12 kernels (target/kernels caches the packages), or only the RELEASEs named.
@@ -315,7 +316,10 @@ fn test() -> Result<()> {
         ]),
     )?;
     step("test-dist: the .deb and the static binary on Debian 11, 12 and 13");
-    dist::test_dist()
+    dist::test_dist()?;
+    // Last: it needs qemu and boots three guests (about 4 minutes under TCG on two cores).
+    step("test-kernels: tests/kernel.rs in qemu guests of Debian's 5.10, 6.1 and 6.12 kernels");
+    kernels::test_kernels(&[])
 }
 
 /// Installs the integration tests' Debian packages that `dpkg -s` says are missing.
