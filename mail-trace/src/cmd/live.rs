@@ -27,7 +27,7 @@ pub struct LiveArgs {
     /// Kernel ring buffer size in bytes (power of two; K, M, G suffixes allowed).
     #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_size)]
     pub ring_size: u32,
-    /// Capture ingress with XDP instead of TC (egress stays on TC).
+    /// Capture ingress with XDP instead of TC (egress stays on TC); needs Linux >= 5.18.
     #[arg(long)]
     pub xdp: bool,
     /// Attach with netlink clsact filters even on kernels with TCX (for testing).
