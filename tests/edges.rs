@@ -162,6 +162,25 @@ fn help_and_version_keep_their_output() {
         String::from_utf8_lossy(&out.stdout),
         format!("mail-trace {}\n", env!("CARGO_PKG_VERSION"))
     );
+    // --verbose adds the kernel's features, one a line, in any order and with -V alike (their
+    // values are checked per kernel in tests/kernel.rs); anything else beside it is not this.
+    let verbose = mail_trace(&["--version", "--verbose"]);
+    assert_eq!(verbose.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&verbose.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 9, "{text}");
+    assert_eq!(
+        lines[0],
+        format!("mail-trace {}", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(lines[1].starts_with("kernel: "), "{text}");
+    assert!(lines[8].starts_with("eBPF object: "), "{text}");
+    assert!(verbose.stderr.is_empty());
+    for args in [["-V", "--verbose"], ["--verbose", "--version"]] {
+        let out = mail_trace(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), text, "{args:?}");
+    }
     let out = mail_trace(&["replay", "--help"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: mail-trace replay"));

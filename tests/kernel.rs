@@ -38,6 +38,55 @@ fn kernel() -> (String, (u32, u32)) {
     (release, v)
 }
 
+/// `mail-trace --version --verbose` names what this kernel offers and the object that would
+/// load, as worked out from the kernel's version (BTF and the ring buffer are on every kernel the
+/// matrix boots). Needs no root.
+#[test]
+fn version_verbose_names_this_kernels_features_and_object() {
+    let (release, v) = kernel();
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_mail-trace")).args(["--version", "--verbose"]),
+        Duration::from_secs(20),
+        "mail-trace --version --verbose",
+    );
+    let or = |yes: bool, no: &str| {
+        if yes {
+            "yes".to_string()
+        } else {
+            no.to_string()
+        }
+    };
+    let want = [
+        format!("mail-trace {}", env!("CARGO_PKG_VERSION")),
+        format!("kernel: {release}"),
+        "BTF: yes".to_string(),
+        format!("bpf_loop (Linux 5.17): {}", or(v >= (5, 17), "no")),
+        format!(
+            "TCX (Linux 6.6): {}",
+            or(v >= (6, 6), "no: netlink clsact filters")
+        ),
+        "ring buffer (Linux 5.8): yes".to_string(),
+        format!(
+            "socket tracepoints (Linux 6.4): {}",
+            or(v >= (6, 4), "no: process owners from /proc")
+        ),
+        format!(
+            "XDP (bpf_xdp_load_bytes, Linux 5.18): {}",
+            or(v >= (5, 18), "no: --xdp refused")
+        ),
+        format!(
+            "eBPF object: {}",
+            if v >= (5, 17) {
+                "main (bpf_loop)"
+            } else {
+                "compat (bounded loops, no bpf_loop)"
+            }
+        ),
+    ];
+    assert_eq!(out.stdout, want.join("\n") + "\n");
+    assert_eq!(out.stderr, "");
+}
+
 /// Programs named mail_trace* attached to `iface`: (TCX links, netlink clsact filters, XDP).
 fn attached(iface: &str, tcx: bool) -> (usize, usize, usize) {
     use aya::programs::tc::{SchedClassifier, TcAttachType};

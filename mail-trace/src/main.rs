@@ -108,8 +108,38 @@ fn first_paragraph(rendered: &str) -> String {
     }
 }
 
+/// `--version --verbose` (`-V` too, either order): the version, then what the running kernel
+/// offers and which eBPF object would load, so a relay's operator sees before a start what will
+/// and will not work. Needs no privileges: the kernel's BTF is world-readable.
+fn verbose_version(args: &[std::ffi::OsString]) -> Option<ExitCode> {
+    let rest = args.get(1..).unwrap_or_default();
+    let is =
+        |a: &std::ffi::OsString, names: &[&str]| a.to_str().is_some_and(|a| names.contains(&a));
+    let version = rest.iter().any(|a| is(a, &["--version", "-V"]));
+    let verbose = rest.iter().any(|a| is(a, &["--verbose"]));
+    // Only these flags: `--verbose` with anything else is clap's to judge.
+    let only_these = rest
+        .iter()
+        .all(|a| is(a, &["--version", "-V", "--verbose"]));
+    if !(version && verbose && only_these) {
+        return None;
+    }
+    let mut out = std::io::stdout().lock();
+    let mut text = format!("mail-trace {}\n", env!("CARGO_PKG_VERSION"));
+    for line in mail_trace::capture::kernel::Features::probe().version_lines() {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    // A closed stdout (`| head -1`) is not worth a message.
+    let _ = out.write_all(text.as_bytes());
+    Some(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     mail_trace::guard::install_panic_hook();
+    if let Some(code) = verbose_version(&std::env::args_os().collect::<Vec<_>>()) {
+        return code;
+    }
     let cli = match parse() {
         Ok(cli) => cli,
         Err(code) => return code,

@@ -186,6 +186,48 @@ impl Features {
         s
     }
 
+    /// `mail-trace --version --verbose`: what the kernel offers that decides what loads, one
+    /// feature a line, then the eBPF object that would load (or what stops any from loading).
+    pub fn version_lines(&self) -> Vec<String> {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        let object = match self.missing() {
+            Some(lacks) => format!("none: {lacks}"),
+            None if self.variant() == Variant::Main => "main (bpf_loop)".to_string(),
+            None => "compat (bounded loops, no bpf_loop)".to_string(),
+        };
+        vec![
+            format!("kernel: {}", self.release),
+            format!("BTF: {}", yes(self.btf)),
+            format!("bpf_loop (Linux 5.17): {}", yes(self.bpf_loop)),
+            format!(
+                "TCX (Linux 6.6): {}",
+                if self.tcx {
+                    "yes"
+                } else {
+                    "no: netlink clsact filters"
+                }
+            ),
+            format!("ring buffer (Linux 5.8): {}", yes(self.ringbuf)),
+            format!(
+                "socket tracepoints (Linux 6.4): {}",
+                if self.sock_tracepoints {
+                    "yes"
+                } else {
+                    "no: process owners from /proc"
+                }
+            ),
+            format!(
+                "XDP (bpf_xdp_load_bytes, Linux 5.18): {}",
+                if self.xdp_load_bytes {
+                    "yes"
+                } else {
+                    "no: --xdp refused"
+                }
+            ),
+            format!("eBPF object: {object}"),
+        ]
+    }
+
     /// `mail-trace doctor`'s kernel lines: each feature, whether it is there, what it is for
     /// and what happens without it.
     pub fn report(&self) -> Vec<(bool, String)> {
@@ -442,6 +484,46 @@ mod tests {
             Some(
                 "kernel 5.4.0 lacks the BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux 5.8): \
                  mail-trace needs Linux 5.10 or later with BTF"
+            )
+        );
+    }
+
+    #[test]
+    fn version_lines_name_each_feature_and_the_object() {
+        assert_eq!(
+            features(false, false, false).version_lines(),
+            [
+                "kernel: 5.10.0-32-amd64",
+                "BTF: yes",
+                "bpf_loop (Linux 5.17): no",
+                "TCX (Linux 6.6): no: netlink clsact filters",
+                "ring buffer (Linux 5.8): yes",
+                "socket tracepoints (Linux 6.4): no: process owners from /proc",
+                "XDP (bpf_xdp_load_bytes, Linux 5.18): no: --xdp refused",
+                "eBPF object: compat (bounded loops, no bpf_loop)",
+            ]
+        );
+        let mut f = features(true, true, true);
+        f.release = "6.12.1".into();
+        assert_eq!(
+            f.version_lines(),
+            [
+                "kernel: 6.12.1",
+                "BTF: yes",
+                "bpf_loop (Linux 5.17): yes",
+                "TCX (Linux 6.6): yes",
+                "ring buffer (Linux 5.8): yes",
+                "socket tracepoints (Linux 6.4): yes",
+                "XDP (bpf_xdp_load_bytes, Linux 5.18): yes",
+                "eBPF object: main (bpf_loop)",
+            ]
+        );
+        let f = Features::from_btf(None, "5.4.0".into(), |_| Module::Missing);
+        assert_eq!(
+            f.version_lines().last().map(String::as_str),
+            Some(
+                "eBPF object: none: kernel 5.4.0 lacks BTF (/sys/kernel/btf/vmlinux, \
+                 CONFIG_DEBUG_INFO_BTF): mail-trace needs Linux 5.10 or later with BTF"
             )
         );
     }
