@@ -320,15 +320,9 @@ pub fn boot(
     let initrd = initramfs(k, dir)?;
     for attempt in 1..=2 {
         let log = dir.join(format!("console-{attempt}.log"));
-        let why = match boot_once(k, rootfs, script, &initrd, &log, timeout)? {
-            Boot::Ran(run) if run.console.contains("Kernel panic") => {
-                format!("panicked after {:.0} s", run.took.as_secs_f64())
-            }
-            Boot::Ran(run) => return Ok(run),
-            Boot::Stalled => format!(
-                "had not started its script after {} s",
-                BOOT_TIMEOUT.as_secs()
-            ),
+        let why = match outcome(boot_once(k, rootfs, script, &initrd, &log, timeout)?) {
+            Ok(run) => return Ok(run),
+            Err(why) => why,
         };
         if attempt == 2 {
             bail!(
@@ -344,6 +338,27 @@ pub fn boot(
         );
     }
     unreachable!("the second attempt returns or fails")
+}
+
+/// A boot's run when its outcome (pass or fail) is mail-trace's, else why it is worth one more
+/// try.
+fn outcome(boot: Boot) -> std::result::Result<GuestRun, String> {
+    match boot {
+        Boot::Ran(run) if run.console.contains("Kernel panic") => {
+            Err(format!("panicked after {:.0} s", run.took.as_secs_f64()))
+        }
+        Boot::Ran(run) => Ok(run),
+        Boot::Stalled => Err(format!(
+            "had not started its script after {} s",
+            BOOT_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Whether the guest's console shows the init starting the script (it prints this just before).
+fn script_started(console: &[u8]) -> bool {
+    const STARTED: &[u8] = b"mt-guest: running ";
+    console.windows(STARTED.len()).any(|w| w == STARTED)
 }
 
 /// How long a guest may take to reach its script (about 10 s under TCG, a minute on a loaded
@@ -400,17 +415,14 @@ fn boot_once(
         .stderr(Stdio::piped())
         .spawn()
         .context("cannot start qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
-    // The init prints this line just before it runs the script.
-    const STARTED: &[u8] = b"mt-guest: running ";
-    let started = || fs::read(log).is_ok_and(|c| c.windows(STARTED.len()).any(|w| w == STARTED));
-    let mut script_started = false;
+    let mut started = false;
     let status = loop {
         if let Some(s) = child.try_wait()? {
             break s;
         }
-        if !script_started && start.elapsed() > BOOT_TIMEOUT {
-            script_started = started();
-            if !script_started {
+        if !started && start.elapsed() > BOOT_TIMEOUT {
+            started = fs::read(log).is_ok_and(|c| script_started(&c));
+            if !started {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Ok(Boot::Stalled);
@@ -578,4 +590,45 @@ pub fn test_kernels(only: &[String]) -> Result<()> {
         bail!("step failed: kernel matrix: {}", failed.join(", "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ran(console: &str, status: i32) -> Boot {
+        Boot::Ran(GuestRun {
+            status,
+            console: console.to_string(),
+            took: Duration::from_secs(42),
+        })
+    }
+
+    #[test]
+    fn only_a_panic_or_a_stalled_boot_is_booted_again() {
+        let retry = |b: Boot| outcome(b).err();
+        assert_eq!(
+            retry(ran(
+                "mt-guest: running x\nKernel panic - not syncing: Fatal exception",
+                -1
+            )),
+            Some("panicked after 42 s".to_string())
+        );
+        assert_eq!(
+            retry(Boot::Stalled),
+            Some("had not started its script after 150 s".to_string())
+        );
+        // A failing test is mail-trace's failure, never retried.
+        let failed = outcome(ran("mt-guest: running x\nmt-guest-exit=101\n", 101));
+        assert_eq!(failed.map(|r| r.status), Ok(101));
+    }
+
+    #[test]
+    fn the_script_counts_as_started_once_the_init_says_so() {
+        assert!(script_started(
+            b"SeaBIOS\r\nmt-guest: running /x/run.sh on 5.10.0-32-amd64\r\n"
+        ));
+        assert!(!script_started(b"SeaBIOS\r\nBooting from ROM..\r\n"));
+        assert!(!script_started(b""));
+    }
 }
