@@ -22,6 +22,9 @@ SMTP, POP3, IMAP = {25, 465, 587, 2525}, {110, 995}, {143, 993}
 IMPLICIT_TLS = {465, 993, 995}
 
 
+ENGINE_PORTS = [25, 587, 465, 110, 143, 993, 995, 2525]
+
+
 def save(target, data):
     data = data[:MAX_SEED]
     d = os.path.join(OUT, target)
@@ -108,7 +111,7 @@ def dissector_script(segs, flags_byte):
 def from_capture(path):
     blob = open(path, "rb").read()
     save("pcap_read", blob)
-    conns, order, flow = {}, [], bytearray(8)
+    conns, order, flow, engine_ops = {}, [], bytearray(8), bytearray()
     for link, f in frames(blob):
         if link in LINKS:
             save("wire_decode", bytes([LINKS[link]]) + f)
@@ -124,6 +127,15 @@ def from_capture(path):
         d = 0 if b[1] == server_port else 1
         conns[key][1].append((d, payload))
         idx = order.index(key)
+        if idx < 4 and len(engine_ops) < MAX_SEED:
+            if not engine_ops:
+                # The first connection's port (ENGINE_PORTS in fuzz/src/lib.rs), initial seqs.
+                engine_ops += bytes([ENGINE_PORTS.index(server_port) << 1 if server_port in ENGINE_PORTS else 0]) + bytes(8)
+            # engine op: conn | side<<2 (kind 0: a packet), time byte, flags (in-order seq), chunk.
+            ef = (fl & 2 and 1) | (fl & 16 and 2) | (fl & 1 and 4) | (fl & 4 and 8)
+            for i in range(0, max(len(payload), 1), 255):
+                piece = payload[i:i + 255]
+                engine_ops += bytes([idx | d << 2, 1, ef]) + bytes([len(piece)]) + piece
         if idx < 4 and len(flow) < MAX_SEED:
             # flow_reassembly op: conn | side<<2, time byte, flags (in-order seq), chunk, ack byte.
             tf = (fl & 2 and 1) | (fl & 16 and 2) | (fl & 1 and 4) | (fl & 4 and 8) | (fl & 8 and 16)
@@ -140,6 +152,15 @@ def from_capture(path):
         tls = 8 if server_port in IMPLICIT_TLS else 0
         save(target, dissector_script(segs, 4 | tls))
         save(target, dissector_script(segs, 4 | 16 | 3))
+        # chunking: the dissector (0 SMTP, 1 POP3, 2 IMAP), flags, one cut size, then the same ops.
+        which = 0 if target == "smtp" else 1 if target == "pop3" else 2
+        save("chunking", bytes([which, 4 | tls, 0, 3]) + dissector_script(segs, 0)[1:])
+        if target == "smtp":
+            # smtp_body: dot-stuffed, cut every 7 bytes, the client's stream as one message.
+            client = b"".join(p for d, p in segs if d == 0)
+            save("smtp_body", bytes([1, 6]) + client[:MAX_SEED])
+    if engine_ops:
+        save("engine", bytes(engine_ops))
         if tls:
             hello = bytearray()
             for d, p in segs[:8]:

@@ -80,6 +80,9 @@ enum Task {
     Fuzz {
         #[arg(long, default_value_t = 60)]
         secs: u64,
+        /// Without AddressSanitizer: the long runs (several times the executions per second).
+        #[arg(long)]
+        throughput: bool,
         targets: Vec<String>,
     },
     /// Release artifacts in target/dist/: the static x86_64 binary (musl) and the .deb
@@ -103,7 +106,19 @@ fn main() {
             root,
         } => kernels::guest(&release, &root, &script),
         Task::Bench { sections } => bench(sections),
-        Task::Fuzz { secs, targets } => fuzz::fuzz(secs, &targets),
+        Task::Fuzz {
+            secs,
+            throughput,
+            targets,
+        } => fuzz::fuzz(
+            secs,
+            &targets,
+            if throughput {
+                fuzz::Build::Throughput
+            } else {
+                fuzz::Build::Asan
+            },
+        ),
         Task::Dist => dist::dist().map(|_| ()),
         Task::TestDist => dist::test_dist(),
     };
@@ -315,6 +330,10 @@ fn test() -> Result<()> {
             "--test-threads=1",
         ]),
     )?;
+    // A smoke run, not a search: every target's build, seeds and kept crash inputs still pass,
+    // with a few seconds of new inputs each (the long runs: `cargo xtask fuzz`, docs/fuzzing.md).
+    step("fuzz smoke run: every target for 8 s (AddressSanitizer)");
+    fuzz::fuzz(8, &[], fuzz::Build::Asan)?;
     step("test-dist: the .deb and the static binary on Debian 11, 12 and 13");
     dist::test_dist()?;
     // Last: it needs qemu and boots three guests (about 4 minutes under TCG on two cores).

@@ -84,7 +84,7 @@ use crate::proto::tls::{TlsHellos, TlsInfo};
 use crate::proto::{Dissector, Event, Privacy, SessionStart};
 use crate::time::{millis_between, Ts};
 
-pub use message::{BodyFacts, HeaderSummary, Headers};
+pub use message::{BodyFacts, BodyScanner, HeaderSummary, Headers};
 pub use record::SmtpRecord;
 pub use reply::Reply;
 

@@ -1,0 +1,4 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    mail_trace_fuzz::run("smtp_body", data);
+});
